@@ -1,0 +1,3 @@
+"""geoloc: worldwide photo geolocalization, from geotagged photo collections to ranked GPS predictions."""
+
+__version__ = "0.1.0"

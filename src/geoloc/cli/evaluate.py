@@ -1,0 +1,102 @@
+"""`geoloc evaluate`: benchmark figures for a predictions file."""
+
+from __future__ import annotations
+
+import json
+import math
+from enum import Enum
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from geoloc.cli.common import clean_errors, console, errors
+from geoloc.evaluate import METRIC_KEYS, Evaluation, breakdown_by, evaluate_files
+from geoloc.geo import ACCURACY_THRESHOLDS_KM
+from geoloc.tables import TableError
+
+
+class Distance(str, Enum):
+    great_circle = "great-circle"
+    geodesic = "geodesic"
+
+
+def _json_value(value: float | int | None) -> float | int | None:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _format(key: str, value: float | int | None) -> str:
+    if value is None:
+        return "-"
+    if key.startswith("acc_"):
+        return f"{100 * value:.2f}%"
+    if key.endswith("_km") or key == "geoscore":
+        return f"{value:,.1f}"
+    return f"{value:,}"
+
+
+def _accuracy_columns(table: Table) -> None:
+    for threshold in ACCURACY_THRESHOLDS_KM:
+        table.add_column(f"{threshold:g} km", justify="right")
+
+
+def _print_tables(evaluation: Evaluation, distance: str, by_continent: bool) -> None:
+    metrics = evaluation.metrics
+    summary = Table(title=f"Accuracy ({distance} distance)")
+    summary.add_column("photos", justify="right")
+    summary.add_column("missing", justify="right")
+    _accuracy_columns(summary)
+    for column in ("median km", "mean km", "GeoScore"):
+        summary.add_column(column, justify="right")
+    summary.add_row(*(_format(key, metrics[key]) for key in METRIC_KEYS if key != "unknown"))
+    console.print(summary)
+    if not by_continent or not metrics["n"]:
+        return
+    from geoloc.places import continents
+
+    truth = evaluation.truth
+    table = breakdown_by(evaluation, continents(truth["lat"].to_numpy(), truth["lon"].to_numpy()), "continent")
+    per_continent = Table(title="Per continent (of the true location)")
+    per_continent.add_column("continent")
+    per_continent.add_column("photos", justify="right")
+    per_continent.add_column("missing", justify="right")
+    _accuracy_columns(per_continent)
+    per_continent.add_column("median km", justify="right")
+    for row in table.iter_rows(named=True):
+        cells = [row["continent"], _format("n", row["n"]), _format("missing", row["missing"])]
+        cells += [_format(f"acc_{t:g}km", row[f"acc_{t:g}km"]) for t in ACCURACY_THRESHOLDS_KM]
+        cells.append(_format("median_km", row["median_km"]))
+        per_continent.add_row(*cells)
+    console.print(per_continent)
+
+
+def evaluate_command(
+    predictions: Path = typer.Argument(..., help="Predictions (CSV or Parquet): image_id, lat, lon."),
+    truth: Path | None = typer.Option(
+        None, "--truth", help="Truth file: IM2GPS3K / YFCC4K metadata (IMG_ID, LAT, LON) or image_id, lat, lon. "
+        "Defaults to the predictions' own true_lat / true_lon columns."
+    ),
+    distance: Distance = typer.Option(Distance.great_circle, "--distance", help="How distances are measured."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (the last line) instead of tables."),
+    by_continent: bool = typer.Option(True, "--continents/--no-continents", help="Add the per-continent table."),
+) -> None:
+    """Share of photos within 1 / 25 / 200 / 750 / 2500 km, median and mean error, GeoScore."""
+    with clean_errors(TableError):
+        evaluation = evaluate_files(predictions, truth, method=distance.value)
+    unknown = evaluation.unknown_ids
+    if len(unknown):
+        shown = ", ".join(repr(i) for i in unknown.head(5).to_list())
+        errors.print(f"[yellow]warning:[/] {len(unknown)} prediction(s) for ids not in the truth file "
+                     f"were not scored: {shown}{' ...' if len(unknown) > 5 else ''}", highlight=False)
+    if as_json:
+        payload = {key: _json_value(evaluation.metrics[key]) for key in METRIC_KEYS}
+        payload["distance"] = distance.value
+        typer.echo(json.dumps(payload))
+        return
+    _print_tables(evaluation, distance.value, by_continent)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("evaluate")(evaluate_command)

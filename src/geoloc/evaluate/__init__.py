@@ -1,0 +1,185 @@
+"""Benchmark evaluation: how far predictions are from the truth.
+
+Reads truth files in the public IM2GPS3K / YFCC4K metadata layout (IMG_ID, LAT, LON) or
+ours (image_id, lat, lon), and predictions in the predictions schema. Every photo of the
+truth file counts: a photo without a prediction is a miss at every radius and scores 0,
+never silently dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+from numpy.typing import NDArray
+
+from geoloc.geo import ACCURACY_THRESHOLDS_KM, CoordinateStatus, DistanceMethod, coordinate_status, distance_km
+from geoloc.tables import TableError, as_float_column, describe_ids, read_table, select_layout
+
+GEOSCORE_MAX = 5000.0
+GEOSCORE_SCALE_KM = 1492.7
+"""GeoGuessr's score: 5000 at the exact spot, decaying with this scale in km."""
+
+TRUTH_LAYOUTS = [
+    {"image_id": "image_id", "lat": "lat", "lon": "lon"},
+    {"IMG_ID": "image_id", "LAT": "lat", "LON": "lon"},
+]
+PREDICTION_LAYOUTS = [{"image_id": "image_id", "lat": "lat", "lon": "lon"}]
+EMBEDDED_TRUTH_LAYOUTS = [{"image_id": "image_id", "true_lat": "lat", "true_lon": "lon"}]
+
+
+def accuracy_key(threshold_km: float) -> str:
+    return f"acc_{threshold_km:g}km"
+
+
+METRIC_KEYS: tuple[str, ...] = (
+    "n",
+    "missing",
+    "unknown",
+    *(accuracy_key(t) for t in ACCURACY_THRESHOLDS_KM),
+    "median_km",
+    "mean_km",
+    "geoscore",
+)
+
+
+@dataclass
+class Evaluation:
+    """The figures of one evaluation, and the per-photo distances behind them."""
+
+    metrics: dict[str, float | int | None]
+    truth: pl.DataFrame
+    """image_id, lat, lon and distance_km (null where the photo has no prediction)."""
+    unknown_ids: pl.Series = field(default_factory=lambda: pl.Series("image_id", [], dtype=pl.Utf8))
+    """Ids that have a prediction but are not in the truth file: reported, never scored."""
+
+
+def _reject_duplicates(frame: pl.DataFrame, path: Path, what: str) -> None:
+    duplicated = frame.filter(pl.col("image_id").is_duplicated())["image_id"].unique(maintain_order=True)
+    if len(duplicated):
+        raise TableError(f"{path}: {len(duplicated)} image id(s) appear more than once in the {what}: "
+                         f"{describe_ids(duplicated)}")
+
+
+def _reject_impossible(frame: pl.DataFrame, path: Path, what: str) -> None:
+    status = coordinate_status(frame["lat"].to_numpy(), frame["lon"].to_numpy())
+    bad = status == CoordinateStatus.BAD_COORDINATES
+    if bad.any():
+        ids = frame.filter(pl.Series(bad))["image_id"]
+        raise TableError(f"{path}: {bad.sum()} {what} row(s) have impossible coordinates "
+                         f"(|lat| > 90, |lon| > 180 or infinite): {describe_ids(ids)}")
+
+
+def _id_lat_lon(frame: pl.DataFrame, path: Path, layouts: list[dict[str, str]]) -> pl.DataFrame:
+    frame = select_layout(frame, path, layouts)
+    frame = frame.with_columns(pl.col("image_id").cast(pl.Utf8))
+    for column in ("lat", "lon"):
+        frame = as_float_column(frame, column, "image_id", path)
+    return frame
+
+
+def truth_table(frame: pl.DataFrame, path: Path, layouts: list[dict[str, str]] = TRUTH_LAYOUTS) -> pl.DataFrame:
+    """Validated truth: unique ids, every photo with real coordinates."""
+    truth = _id_lat_lon(frame, path, layouts)
+    _reject_duplicates(truth, path, "truth")
+    missing = truth.filter(pl.col("lat").is_null() | pl.col("lon").is_null())["image_id"]
+    if len(missing):
+        raise TableError(f"{path}: {len(missing)} truth row(s) have no coordinates: {describe_ids(missing)}")
+    _reject_impossible(truth, path, "truth")
+    return truth
+
+
+def prediction_table(frame: pl.DataFrame, path: Path) -> pl.DataFrame:
+    """Validated predictions: unique ids; a row with empty lat/lon means 'no prediction'."""
+    predictions = _id_lat_lon(frame, path, PREDICTION_LAYOUTS)
+    _reject_duplicates(predictions, path, "predictions")
+    predictions = predictions.filter(pl.col("lat").is_not_null() & pl.col("lon").is_not_null())
+    _reject_impossible(predictions, path, "prediction")
+    return predictions
+
+
+def load_truth(path: str | Path) -> pl.DataFrame:
+    """Read a truth file (IM2GPS3K / YFCC4K metadata or our schema) as image_id, lat, lon."""
+    path = Path(path)
+    return truth_table(read_table(path), path)
+
+
+def load_predictions(path: str | Path) -> tuple[pl.DataFrame, pl.DataFrame | None]:
+    """Read a predictions file; also its embedded truth when it has true_lat / true_lon."""
+    path = Path(path)
+    frame = read_table(path)
+    embedded = None
+    if {"true_lat", "true_lon"} <= set(frame.columns):
+        embedded = truth_table(frame, path, EMBEDDED_TRUTH_LAYOUTS)
+    return prediction_table(frame, path), embedded
+
+
+def metrics_from_distances(distances_km: NDArray[np.float64]) -> dict[str, float | int | None]:
+    """Benchmark figures from one distance per truth photo, NaN where there is no prediction."""
+    distances_km = np.asarray(distances_km, dtype=np.float64)
+    n = int(distances_km.size)
+    predicted = distances_km[~np.isnan(distances_km)]
+    metrics: dict[str, float | int | None] = {"n": n, "missing": n - int(predicted.size), "unknown": 0}
+    for threshold in ACCURACY_THRESHOLDS_KM:
+        metrics[accuracy_key(threshold)] = float(np.count_nonzero(predicted <= threshold) / n) if n else None
+    metrics["median_km"] = float(np.median(predicted)) if predicted.size else None
+    metrics["mean_km"] = float(predicted.mean()) if predicted.size else None
+    score_sum = (GEOSCORE_MAX * np.exp(-predicted / GEOSCORE_SCALE_KM)).sum()
+    metrics["geoscore"] = float(score_sum / n) if n else None
+    return metrics
+
+
+def evaluate(
+    predictions: pl.DataFrame, truth: pl.DataFrame, method: DistanceMethod = "great-circle"
+) -> Evaluation:
+    """Score validated predictions against validated truth (see load_truth / load_predictions)."""
+    joined = truth.join(
+        predictions.select("image_id", pl.col("lat").alias("pred_lat"), pl.col("lon").alias("pred_lon")),
+        on="image_id",
+        how="left",
+    )
+    distances = distance_km(
+        joined["lat"].to_numpy(),
+        joined["lon"].to_numpy(),
+        joined["pred_lat"].to_numpy(),
+        joined["pred_lon"].to_numpy(),
+        method=method,
+    )
+    metrics = metrics_from_distances(distances)
+    unknown = predictions.join(truth.select("image_id"), on="image_id", how="anti")["image_id"]
+    metrics["unknown"] = len(unknown)
+    scored = joined.select("image_id", "lat", "lon").with_columns(
+        pl.Series("distance_km", distances).fill_nan(None)
+    )
+    return Evaluation(metrics=metrics, truth=scored, unknown_ids=unknown)
+
+
+def evaluate_files(
+    predictions_path: str | Path,
+    truth_path: str | Path | None = None,
+    method: DistanceMethod = "great-circle",
+) -> Evaluation:
+    """Evaluate a predictions file against a truth file, or against its own true_lat/true_lon."""
+    predictions, embedded_truth = load_predictions(predictions_path)
+    if truth_path is not None:
+        truth = load_truth(truth_path)
+    elif embedded_truth is not None:
+        truth = embedded_truth
+    else:
+        raise TableError(f"{predictions_path}: no truth given and no true_lat / true_lon columns to use; "
+                         "pass --truth with the benchmark's metadata file")
+    return evaluate(predictions, truth, method=method)
+
+
+def breakdown_by(evaluation: Evaluation, groups: NDArray[np.object_], name: str) -> pl.DataFrame:
+    """The same figures per group of truth photos (say, per continent), largest group first."""
+    distances = evaluation.truth["distance_km"].fill_null(np.nan).to_numpy()
+    groups = np.asarray(groups, dtype=object)
+    rows = []
+    for group in np.unique(groups):
+        metrics = metrics_from_distances(distances[groups == group])
+        del metrics["unknown"]
+        rows.append({name: str(group), **metrics})
+    return pl.DataFrame(rows).sort(["n", name], descending=[True, False])

@@ -1,0 +1,100 @@
+"""Reading and writing the tables that pass between stages (CSV or Parquet by extension)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import polars as pl
+
+CSV_SUFFIXES = (".csv",)
+PARQUET_SUFFIXES = (".parquet", ".pq")
+
+
+class TableError(ValueError):
+    """A table is missing, unreadable or does not follow its documented schema."""
+
+
+def table_format(path: Path) -> str:
+    """'csv' or 'parquet' from the file name, or a TableError naming the accepted suffixes."""
+    suffix = path.suffix.lower()
+    if suffix in CSV_SUFFIXES:
+        return "csv"
+    if suffix in PARQUET_SUFFIXES:
+        return "parquet"
+    accepted = ", ".join(CSV_SUFFIXES + PARQUET_SUFFIXES)
+    raise TableError(f"{path}: unknown table format {suffix or '(no suffix)'!r}; use one of {accepted}")
+
+
+def read_table(path: str | Path) -> pl.DataFrame:
+    """Read a CSV (every column as text, so ids keep their leading zeros) or a Parquet file."""
+    path = Path(path)
+    kind = table_format(path)
+    if not path.is_file():
+        raise TableError(f"{path}: no such file")
+    try:
+        if kind == "csv":
+            return pl.read_csv(path, infer_schema=False)
+        return pl.read_parquet(path)
+    except (pl.exceptions.PolarsError, OSError) as error:
+        raise TableError(f"{path}: cannot read as {kind}: {error}") from error
+
+
+def write_table(frame: pl.DataFrame, path: str | Path) -> None:
+    """Write atomically: a temporary file beside the target, renamed once complete."""
+    path = Path(path)
+    kind = table_format(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    os.close(handle)
+    try:
+        if kind == "csv":
+            frame.write_csv(temporary)
+        else:
+            frame.write_parquet(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def select_layout(frame: pl.DataFrame, path: Path, layouts: list[dict[str, str]]) -> pl.DataFrame:
+    """The columns of the first layout (source name -> our name) that the frame has, renamed.
+
+    Lets one loader accept the public benchmark metadata (IMG_ID, LAT, LON) as well as
+    our own schema, with an error that names every accepted layout otherwise.
+    """
+    for layout in layouts:
+        if set(layout) <= set(frame.columns):
+            return frame.select(pl.col(old).alias(new) for old, new in layout.items())
+    expected = " or ".join("(" + ", ".join(layout) + ")" for layout in layouts)
+    raise TableError(f"{path}: expected columns {expected}; found {', '.join(frame.columns) or 'none'}")
+
+
+def as_float_column(frame: pl.DataFrame, column: str, id_column: str, path: Path) -> pl.DataFrame:
+    """Cast a column to float64; text that is not a number is an error naming the rows' ids.
+
+    Empty cells become null (a missing value), never zero.
+    """
+    values = frame[column]
+    if values.dtype == pl.Float64:
+        return frame
+    if values.dtype == pl.Utf8:
+        values = values.str.strip_chars().replace("", None)
+    cast = values.cast(pl.Float64, strict=False)
+    broken = values.is_not_null() & cast.is_null()
+    if broken.any():
+        bad = frame.filter(broken)
+        examples = ", ".join(
+            f"{row_id}={value!r}" for row_id, value in zip(bad[id_column].head(5), values.filter(broken).head(5))
+        )
+        raise TableError(f"{path}: {broken.sum()} value(s) in column {column!r} are not numbers: {examples}")
+    return frame.with_columns(cast.alias(column))
+
+
+def describe_ids(ids: pl.Series, limit: int = 5) -> str:
+    """A short list of ids for an error message: the first few and how many more."""
+    shown = ", ".join(repr(value) for value in ids.head(limit).to_list())
+    more = len(ids) - limit
+    return shown + (f" and {more} more" if more > 0 else "")
