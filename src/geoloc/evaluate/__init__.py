@@ -57,6 +57,10 @@ class Evaluation:
 
 
 def _reject_duplicates(frame: pl.DataFrame, path: Path, what: str) -> None:
+    # Equal ids have equal hashes, so all-distinct 64-bit hashes prove the ids distinct,
+    # several times faster than comparing strings; the exact search runs only otherwise.
+    if frame["image_id"].hash().n_unique() == frame.height:
+        return
     duplicated = frame.filter(pl.col("image_id").is_duplicated())["image_id"].unique(maintain_order=True)
     if len(duplicated):
         raise TableError(f"{path}: {len(duplicated)} image id(s) appear more than once in the {what}: "
@@ -135,11 +139,17 @@ def evaluate(
     predictions: pl.DataFrame, truth: pl.DataFrame, method: DistanceMethod = "great-circle"
 ) -> Evaluation:
     """Score validated predictions against validated truth (see load_truth / load_predictions)."""
-    joined = truth.join(
+    # One full join gives both the scored photos and the predictions nobody asked for.
+    joined = truth.with_columns(pl.lit(True).alias("in_truth")).join(
         predictions.select("image_id", pl.col("lat").alias("pred_lat"), pl.col("lon").alias("pred_lon")),
         on="image_id",
-        how="left",
+        how="full",
+        coalesce=True,
+        maintain_order="left",
     )
+    in_truth = joined["in_truth"].is_not_null()
+    unknown = joined.filter(~in_truth)["image_id"]
+    joined = joined.filter(in_truth)
     distances = distance_km(
         joined["lat"].to_numpy(),
         joined["lon"].to_numpy(),
@@ -148,7 +158,6 @@ def evaluate(
         method=method,
     )
     metrics = metrics_from_distances(distances)
-    unknown = predictions.join(truth.select("image_id"), on="image_id", how="anti")["image_id"]
     metrics["unknown"] = len(unknown)
     scored = joined.select("image_id", "lat", "lon").with_columns(
         pl.Series("distance_km", distances).fill_nan(None)
