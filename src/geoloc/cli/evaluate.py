@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from geoloc.cli.common import clean_errors, console, errors
-from geoloc.evaluate import METRIC_KEYS, Evaluation, breakdown_by, evaluate_files
+from geoloc.evaluate import METRIC_KEYS, Evaluation, accuracy_key, breakdown_by, evaluate_files
 from geoloc.geo import ACCURACY_THRESHOLDS_KM
 from geoloc.tables import TableError
 
@@ -27,7 +27,7 @@ def _json_value(value: float | int | None) -> float | int | None:
     return value
 
 
-def _format(key: str, value: float | int | None) -> str:
+def format_metric(key: str, value: float | int | None) -> str:
     if value is None:
         return "-"
     if key.startswith("acc_"):
@@ -37,9 +37,17 @@ def _format(key: str, value: float | int | None) -> str:
     return f"{value:,}"
 
 
-def _accuracy_columns(table: Table) -> None:
+def accuracy_columns(table: Table) -> None:
+    """Columns for accuracy_cells: one per radius, then the median error."""
     for threshold in ACCURACY_THRESHOLDS_KM:
         table.add_column(f"{threshold:g} km", justify="right")
+    table.add_column("median km", justify="right")
+
+
+def accuracy_cells(metrics: dict) -> list[str]:
+    return [format_metric(accuracy_key(t), metrics[accuracy_key(t)]) for t in ACCURACY_THRESHOLDS_KM] + [
+        format_metric("median_km", metrics["median_km"])
+    ]
 
 
 def _print_tables(evaluation: Evaluation, distance: str, by_continent: bool) -> None:
@@ -47,10 +55,11 @@ def _print_tables(evaluation: Evaluation, distance: str, by_continent: bool) -> 
     summary = Table(title=f"Accuracy ({distance} distance)")
     summary.add_column("photos", justify="right")
     summary.add_column("missing", justify="right")
-    _accuracy_columns(summary)
+    for threshold in ACCURACY_THRESHOLDS_KM:
+        summary.add_column(f"{threshold:g} km", justify="right")
     for column in ("median km", "mean km", "GeoScore"):
         summary.add_column(column, justify="right")
-    summary.add_row(*(_format(key, metrics[key]) for key in METRIC_KEYS if key != "unknown"))
+    summary.add_row(*(format_metric(key, metrics[key]) for key in METRIC_KEYS if key != "unknown"))
     console.print(summary)
     if not by_continent or not metrics["n"]:
         return
@@ -62,13 +71,10 @@ def _print_tables(evaluation: Evaluation, distance: str, by_continent: bool) -> 
     per_continent.add_column("continent")
     per_continent.add_column("photos", justify="right")
     per_continent.add_column("missing", justify="right")
-    _accuracy_columns(per_continent)
-    per_continent.add_column("median km", justify="right")
+    accuracy_columns(per_continent)
     for row in table.iter_rows(named=True):
-        cells = [row["continent"], _format("n", row["n"]), _format("missing", row["missing"])]
-        cells += [_format(f"acc_{t:g}km", row[f"acc_{t:g}km"]) for t in ACCURACY_THRESHOLDS_KM]
-        cells.append(_format("median_km", row["median_km"]))
-        per_continent.add_row(*cells)
+        cells = [row["continent"], format_metric("n", row["n"]), format_metric("missing", row["missing"])]
+        per_continent.add_row(*cells, *accuracy_cells(row))
     console.print(per_continent)
 
 

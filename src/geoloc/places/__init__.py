@@ -61,6 +61,10 @@ def gazetteer() -> Gazetteer:
         pl.col("country").fill_null(pl.col("cc")),
         pl.col("continent").fill_null(UNKNOWN),
         pl.col("admin1").fill_null(""),
+    ).with_columns(
+        pl.concat_str(
+            [pl.col("name"), pl.col("admin1").replace("", None), pl.col("country")], separator=", ", ignore_nulls=True
+        ).alias("label")
     )
     tree = cKDTree(to_unit_vectors(places["lat"].to_numpy(), places["lon"].to_numpy()))
     return Gazetteer(places=places, tree=tree)
@@ -92,3 +96,9 @@ def countries(lat: ArrayLike, lon: ArrayLike) -> NDArray[np.object_]:
     """Country name of the nearest populated place for each point."""
     places = gazetteer()
     return places.column("country", places.nearest(lat, lon))
+
+
+def place_names(lat: ArrayLike, lon: ArrayLike) -> NDArray[np.object_]:
+    """"City, region, country" of the nearest populated place for each point."""
+    places = gazetteer()
+    return places.column("label", places.nearest(lat, lon))

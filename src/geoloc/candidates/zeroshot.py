@@ -1,0 +1,264 @@
+"""Candidates from a vision-language model asked for a photo's coordinates, zero-shot.
+
+Any OpenAI-compatible chat-completions endpoint works (vLLM, SGLang, a hosted API),
+through the official `openai` client, whose retry logic already backs off on 429 (with
+Retry-After), 5xx, 408 and time-outs. What is added here: the key only ever comes from
+the environment; requests run with bounded concurrency; every answer is cached on disk
+by photo content, model, prompt, temperature and sample, so a rerun or a crash never
+pays for a request twice; answers are parsed without inventing coordinates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import io
+import os
+import sqlite3
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+from PIL import Image, UnidentifiedImageError
+
+from geoloc.candidates.coordinates import parse_coordinates
+
+API_KEY_VARIABLES = ("GEOLOC_API_KEY", "OPENAI_API_KEY")
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".tif", ".tiff", ".bmp", ".heic", ".heif"}
+SENT_AS_IS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "GIF": "image/gif"}
+FATAL_STATUS = {400, 401, 403, 404}
+"""Answers that no retry will change: a wrong key, model name or request. The run stops."""
+
+DEFAULT_PROMPT = (
+    "You are an expert in photo geolocation. Where on Earth was this photo taken? "
+    "Always give your single best guess, even when unsure. Answer only with JSON of the form "
+    '{"latitude": <decimal degrees, north positive>, "longitude": <decimal degrees, east positive>}.'
+)
+
+ZEROSHOT_SCHEMA = {
+    "query_id": pl.Utf8,
+    "image": pl.Utf8,
+    "sample": pl.Int32,
+    "lat": pl.Float64,
+    "lon": pl.Float64,
+    "answer": pl.Utf8,
+    "error": pl.Utf8,
+}
+
+
+class ZeroShotError(RuntimeError):
+    """The run cannot go on: no key, or the endpoint refuses every request."""
+
+
+@dataclass(frozen=True)
+class ZeroShotSettings:
+    model: str
+    base_url: str
+    samples: int = 5
+    temperature: float = 0.7
+    concurrency: int = 8
+    max_tokens: int = 200
+    timeout_s: float = 60.0
+    max_retries: int = 6
+    prompt: str = DEFAULT_PROMPT
+
+
+@dataclass(frozen=True)
+class Photo:
+    """A photo to ask about: its id (file name or path relative to the folder given) and path."""
+
+    query_id: str
+    path: Path
+
+
+def api_key_from_environment() -> str:
+    """The API key from GEOLOC_API_KEY, else OPENAI_API_KEY; never from a flag or a file."""
+    for variable in API_KEY_VARIABLES:
+        key = os.environ.get(variable, "").strip()
+        if key:
+            return key
+    raise ZeroShotError(
+        f"no API key: set {' or '.join(API_KEY_VARIABLES)} in the environment "
+        "(keys are not accepted as flags: other users of the machine can read command lines)"
+    )
+
+
+def find_photos(paths: Iterable[Path]) -> list[Photo]:
+    """Photos named directly, and those under folders (id = path relative to the folder)."""
+    photos: list[Photo] = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            photos += [Photo(p.relative_to(path).as_posix(), p) for p in found]
+        elif path.is_file():
+            photos.append(Photo(path.name, path))
+        else:
+            raise FileNotFoundError(f"{path}: no such file or folder")
+    return photos
+
+
+def image_data_url(data: bytes) -> str:
+    """The photo as a data: URL; formats that chat APIs do not take are re-encoded as JPEG."""
+    with Image.open(io.BytesIO(data)) as image:
+        mime = SENT_AS_IS.get(image.format or "")
+        if mime is None:
+            buffer = io.BytesIO()
+            image.convert("RGB").save(buffer, format="JPEG", quality=95)
+            data, mime = buffer.getvalue(), "image/jpeg"
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+class AnswerCache:
+    """Answers on disk (SQLite), keyed by everything that shapes them. Errors are not cached."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, answer TEXT NOT NULL)"
+        )
+
+    @staticmethod
+    def key(photo_sha256: str, settings: ZeroShotSettings, sample: int) -> str:
+        parts = [photo_sha256, settings.model, settings.prompt, repr(settings.temperature), str(sample)]
+        return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+
+    def get(self, key: str) -> str | None:
+        row = self._db.execute("SELECT answer FROM answers WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def put(self, key: str, answer: str) -> None:
+        self._db.execute("INSERT OR REPLACE INTO answers VALUES (?, ?)", (key, answer))
+        self._db.commit()
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def default_cache_path() -> Path:
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "geoloc" / "zeroshot.sqlite"
+
+
+async def _ask(client, settings: ZeroShotSettings, data_url: str) -> str:
+    import openai
+
+    try:
+        response = await client.chat.completions.create(
+            model=settings.model,
+            messages=[{
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": settings.prompt},
+                    {"type": "image_url", "image_url": {"url": data_url}},
+                ],
+            }],
+            temperature=settings.temperature,
+            max_tokens=settings.max_tokens,
+        )
+    except openai.APIStatusError as error:
+        if error.status_code in FATAL_STATUS:
+            raise ZeroShotError(f"the endpoint refused the request ({error.status_code}): {error.message}") from error
+        raise
+    content = response.choices[0].message.content if response.choices else None
+    return content or ""
+
+
+async def _run(
+    photos: list[Photo],
+    settings: ZeroShotSettings,
+    cache: AnswerCache,
+    api_key: str,
+    on_progress: Callable[[int], None],
+) -> tuple[list[dict], int]:
+    import openai
+
+    rows: list[dict] = []
+    pending: list[tuple[Photo, int, str, str]] = []
+    for photo in photos:
+        try:
+            data = photo.path.read_bytes()
+            data_url = image_data_url(data)
+        except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as error:
+            reason = f"unreadable image: {error.__class__.__name__}: {error}"
+            rows += [_row(photo, sample, None, reason) for sample in range(settings.samples)]
+            on_progress(settings.samples)
+            continue
+        digest = hashlib.sha256(data).hexdigest()
+        for sample in range(settings.samples):
+            key = AnswerCache.key(digest, settings, sample)
+            cached = cache.get(key)
+            if cached is None:
+                pending.append((photo, sample, key, data_url))
+            else:
+                rows.append(_row(photo, sample, cached, None))
+                on_progress(1)
+
+    limit = asyncio.Semaphore(settings.concurrency)
+    client = openai.AsyncOpenAI(
+        api_key=api_key, base_url=settings.base_url, timeout=settings.timeout_s, max_retries=settings.max_retries
+    )
+
+    async def ask(photo: Photo, sample: int, key: str, data_url: str) -> dict:
+        async with limit:
+            try:
+                answer = await _ask(client, settings, data_url)
+            except (openai.APIStatusError, openai.APIConnectionError, openai.APITimeoutError) as error:
+                return _row(photo, sample, None, f"request failed after retries: {error.__class__.__name__}")
+            finally:
+                on_progress(1)
+        cache.put(key, answer)
+        return _row(photo, sample, answer, None)
+
+    async with client:
+        tasks = [asyncio.ensure_future(ask(*item)) for item in pending]
+        try:
+            rows += await asyncio.gather(*tasks)
+        except ZeroShotError:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+    return rows, len(pending)
+
+
+def _row(photo: Photo, sample: int, answer: str | None, failure: str | None) -> dict:
+    parsed = parse_coordinates(answer) if failure is None else None
+    return {
+        "query_id": photo.query_id,
+        "image": str(photo.path),
+        "sample": sample,
+        "lat": parsed.lat if parsed else None,
+        "lon": parsed.lon if parsed else None,
+        "answer": answer,
+        "error": failure if failure is not None else parsed.error,
+    }
+
+
+@dataclass(frozen=True)
+class ZeroShotResult:
+    table: pl.DataFrame
+    requests: int
+    """Requests sent this run (answers already cached cost none)."""
+
+
+def ask_zeroshot(
+    photos: list[Photo],
+    settings: ZeroShotSettings,
+    cache_path: Path,
+    on_progress: Callable[[int], None] = lambda done: None,
+) -> ZeroShotResult:
+    """Ask the model `settings.samples` times about each photo; one row per photo and sample."""
+    if settings.samples < 1 or settings.concurrency < 1:
+        raise ValueError("samples and concurrency must be at least 1")
+    api_key = api_key_from_environment()
+    cache = AnswerCache(cache_path)
+    try:
+        rows, requests = asyncio.run(_run(photos, settings, cache, api_key, on_progress))
+    finally:
+        cache.close()
+    table = pl.DataFrame(rows, schema=ZEROSHOT_SCHEMA).sort("query_id", "sample")
+    return ZeroShotResult(table=table, requests=requests)

@@ -1,0 +1,116 @@
+"""`geoloc candidates`: zero-shot answers from a vision-language model, compile, report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from geoloc.cli.common import clean_errors, console, errors
+from geoloc.cli.evaluate import Distance, accuracy_cells, accuracy_columns, format_metric
+from geoloc.tables import TableError, write_table
+
+app = typer.Typer(help="Candidate locations: ask a vision-language model, compile all sources, report.",
+                  no_args_is_help=True)
+
+
+@app.command("zeroshot")
+def zeroshot_command(
+    images: list[Path] = typer.Argument(..., help="Photos, or folders of photos (searched recursively)."),
+    model: str = typer.Option(..., "--model", help="Model name as the endpoint knows it."),
+    base_url: str = typer.Option(..., "--base-url", help="OpenAI-compatible API root, e.g. http://127.0.0.1:8000/v1"),
+    out: Path = typer.Option(..., "--out", help="Answers table (.parquet or .csv)."),
+    samples: int = typer.Option(5, "--samples", min=1, help="Answers asked per photo."),
+    temperature: float = typer.Option(0.7, "--temperature", min=0.0, help="Sampling temperature (above 0 for "
+                                      "varied samples)."),
+    concurrency: int = typer.Option(8, "--concurrency", min=1, help="Requests in flight at once."),
+    max_retries: int = typer.Option(6, "--max-retries", min=0, help="Retries per request on 429, 5xx, time-outs."),
+    timeout: float = typer.Option(60.0, "--timeout", help="Seconds before a request times out."),
+    cache: Path | None = typer.Option(None, "--cache", help="Answer cache (SQLite). Default: "
+                                      "$XDG_CACHE_HOME/geoloc/zeroshot.sqlite."),
+) -> None:
+    """Ask the model for each photo's coordinates. The key comes from GEOLOC_API_KEY or OPENAI_API_KEY."""
+    from geoloc.candidates.zeroshot import (
+        ZeroShotError,
+        ZeroShotSettings,
+        ask_zeroshot,
+        default_cache_path,
+        find_photos,
+    )
+
+    settings = ZeroShotSettings(model=model, base_url=base_url, samples=samples, temperature=temperature,
+                                concurrency=concurrency, max_retries=max_retries, timeout_s=timeout)
+    with clean_errors(ZeroShotError, FileNotFoundError, TableError):
+        photos = find_photos(images)
+        with Progress(TextColumn("asking"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                      console=errors, transient=True) as progress:
+            task = progress.add_task("answers", total=len(photos) * samples)
+            result = ask_zeroshot(photos, settings, cache or default_cache_path(),
+                                  on_progress=lambda done: progress.advance(task, done))
+        write_table(result.table, out)
+    table = result.table
+    usable = table["lat"].is_not_null().sum()
+    console.print(f"{len(photos)} photo(s), {len(table)} answer(s): {usable} with coordinates, "
+                  f"{len(table) - usable} without (see the error column); {result.requests} request(s) sent, "
+                  f"the rest from the cache -> {out}")
+
+
+@app.command("compile")
+def compile_command(
+    out: Path = typer.Option(..., "--out", help="Candidates table (.parquet or .csv)."),
+    candidates: list[Path] = typer.Option([], "--candidates", help="A table already in the candidates schema "
+                                          "(retrieval, geoclip, classifier); repeatable."),
+    zeroshot: list[Path] = typer.Option([], "--zeroshot", help="Answers from `geoloc candidates zeroshot`; "
+                                        "repeatable."),
+    g3_index: Path | None = typer.Option(None, "--g3-index", help="G3's I.npy: per query, rows of the gallery CSV."),
+    g3_gallery: Path | None = typer.Option(None, "--g3-gallery", help="MP16-Pro metadata CSV (IMG_ID, LAT, LON, "
+                                           "place columns)."),
+    g3_queries: Path | None = typer.Option(None, "--g3-queries", help="The benchmark metadata, in I.npy's order."),
+    g3_top_k: int | None = typer.Option(None, "--g3-top-k", min=1, help="Keep only the first K neighbours."),
+) -> None:
+    """Merge every source into one candidates table with place texts."""
+    from geoloc.candidates.compile import G3Retrieval, compile_candidates
+
+    g3_parts = (g3_index, g3_gallery, g3_queries)
+    with clean_errors(TableError):
+        if any(g3_parts) and not all(g3_parts):
+            raise TableError("G3 retrieval needs all of --g3-index, --g3-gallery and --g3-queries")
+        g3 = G3Retrieval(g3_index, g3_gallery, g3_queries, g3_top_k) if all(g3_parts) else None
+        table, summary = compile_candidates(candidates, zeroshot, g3)
+        write_table(table, out)
+    counts = ", ".join(f"{source}: {n}" for source, n in summary.candidates_per_source.items())
+    console.print(f"{table['query_id'].n_unique()} queries, {len(table)} candidates ({counts}) -> {out}")
+    if summary.zeroshot_unusable:
+        console.print(f"{summary.zeroshot_unusable} zero-shot answer(s) had no usable coordinates and were left out")
+
+
+@app.command("report")
+def report_command(
+    candidates: Path = typer.Argument(..., help="Candidates table."),
+    truth: Path = typer.Option(..., "--truth", help="Benchmark metadata (IMG_ID, LAT, LON) or image_id, lat, lon."),
+    distance: Distance = typer.Option(Distance.great_circle, "--distance"),
+) -> None:
+    """Accuracy per source if the first candidate were taken, and if the best one were (the ceiling)."""
+    from geoloc.candidates import conform_candidates
+    from geoloc.candidates.report import candidate_report
+    from geoloc.evaluate import load_truth
+    from geoloc.tables import read_table
+
+    with clean_errors(TableError):
+        table = conform_candidates(read_table(candidates), candidates)
+        report = candidate_report(table, load_truth(truth), method=distance.value)
+    view = Table(title=f"Candidates against the truth ({distance.value} distance)")
+    for column in ("source", "pick", "per photo", "no candidate"):
+        view.add_column(column, justify="left" if column in ("source", "pick") else "right")
+    accuracy_columns(view)
+    for row in report.iter_rows(named=True):
+        cells = [row["source"], row["pick"], f"{row['candidates_per_photo']:.1f}",
+                 format_metric("missing", row["missing"])]
+        view.add_row(*cells, *accuracy_cells(row))
+    console.print(view)
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="candidates")

@@ -1,0 +1,226 @@
+"""`geoloc candidates zeroshot` against a local chat-completions stand-in that misbehaves on purpose."""
+
+import base64
+import hashlib
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import polars as pl
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from geoloc.cli import app
+
+SECRET = "sk-test-d0-not-leak-7f3a9c"
+
+
+@dataclass
+class Reply:
+    status: int = 200
+    content: str | None = None
+    delay_s: float = 0.0
+    headers: dict = field(default_factory=dict)
+
+
+@dataclass
+class StandIn:
+    """Scripted replies per photo (by the SHA-256 of the bytes sent), and a log of what came in."""
+
+    script: dict[str, list[Reply]]
+    requests: list[dict] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def arrive(self, photo_sha: str, **details) -> Reply:
+        """Log a request and pick its reply by how many came for this photo before it."""
+        with self.lock:
+            seen = sum(1 for r in self.requests if r["photo"] == photo_sha)
+            self.requests.append({"photo": photo_sha, "at": time.monotonic(), **details})
+        replies = self.script[photo_sha]
+        return replies[min(seen, len(replies) - 1)]
+
+
+class QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        """A client that timed out closed its socket: expected here, not worth a traceback."""
+
+
+def make_handler(stand_in: StandIn):
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):  # keep the test output clean
+            pass
+
+        def _send(self, status: int, body: dict, headers: dict | None = None) -> None:
+            payload = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            if self.path != "/v1/chat/completions":
+                return self._send(404, {"error": {"message": "no such route"}})
+            if self.headers.get("Authorization") != f"Bearer {SECRET}":
+                return self._send(401, {"error": {"message": "bad key"}})
+            parts = body["messages"][0]["content"]
+            url = next(p["image_url"]["url"] for p in parts if p["type"] == "image_url")
+            header, encoded = url.split(",", 1)
+            assert header.startswith("data:image/") and header.endswith(";base64")
+            photo = hashlib.sha256(base64.b64decode(encoded)).hexdigest()
+            reply = stand_in.arrive(photo, mime=header[5:-7], temperature=body.get("temperature"))
+            time.sleep(reply.delay_s)
+            if reply.status != 200:
+                return self._send(reply.status, {"error": {"message": "scripted failure"}}, reply.headers)
+            self._send(200, {
+                "id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                "choices": [{"index": 0, "finish_reason": "stop",
+                             "message": {"role": "assistant", "content": reply.content}}],
+            })
+
+    return Handler
+
+
+@pytest.fixture
+def serve():
+    servers = []
+
+    def start(script: dict[str, list[Reply]]) -> tuple[StandIn, str]:
+        stand_in = StandIn(script)
+        server = QuietServer(("127.0.0.1", 0), make_handler(stand_in))
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        servers.append(server)
+        return stand_in, f"http://127.0.0.1:{server.server_address[1]}/v1"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def write_photo(path: Path, colour: tuple[int, int, int], fmt: str = "JPEG") -> str:
+    Image.new("RGB", (32, 24), colour).save(path, format=fmt)
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def photos(tmp_path):
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    shas = {
+        "rate_limited.jpg": write_photo(folder / "rate_limited.jpg", (200, 10, 10)),
+        "server_errors.jpg": write_photo(folder / "server_errors.jpg", (10, 200, 10)),
+        "slow.jpg": write_photo(folder / "slow.jpg", (10, 10, 200)),
+        "prose.png": write_photo(folder / "prose.png", (50, 50, 50), "PNG"),
+        "sub/fenced.tif": write_photo(folder / "sub" / "fenced.tif", (90, 90, 10), "TIFF"),
+        "refusal.jpg": write_photo(folder / "refusal.jpg", (0, 90, 90)),
+        "out_of_range.jpg": write_photo(folder / "out_of_range.jpg", (90, 0, 90)),
+    }
+    (folder / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a JPEG")
+    return folder, shas
+
+
+def script_for(shas: dict[str, str]) -> dict[str, list[Reply]]:
+    # Every TIFF is re-encoded as JPEG before sending: its sha as sent differs, so the
+    # stand-in answers it by whatever arrives that is not one of the others.
+    return {
+        shas["rate_limited.jpg"]: [Reply(429, headers={"Retry-After": "1"}),
+                                   Reply(content='{"latitude": 48.8584, "longitude": 2.2945}')],
+        shas["server_errors.jpg"]: [Reply(500), Reply(503), Reply(content="22°57′7″S 43°12′38″W")],
+        shas["slow.jpg"]: [Reply(delay_s=2.0, content='{"latitude": 1, "longitude": 1}'),
+                           Reply(content="Latitude: 35.6586, Longitude: 139.7454")],
+        shas["prose.png"]: [Reply(content="This looks like Sydney; my best guess is -33.8568, 151.2153.")],
+        shas["refusal.jpg"]: [Reply(content="I'm sorry, I can't determine where this photo was taken.")],
+        shas["out_of_range.jpg"]: [Reply(content='{"latitude": 123.5, "longitude": 200.0}')],
+    }
+
+
+class FencedFallback(dict):
+    """Any photo not in the script (the re-encoded TIFF) gets a JSON answer in a code fence."""
+
+    def __missing__(self, key):
+        return [Reply(content='```json\n{"latitude": "33.8568° S", "longitude": "151.2153° E"}\n```')]
+
+
+def run_zeroshot(folder: Path, base_url: str, tmp_path: Path, env: dict, samples: int = 2):
+    out, cache = tmp_path / "answers.parquet", tmp_path / "cache.sqlite"
+    arguments = ["candidates", "zeroshot", str(folder), "--model", "stand-in-vl", "--base-url", base_url,
+                 "--samples", str(samples), "--concurrency", "4", "--timeout", "0.5", "--out", str(out),
+                 "--cache", str(cache)]
+    result = CliRunner().invoke(app, arguments, env=env)
+    return result, out, cache
+
+
+def test_misbehaving_endpoint_every_sample_parsed_key_kept_secret(serve, photos, tmp_path):
+    folder, shas = photos
+    stand_in, base_url = serve(FencedFallback(script_for(shas)))
+    env = {"GEOLOC_API_KEY": SECRET, "OPENAI_API_KEY": ""}
+    result, out, cache = run_zeroshot(folder, base_url, tmp_path, env)
+    assert result.exit_code == 0, result.output
+    table = pl.read_parquet(out)
+    assert table.height == 8 * 2
+    assert table.group_by("query_id").len()["len"].to_list() == [2] * 8
+    by_photo = {row["query_id"]: row for row in table.filter(pl.col("sample") == 1).iter_rows(named=True)}
+    expected = {
+        "rate_limited.jpg": (48.8584, 2.2945),
+        "server_errors.jpg": (-(22 + 57 / 60 + 7 / 3600), -(43 + 12 / 60 + 38 / 3600)),
+        "slow.jpg": (35.6586, 139.7454),
+        "prose.png": (-33.8568, 151.2153),
+        "sub/fenced.tif": (-33.8568, 151.2153),
+    }
+    for query_id, (lat, lon) in expected.items():
+        row = by_photo[query_id]
+        assert row["error"] is None, (query_id, row)
+        assert row["lat"] == pytest.approx(lat, abs=1e-12) and row["lon"] == pytest.approx(lon, abs=1e-12)
+    for query_id, reason in [("refusal.jpg", "no coordinates"), ("out_of_range.jpg", "out of range"),
+                             ("corrupt.jpg", "unreadable image")]:
+        rows = table.filter(pl.col("query_id") == query_id)
+        assert rows["lat"].null_count() == 2 and rows["lon"].null_count() == 2, query_id
+        assert all(reason in e for e in rows["error"]), (query_id, rows["error"].to_list())
+    assert table.filter(pl.col("query_id") == "refusal.jpg")["answer"][0].startswith("I'm sorry")
+    # The corrupt file cost no request; the TIFF went as JPEG, the PNG as PNG.
+    mimes = {r["mime"] for r in stand_in.requests}
+    assert mimes == {"image/jpeg", "image/png"}
+    assert all(r["temperature"] == 0.7 for r in stand_in.requests)
+    # Retry-After was honoured: the retry of the request that got the 429 (the third to
+    # arrive; the other sample's went through meanwhile) came at least a second later.
+    times = [r["at"] for r in stand_in.requests if r["photo"] == shas["rate_limited.jpg"]]
+    assert len(times) == 3 and times[2] - times[0] >= 0.95
+    # The key appears nowhere we write or print.
+    for blob in (result.stdout.encode(), result.stderr.encode(), out.read_bytes(), cache.read_bytes()):
+        assert SECRET.encode() not in blob
+
+    sent = len(stand_in.requests)
+    again, out_again, _ = run_zeroshot(folder, base_url, tmp_path, env)
+    assert again.exit_code == 0, again.output
+    assert len(stand_in.requests) == sent, "a rerun must be served from the cache"
+    assert "0 request(s) sent" in again.stdout
+    assert pl.read_parquet(out_again).equals(table)
+
+
+def test_missing_key_is_an_error_before_any_request(serve, photos, tmp_path):
+    folder, shas = photos
+    stand_in, base_url = serve(FencedFallback(script_for(shas)))
+    result, out, _ = run_zeroshot(folder, base_url, tmp_path, {"GEOLOC_API_KEY": "", "OPENAI_API_KEY": ""})
+    assert result.exit_code == 2
+    assert "GEOLOC_API_KEY or OPENAI_API_KEY" in result.stderr
+    assert stand_in.requests == [] and not out.exists()
+
+
+def test_wrong_key_stops_the_run_with_a_clear_message(serve, photos, tmp_path):
+    folder, shas = photos
+    stand_in, base_url = serve(FencedFallback(script_for(shas)))
+    result, out, _ = run_zeroshot(folder, base_url, tmp_path, {"GEOLOC_API_KEY": "", "OPENAI_API_KEY": "sk-wrong"})
+    assert result.exit_code == 2
+    assert "refused the request (401)" in result.stderr
+    assert "sk-wrong" not in result.output
+    assert not out.exists()
