@@ -177,12 +177,13 @@ async def _run(
     import openai
 
     rows: list[dict] = []
-    pending: list[tuple[Photo, int, str, str]] = []
+    pending: list[tuple[Photo, int, str]] = []
     for photo in photos:
         try:
             data = photo.path.read_bytes()
-            data_url = image_data_url(data)
-        except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as error:
+            with Image.open(io.BytesIO(data)) as image:
+                image.verify()
+        except (OSError, SyntaxError, UnidentifiedImageError, Image.DecompressionBombError) as error:
             reason = f"unreadable image: {error.__class__.__name__}: {error}"
             rows += [_row(photo, sample, None, reason) for sample in range(settings.samples)]
             on_progress(settings.samples)
@@ -192,7 +193,7 @@ async def _run(
             key = AnswerCache.key(digest, settings, sample)
             cached = cache.get(key)
             if cached is None:
-                pending.append((photo, sample, key, data_url))
+                pending.append((photo, sample, key))
             else:
                 rows.append(_row(photo, sample, cached, None))
                 on_progress(1)
@@ -202,12 +203,15 @@ async def _run(
         api_key=api_key, base_url=settings.base_url, timeout=settings.timeout_s, max_retries=settings.max_retries
     )
 
-    async def ask(photo: Photo, sample: int, key: str, data_url: str) -> dict:
+    async def ask(photo: Photo, sample: int, key: str) -> dict:
         async with limit:
             try:
-                answer = await _ask(client, settings, data_url)
-            except (openai.APIStatusError, openai.APIConnectionError, openai.APITimeoutError) as error:
+                # Encoded only while in flight: a whole benchmark's data URLs would fill memory.
+                answer = await _ask(client, settings, image_data_url(photo.path.read_bytes()))
+            except (openai.APIStatusError, openai.APIConnectionError) as error:
                 return _row(photo, sample, None, f"request failed after retries: {error.__class__.__name__}")
+            except OSError as error:
+                return _row(photo, sample, None, f"unreadable image: {error}")
             finally:
                 on_progress(1)
         cache.put(key, answer)
