@@ -1,0 +1,108 @@
+"""GeoCLIP as a predictor and a candidate generator (source=geoclip).
+
+The trained heads (image MLP, location encoder, logit scale) and the 100K-point GPS
+gallery ship inside the `geoclip` package; the CLIP ViT-L/14 backbone is ours to load
+(hub id or local folder, see geoloc.encode). The math is the package's: softmax over
+the whole gallery of exp(logit_scale) times the cosine between the image's MLP
+features and each location's features. What differs is the work: the package encodes
+all 100K gallery locations again for every photo; here they are encoded once, in
+batches, cached on disk, and photos are scored in batches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+from safetensors.torch import load_file, save_file
+
+from geoloc.encode.backbone import Backbone
+
+GEOCLIP_IMAGE_DIM = 768
+"""GeoCLIP's MLP reads CLIP ViT-L/14 projections: a backbone must produce 768 features."""
+
+
+def _package_file(*parts: str) -> Path:
+    return Path(str(resources.files("geoclip").joinpath("model", *parts)))
+
+
+def geoclip_gallery() -> np.ndarray:
+    """The package's 100K GPS gallery (lat, lon), float32 as the package holds it."""
+    table = pl.read_csv(_package_file("gps_gallery", "coordinates_100K.csv"))
+    return table.select("LAT", "LON").to_numpy().astype(np.float32)
+
+
+def _cache_folder() -> Path:
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "geoloc" / "geoclip"
+
+
+@dataclass
+class GeoClipHeads:
+    """GeoCLIP's trained heads, read from the package's weight files (tensors only)."""
+
+    image_mlp: torch.nn.Sequential
+    location_encoder: torch.nn.Module
+    logit_scale: torch.Tensor
+
+    @classmethod
+    def from_package(cls) -> GeoClipHeads:
+        from geoclip.model.location_encoder import LocationEncoder
+
+        mlp = torch.nn.Sequential(torch.nn.Linear(768, 768), torch.nn.ReLU(), torch.nn.Linear(768, 512))
+        mlp.load_state_dict(torch.load(_package_file("weights", "image_encoder_mlp_weights.pth"),
+                                       map_location="cpu", weights_only=True))
+        scale = torch.load(_package_file("weights", "logit_scale_weights.pth"), map_location="cpu",
+                           weights_only=True)
+        return cls(mlp.eval(), LocationEncoder(from_pretrained=True).eval(), scale.detach().float())
+
+
+class GeoClip:
+    """Top-k gallery locations and their probabilities for batches of photos."""
+
+    def __init__(self, backbone: Backbone, gallery: np.ndarray | None = None, batch_size: int = 4096) -> None:
+        if backbone.dim != GEOCLIP_IMAGE_DIM:
+            raise ValueError(f"GeoCLIP needs a backbone with {GEOCLIP_IMAGE_DIM} features (CLIP ViT-L/14); "
+                             f"{backbone.name} has {backbone.dim}")
+        self.backbone = backbone
+        self.heads = GeoClipHeads.from_package()
+        self.gallery = geoclip_gallery() if gallery is None else np.asarray(gallery, dtype=np.float32)
+        self.location_features = self._location_features(batch_size)
+
+    @torch.inference_mode()
+    def _location_features(self, batch_size: int) -> torch.Tensor:
+        """Normalized features of every gallery location, from a disk cache when available."""
+        weights = _package_file("weights", "location_encoder_weights.pth").read_bytes()
+        key = hashlib.sha256(weights + self.gallery.tobytes()).hexdigest()[:24]
+        cached = _cache_folder() / f"locations-{key}.safetensors"
+        if cached.is_file():
+            return load_file(cached)["features"]
+        gallery = torch.from_numpy(self.gallery)
+        parts = [self.heads.location_encoder(gallery[i : i + batch_size]) for i in range(0, len(gallery), batch_size)]
+        features = torch.nn.functional.normalize(torch.cat(parts), dim=1).contiguous()
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        partial = cached.with_suffix(f".{os.getpid()}.part")
+        save_file({"features": features}, partial)
+        os.replace(partial, cached)
+        return features
+
+    @torch.inference_mode()
+    def probabilities(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(photos, gallery) probabilities, each row summing to 1."""
+        image = self.heads.image_mlp(self.backbone.features(pixel_values))
+        image = torch.nn.functional.normalize(image, dim=1)
+        logits = self.heads.logit_scale.exp() * (image @ self.location_features.T)
+        return logits.softmax(dim=-1)
+
+    def top_k(self, pixel_values: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Coordinates (photos, k, 2) and probabilities (photos, k), most probable first."""
+        if not 1 <= k <= len(self.gallery):
+            raise ValueError(f"top-k must be between 1 and {len(self.gallery)}, got {k}")
+        best = torch.topk(self.probabilities(pixel_values), k, dim=1)
+        return self.gallery[best.indices.numpy()], best.values.numpy()

@@ -1,0 +1,127 @@
+"""Image backbones loaded the Hugging Face way: a hub id or a local folder.
+
+CLIP checkpoints load as their vision tower plus projection only (the text tower is
+never read); any other vision model loads through AutoModel and is pooled. Features
+come out raw (GeoCLIP's heads were trained on raw CLIP projections); `embed`
+normalizes them for retrieval.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+NEEDED_FILES = ("config.json", "preprocessor_config.json")
+
+
+class BackboneUnavailable(RuntimeError):
+    """The backbone's files are neither on disk nor downloadable; the message says what to do."""
+
+
+def _missing_files(folder: Path) -> list[str]:
+    missing = [name for name in NEEDED_FILES if not (folder / name).is_file()]
+    if not any((folder / name).is_file() for name in WEIGHT_FILES):
+        missing.append(" or ".join(WEIGHT_FILES[::2]))
+    return missing
+
+
+def _unavailable(name: str, error: Exception) -> BackboneUnavailable:
+    folder = Path(name)
+    if folder.is_dir():
+        missing = _missing_files(folder)
+        detail = f"the folder {folder} lacks {', '.join(missing)}" if missing else str(error)
+    else:
+        detail = (f"{name!r} is not a local folder and its files ({', '.join(NEEDED_FILES)}, "
+                  f"{' or '.join(WEIGHT_FILES[::2])}) are not in the Hugging Face cache; "
+                  f"downloading them failed: {error.__class__.__name__}")
+    return BackboneUnavailable(
+        f"cannot load the image backbone: {detail}. On a machine with network access, save the model "
+        "(e.g. `huggingface-cli download ID --local-dir DIR`), copy DIR here and pass --backbone DIR."
+    )
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def pick_dtype(device: torch.device, dtype: str = "auto") -> torch.dtype:
+    """fp32 on the CPU; bf16 on GPUs that have it, else fp16, unless told otherwise."""
+    if dtype != "auto":
+        return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
+    if device.type != "cuda":
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+@dataclass
+class Backbone:
+    """A frozen image encoder with its preprocessing."""
+
+    name: str
+    model: torch.nn.Module
+    processor: object
+    is_clip: bool
+    dim: int
+    device: torch.device
+    dtype: torch.dtype
+
+    def pixel_values(self, images: list[Image.Image]) -> torch.Tensor:
+        rgb = [image.convert("RGB") for image in images]
+        return self.processor(images=rgb, return_tensors="pt")["pixel_values"]
+
+    @torch.inference_mode()
+    def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Raw (unnormalized) features, float32, on the CPU."""
+        pixel_values = pixel_values.to(self.device, self.dtype)
+        output = self.model(pixel_values=pixel_values)
+        if self.is_clip:
+            features = output.image_embeds
+        elif getattr(output, "pooler_output", None) is not None:
+            features = output.pooler_output
+        else:
+            features = output.last_hidden_state.mean(dim=1)
+        return features.float().cpu()
+
+    def embed(self, images: list[Image.Image]) -> np.ndarray:
+        """L2-normalized float32 embeddings, one row per image."""
+        features = self.features(self.pixel_values(images))
+        return torch.nn.functional.normalize(features, dim=-1).numpy()
+
+
+def load_backbone(name: str, device: str = "auto", dtype: str = "auto") -> Backbone:
+    """Load a hub id or local folder; BackboneUnavailable names what is missing."""
+    from transformers import AutoConfig, AutoImageProcessor, AutoModel, CLIPVisionModelWithProjection
+
+    from transformers.utils import logging as hf_logging
+
+    target = pick_device(device)
+    torch_dtype = pick_dtype(target, dtype)
+    # A CLIP checkpoint's text tower is skipped on purpose; its load report is noise.
+    hf_logging.set_verbosity_error()
+    try:
+        config = AutoConfig.from_pretrained(name)
+        processor = AutoImageProcessor.from_pretrained(name)
+        is_clip = config.model_type == "clip"
+        if is_clip:
+            # The projection size is the top-level config's; vision configs may not repeat it.
+            vision_config = config.vision_config
+            vision_config.projection_dim = config.projection_dim
+            model = CLIPVisionModelWithProjection.from_pretrained(name, config=vision_config, dtype=torch_dtype)
+        else:
+            model = AutoModel.from_pretrained(name, dtype=torch_dtype)
+    except OSError as error:
+        raise _unavailable(name, error) from error
+    model = model.to(target).eval()
+    if is_clip:
+        dim = config.projection_dim
+    else:
+        dim = getattr(getattr(config, "vision_config", config), "hidden_size")
+    return Backbone(name=name, model=model, processor=processor, is_clip=is_clip, dim=int(dim),
+                    device=target, dtype=torch_dtype)
