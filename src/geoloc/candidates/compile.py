@@ -39,7 +39,8 @@ class CompileSummary:
     """Zero-shot answers without usable coordinates: kept out of the table, never (0, 0)."""
 
 
-def _place_text(columns: list[str]) -> pl.Expr:
+def place_text(columns: list[str]) -> pl.Expr:
+    """The non-empty place columns joined with commas, most specific first; null if none."""
     present = [pl.col(c).cast(pl.Utf8).str.strip_chars().replace("", None) for c in columns]
     return pl.concat_str(present, separator=", ", ignore_nulls=True).replace("", None)
 
@@ -61,7 +62,7 @@ def g3_retrieval_candidates(g3: G3Retrieval) -> pl.DataFrame:
         neighbours = neighbours[:, : g3.top_k]
     metadata = read_table(g3.gallery)
     places = [c for c in GALLERY_PLACE_COLUMNS if c in metadata.columns]
-    texts = metadata.select(_place_text(places) if places else pl.lit(None, pl.Utf8))
+    texts = metadata.select(place_text(places) if places else pl.lit(None, pl.Utf8))
     gallery = select_layout(metadata, g3.gallery, [{"IMG_ID": "ref_uri", "LAT": "lat", "LON": "lon"}])
     gallery = gallery.with_columns(texts.to_series().alias("text"))
     for column in ("lat", "lon"):
@@ -96,16 +97,16 @@ def zeroshot_candidates(table: pl.DataFrame, path: Path) -> tuple[pl.DataFrame, 
     return usable.select(list(CANDIDATE_SCHEMA)), len(table) - len(usable)
 
 
-def fill_place_texts(candidates: pl.DataFrame) -> pl.DataFrame:
-    """Reverse-geocode the candidates that have no place text (vectorized, offline)."""
+def fill_place_texts(frame: pl.DataFrame) -> pl.DataFrame:
+    """Reverse-geocode the rows (with lat, lon, text) that have no place text (vectorized, offline)."""
     from geoloc.places import place_names
 
-    lacking = candidates["text"].is_null().to_numpy()
+    lacking = frame["text"].is_null().to_numpy()
     if not lacking.any():
-        return candidates
-    texts = candidates["text"].to_numpy().astype(object)
-    texts[lacking] = place_names(candidates["lat"].to_numpy()[lacking], candidates["lon"].to_numpy()[lacking])
-    return candidates.with_columns(pl.Series("text", texts, dtype=pl.Utf8))
+        return frame
+    texts = frame["text"].to_numpy().astype(object)
+    texts[lacking] = place_names(frame["lat"].to_numpy()[lacking], frame["lon"].to_numpy()[lacking])
+    return frame.with_columns(pl.Series("text", texts, dtype=pl.Utf8))
 
 
 def compile_candidates(

@@ -23,9 +23,21 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from geoloc.encode.backbone import Backbone
+from geoloc.geo import great_circle_km
 
 GEOCLIP_IMAGE_DIM = 768
 """GeoCLIP's MLP reads CLIP ViT-L/14 projections: a backbone must produce 768 features."""
+CONFIDENCE_MASS = 0.68
+"""The share of the model's belief that the confidence circle holds (one sigma's worth)."""
+
+
+@dataclass(frozen=True)
+class GeoClipGuesses:
+    """For a batch of photos: top-k (lat, lon) (photos, k, 2), probabilities (photos, k), radius in km."""
+
+    coordinates: np.ndarray
+    probabilities: np.ndarray
+    radius_km: np.ndarray
 
 
 def _package_file(*parts: str) -> Path:
@@ -100,9 +112,22 @@ class GeoClip:
         logits = self.heads.logit_scale.exp() * (image @ self.location_features.T)
         return logits.softmax(dim=-1)
 
-    def top_k(self, pixel_values: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Coordinates (photos, k, 2) and probabilities (photos, k), most probable first."""
+    def top_k(self, pixel_values: torch.Tensor, k: int, mass: float = CONFIDENCE_MASS) -> GeoClipGuesses:
+        """The k most probable gallery locations per photo, and the radius holding `mass` of the probability."""
         if not 1 <= k <= len(self.gallery):
             raise ValueError(f"top-k must be between 1 and {len(self.gallery)}, got {k}")
-        best = torch.topk(self.probabilities(pixel_values), k, dim=1)
-        return self.gallery[best.indices.numpy()], best.values.numpy()
+        probabilities = self.probabilities(pixel_values)
+        best = torch.topk(probabilities, k, dim=1)
+        coordinates = self.gallery[best.indices.numpy()]
+        return GeoClipGuesses(coordinates, best.values.numpy(), self._radius_km(coordinates[:, 0], probabilities, mass))
+
+    def _radius_km(self, centres: np.ndarray, probabilities: torch.Tensor, mass: float) -> np.ndarray:
+        """Per photo, the distance from the best guess within which the model puts `mass` of its belief."""
+        lat, lon = self.gallery[:, 0].astype(np.float64), self.gallery[:, 1].astype(np.float64)
+        radii = np.empty(len(centres))
+        for row, (centre, belief) in enumerate(zip(centres, probabilities.numpy())):
+            distances = great_circle_km(centre[0], centre[1], lat, lon)
+            order = np.argsort(distances)
+            within = np.searchsorted(np.cumsum(belief[order], dtype=np.float64), mass)
+            radii[row] = distances[order[min(within, len(order) - 1)]]
+        return radii

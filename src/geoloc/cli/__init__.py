@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from geoloc import __version__
-from geoloc.cli import candidates, evaluate
+from geoloc.cli import candidates, evaluate, gallery, predict
 
 app = typer.Typer(
     name="geoloc",
@@ -16,6 +16,8 @@ app = typer.Typer(
 )
 evaluate.register(app)
 candidates.register(app)
+predict.register(app, candidates.app)
+gallery.register(app)
 
 
 def _print_version(value: bool) -> None:

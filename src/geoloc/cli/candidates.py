@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from geoloc.cli.common import clean_errors, console, errors
+from geoloc.cli.common import clean_errors, console, progress_bar
 from geoloc.cli.evaluate import Distance, accuracy_cells, accuracy_columns, format_metric
 from geoloc.tables import TableError, write_table
 
@@ -44,8 +43,7 @@ def zeroshot_command(
                                 concurrency=concurrency, max_retries=max_retries, timeout_s=timeout)
     with clean_errors(ZeroShotError, FileNotFoundError, TableError):
         photos = find_photos(images)
-        with Progress(TextColumn("asking"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                      console=errors, transient=True) as progress:
+        with progress_bar("asking") as progress:
             task = progress.add_task("answers", total=len(photos) * samples)
             result = ask_zeroshot(photos, settings, cache or default_cache_path(),
                                   on_progress=lambda done: progress.advance(task, done))

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 console = Console()
 errors = Console(stderr=True)
@@ -20,3 +21,9 @@ def clean_errors(*expected: type[BaseException]) -> Iterator[None]:
     except expected as error:
         errors.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=2) from error
+
+
+def progress_bar(label: str) -> Progress:
+    """A progress bar on stderr (stdout stays clean for JSON), gone once done."""
+    return Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=errors,
+                    transient=True)

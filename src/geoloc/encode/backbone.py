@@ -98,7 +98,6 @@ class Backbone:
 def load_backbone(name: str, device: str = "auto", dtype: str = "auto") -> Backbone:
     """Load a hub id or local folder; BackboneUnavailable names what is missing."""
     from transformers import AutoConfig, AutoImageProcessor, AutoModel, CLIPVisionModelWithProjection
-
     from transformers.utils import logging as hf_logging
 
     target = pick_device(device)
@@ -122,6 +121,6 @@ def load_backbone(name: str, device: str = "auto", dtype: str = "auto") -> Backb
     if is_clip:
         dim = config.projection_dim
     else:
-        dim = getattr(getattr(config, "vision_config", config), "hidden_size")
+        dim = getattr(config, "vision_config", config).hidden_size
     return Backbone(name=name, model=model, processor=processor, is_clip=is_clip, dim=int(dim),
                     device=target, dtype=torch_dtype)

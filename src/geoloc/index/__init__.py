@@ -49,7 +49,9 @@ class IndexPlan:
         return self.rows * (self.pq_m + 8) + self.nlist * self.dim * 4 + 256 * self.dim * 4
 
 
-def plan_index(rows: int, dim: int, kind: str = "auto", nlist: int | None = None, nprobe: int | None = None) -> IndexPlan:
+def plan_index(
+    rows: int, dim: int, kind: str = "auto", nlist: int | None = None, nprobe: int | None = None
+) -> IndexPlan:
     """Choose the index and its parameters for a gallery of `rows` vectors."""
     if kind not in INDEX_KINDS:
         raise ValueError(f"unknown index kind {kind!r}; choose one of {', '.join(INDEX_KINDS)}")
@@ -136,3 +138,23 @@ def save_gallery_index(index, gallery: pl.DataFrame, plan: IndexPlan, folder: Pa
     partial = folder / f".index.json.{os.getpid()}.part"
     partial.write_text(json.dumps(info, indent=2))
     os.replace(partial, folder / "index.json")
+
+
+def gallery_table(ids: pl.Series, catalog: pl.DataFrame) -> pl.DataFrame:
+    """Coordinates, uri and place text of each embedded photo, in the embeddings' row order.
+
+    Place text comes from the catalog's place columns (MP16-Pro's neighbourhood ...
+    country) when it has them, else from offline reverse geocoding.
+    """
+    from geoloc.candidates.compile import GALLERY_PLACE_COLUMNS, fill_place_texts, place_text
+
+    places = [c for c in GALLERY_PLACE_COLUMNS if c in catalog.columns]
+    catalog = catalog.with_columns(place_text(places).alias("text") if places else pl.lit(None, pl.Utf8).alias("text"))
+    rows = pl.DataFrame({"image_id": ids}).join(
+        catalog.select("image_id", "uri", "lat", "lon", "text"), on="image_id", how="left", maintain_order="left"
+    )
+    unmatched = rows.filter(pl.col("lat").is_null())["image_id"]
+    if len(unmatched):
+        raise ValueError(f"{len(unmatched)} embedded photo(s) are not in the catalog, e.g. {unmatched[0]!r}: "
+                         "were the embeddings made from another catalog?")
+    return fill_place_texts(rows)

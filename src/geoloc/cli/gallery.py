@@ -1,0 +1,81 @@
+"""`geoloc index build` and `geoloc retrieve`: the searchable gallery and its candidates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from geoloc.cli.common import clean_errors, console, errors, progress_bar
+from geoloc.tables import TableError, read_table, write_table
+
+index_app = typer.Typer(help="The searchable gallery (FAISS) with its coordinates and place texts.",
+                        no_args_is_help=True)
+
+
+@index_app.command("build")
+def build_command(
+    embeddings: Path = typer.Option(..., "--embeddings", help="Folder written by `geoloc embed`."),
+    catalog: Path = typer.Option(..., "--catalog", help="Catalog folder (catalog.parquet) or a catalog file."),
+    out: Path = typer.Option(..., "--out", help="Index folder to write."),
+    kind: str = typer.Option("auto", "--kind", help="auto (exact up to 200K photos, else IVF), flat, ivf, hnsw, "
+                             "ivfpq (least memory, lower recall)."),
+    nlist: int | None = typer.Option(None, "--nlist", min=1, help="IVF lists (default about sqrt(photos))."),
+    nprobe: int | None = typer.Option(None, "--nprobe", min=1, help="IVF lists searched per query."),
+) -> None:
+    """Build the gallery index from embeddings and the catalog's coordinates."""
+    from geoloc.encode import EmbeddingsError, read_embeddings
+    from geoloc.index import build_faiss_index, gallery_table, plan_index, save_gallery_index
+
+    with clean_errors(EmbeddingsError, TableError, ValueError, FileNotFoundError):
+        meta, ids, vectors = read_embeddings(embeddings)
+        if not len(ids):
+            raise EmbeddingsError(f"{embeddings}: no photo was embedded successfully; nothing to index")
+        catalog_file = catalog / "catalog.parquet" if catalog.is_dir() else catalog
+        gallery = gallery_table(ids, read_table(catalog_file))
+        plan = plan_index(len(ids), vectors.shape[1], kind, nlist=nlist, nprobe=nprobe)
+        console.print(f"{plan.kind} index over {plan.rows:,} photos x {plan.dim} dims"
+                      + (f", {plan.nlist} lists, {plan.nprobe} probed" if plan.nlist else "")
+                      + f": about {plan.memory_bytes() / 2**30:.2f} GiB in memory")
+        with console.status("building the index", spinner="dots"):
+            index = build_faiss_index(vectors, plan)
+        save_gallery_index(index, gallery, plan, out, meta.get("backbone"))
+    console.print(f"index -> {out}")
+
+
+def retrieve_command(
+    images: list[Path] = typer.Argument(..., help="Query photos, or folders of photos."),
+    index: Path = typer.Option(..., "--index", help="Folder written by `geoloc index build`."),
+    out: Path = typer.Option(..., "--out", help="Candidates table (.parquet or .csv), source=retrieval."),
+    k: int = typer.Option(20, "--k", min=1, help="Candidates per photo."),
+    backbone: str | None = typer.Option(None, "--backbone", help="Defaults to the one that embedded the gallery."),
+    batch_size: int = typer.Option(64, "--batch-size", min=1),
+    device: str = typer.Option("auto", "--device"),
+) -> None:
+    """The k gallery photos nearest to each query photo, as candidates."""
+    from geoloc.candidates.retrieval import retrieval_candidates
+    from geoloc.candidates.zeroshot import find_photos
+    from geoloc.encode import embed_batches
+    from geoloc.encode.backbone import BackboneUnavailable, load_backbone
+    from geoloc.index import GalleryIndex
+
+    with clean_errors(BackboneUnavailable, FileNotFoundError, TableError, ValueError):
+        gallery = GalleryIndex.load(index)
+        photos = find_photos(images)
+        model = load_backbone(backbone or gallery.info["backbone"], device=device)
+        with progress_bar("embedding") as progress:
+            task = progress.add_task("photos", total=len(photos))
+            vectors, problems = embed_batches([str(p.path) for p in photos], lambda uri: Path(uri).read_bytes(),
+                                              model, batch_size, on_progress=lambda n: progress.advance(task, n))
+        readable = [row for row, problem in enumerate(problems) if problem is None]
+        for photo, problem in zip(photos, problems):
+            if problem is not None:
+                errors.print(f"[yellow]skipped[/] {photo.path}: {problem}", highlight=False)
+        table = retrieval_candidates(gallery, [photos[row].query_id for row in readable], vectors[readable], k)
+        write_table(table, out)
+    console.print(f"{len(readable)} photo(s), {len(table)} candidates -> {out}")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(index_app, name="index")
+    app.command("retrieve")(retrieve_command)

@@ -1,0 +1,96 @@
+"""`geoloc predict` (the main job) and `geoloc candidates geoclip`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from geoloc.cli.common import clean_errors, console, errors, progress_bar
+from geoloc.tables import TableError, write_table
+
+DEFAULT_BACKBONE = "openai/clip-vit-large-patch14"
+BACKBONE_HELP = "CLIP ViT-L/14 for GeoCLIP: a hub id or a local folder with its files."
+
+
+def _guesses(photos_or_folders: list[Path], backbone: str, top_k: int, batch_size: int, device: str):
+    """Load GeoCLIP, then answer every photo; returns (guesses, unreadable)."""
+    from geoloc.candidates.geoclip import GeoClip
+    from geoloc.candidates.zeroshot import find_photos
+    from geoloc.encode.backbone import load_backbone
+    from geoloc.predict import PhotoGuess, guess_photos
+
+    photos = find_photos(photos_or_folders)
+    if not photos:
+        raise FileNotFoundError("no photos found in " + ", ".join(map(str, photos_or_folders)))
+    with console.status("loading GeoCLIP", spinner="dots"):
+        geoclip = GeoClip(load_backbone(backbone, device=device))
+    guesses, unreadable = [], []
+    with progress_bar("locating") as progress:
+        task = progress.add_task("photos", total=len(photos))
+        for answer in guess_photos(photos, geoclip, top_k=top_k, batch_size=batch_size,
+                                   exif_gps=_exif_gps, on_progress=lambda n: progress.advance(task, n)):
+            (guesses if isinstance(answer, PhotoGuess) else unreadable).append(answer)
+    for failure in unreadable:
+        errors.print(f"[yellow]skipped[/] {failure.image}: {failure.reason}", highlight=False)
+    return guesses, unreadable
+
+
+def _exif_gps(path: Path) -> tuple[float, float] | None:
+    """The photo's own GPS tags, if usable: shown beside the guess, never used to make it."""
+    from geoloc.images.exif import read_header
+
+    header = read_header(path)
+    return None if header.lat is None or header.lon is None else (header.lat, header.lon)
+
+
+def predict_command(
+    photos: list[Path] = typer.Argument(..., help="Photos, or folders of photos (searched recursively)."),
+    backbone: str = typer.Option(DEFAULT_BACKBONE, "--backbone", help=BACKBONE_HELP),
+    top_k: int = typer.Option(5, "--top-k", min=1, help="Alternatives per photo."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per photo per line."),
+    out: Path | None = typer.Option(None, "--out", help="Write the predictions table (.csv or .parquet)."),
+    batch_size: int = typer.Option(16, "--batch-size", min=1),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 ..."),
+) -> None:
+    """Where was each photo taken: best guess, place, alternatives and a confidence radius."""
+    from geoloc.encode.backbone import BackboneUnavailable
+    from geoloc.predict import predictions_table
+
+    with clean_errors(BackboneUnavailable, FileNotFoundError, TableError, ValueError):
+        guesses, unreadable = _guesses(photos, backbone, top_k, batch_size, device)
+        if out is not None:
+            write_table(predictions_table(guesses), out)
+    for guess in guesses:
+        if as_json:
+            typer.echo(json.dumps(guess.as_json()))
+            continue
+        exif = f"  (EXIF GPS: {guess.exif['lat']:.5f}, {guess.exif['lon']:.5f})" if guess.exif else ""
+        console.print(f"[bold]{guess.image}[/]: {guess.place} ({guess.lat:.4f}, {guess.lon:.4f}), "
+                      f"p={guess.candidates[0].prob:.3f}, within ~{guess.radius_km:,.0f} km{exif}", highlight=False)
+    if unreadable and not guesses:
+        raise typer.Exit(code=1)
+
+
+def geoclip_candidates_command(
+    photos: list[Path] = typer.Argument(..., help="Photos, or folders of photos (searched recursively)."),
+    out: Path = typer.Option(..., "--out", help="Candidates table (.parquet or .csv), source=geoclip."),
+    backbone: str = typer.Option(DEFAULT_BACKBONE, "--backbone", help=BACKBONE_HELP),
+    top_k: int = typer.Option(10, "--top-k", min=1),
+    batch_size: int = typer.Option(16, "--batch-size", min=1),
+    device: str = typer.Option("auto", "--device"),
+) -> None:
+    """GeoCLIP's top-k gallery locations as candidates for the ranker."""
+    from geoloc.encode.backbone import BackboneUnavailable
+    from geoloc.predict import geoclip_candidates
+
+    with clean_errors(BackboneUnavailable, FileNotFoundError, TableError, ValueError):
+        guesses, _ = _guesses(photos, backbone, top_k, batch_size, device)
+        write_table(geoclip_candidates(guesses), out)
+    console.print(f"{len(guesses)} photo(s), {len(guesses) * top_k} candidates -> {out}")
+
+
+def register(app: typer.Typer, candidates_app: typer.Typer) -> None:
+    app.command("predict")(predict_command)
+    candidates_app.command("geoclip")(geoclip_candidates_command)

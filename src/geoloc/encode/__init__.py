@@ -1,0 +1,158 @@
+"""Embedding photos with a frozen backbone: batched, in DataLoader workers, resumable.
+
+The output folder holds `meta.json` (backbone, dimension, rows, chunk size and a
+fingerprint of the ids being embedded) and one Parquet part per chunk of rows
+(`part-00000.parquet`: image_id, embedding as a fixed-size float32 array, error). A part
+is written atomically when its chunk is done, so a killed run resumes at the first
+missing part, and a resumed run refuses to mix another backbone or another list of
+photos into the same folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+from PIL import Image
+
+from geoloc.encode.backbone import Backbone
+from geoloc.tables import write_table
+
+UNREADABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+class EmbeddingsError(ValueError):
+    """An embeddings folder does not match the run, or is not one."""
+
+
+class _Photos(torch.utils.data.Dataset):
+    """Reads and preprocesses one photo per item; failures become a reason, not an exception."""
+
+    def __init__(self, uris: list[str], read_bytes: Callable[[str], bytes], backbone: Backbone) -> None:
+        self.uris, self.read_bytes, self.backbone = uris, read_bytes, backbone
+
+    def __len__(self) -> int:
+        return len(self.uris)
+
+    def __getitem__(self, item: int) -> tuple[int, torch.Tensor | None, str | None]:
+        try:
+            with Image.open(io.BytesIO(self.read_bytes(self.uris[item]))) as image:
+                image.load()
+                return item, self.backbone.pixel_values([image])[0], None
+        except UNREADABLE as error:
+            return item, None, f"{error.__class__.__name__}: {error}"
+
+
+def _collate(batch: list) -> list:
+    return batch
+
+
+def embed_batches(
+    uris: list[str],
+    read_bytes: Callable[[str], bytes],
+    backbone: Backbone,
+    batch_size: int = 64,
+    workers: int = 0,
+    on_progress: Callable[[int], None] = lambda done: None,
+) -> tuple[np.ndarray, list[str | None]]:
+    """Normalized embeddings (rows, dim; NaN rows for failures) and one error (or None) per uri."""
+    loader = torch.utils.data.DataLoader(
+        _Photos(uris, read_bytes, backbone), batch_size=batch_size, num_workers=workers, collate_fn=_collate
+    )
+    vectors = np.full((len(uris), backbone.dim), np.nan, dtype=np.float32)
+    problems: list[str | None] = [None] * len(uris)
+    for batch in loader:
+        good = [(item, pixels) for item, pixels, _ in batch if pixels is not None]
+        for item, _, problem in batch:
+            problems[item] = problem
+        if good:
+            rows = [item for item, _ in good]
+            features = backbone.features(torch.stack([pixels for _, pixels in good]))
+            vectors[rows] = torch.nn.functional.normalize(features, dim=-1).numpy()
+        on_progress(len(batch))
+    return vectors, problems
+
+
+@dataclass(frozen=True)
+class EmbedSummary:
+    rows: int
+    embedded: int
+    failed: int
+    parts_skipped: int
+
+
+def _fingerprint(ids: pl.Series) -> str:
+    return hashlib.sha256(ids.hash(seed=0).to_numpy().tobytes()).hexdigest()[:32]
+
+
+def embed_table(
+    items: pl.DataFrame,
+    read_bytes: Callable[[str], bytes],
+    backbone: Backbone,
+    out: Path,
+    batch_size: int = 64,
+    chunk_rows: int = 50_000,
+    workers: int = 0,
+    on_progress: Callable[[int], None] = lambda done: None,
+) -> EmbedSummary:
+    """Embed every (image_id, uri) row into `out`, skipping the parts a previous run finished."""
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"backbone": backbone.name, "dim": backbone.dim, "rows": len(items), "chunk_rows": chunk_rows,
+            "ids": _fingerprint(items["image_id"])}
+    meta_path = out / "meta.json"
+    if meta_path.is_file():
+        previous = json.loads(meta_path.read_text())
+        if previous != meta:
+            changed = sorted(key for key in meta if previous.get(key) != meta[key])
+            raise EmbeddingsError(f"{out} holds another run's embeddings (different {', '.join(changed)}); "
+                                  "use a new --out folder or delete this one")
+    else:
+        partial = out / f".meta.json.{os.getpid()}.part"
+        partial.write_text(json.dumps(meta, indent=2))
+        os.replace(partial, meta_path)
+    embedded = failed = skipped = 0
+    for number, start in enumerate(range(0, len(items), chunk_rows)):
+        part = out / f"part-{number:05d}.parquet"
+        chunk = items.slice(start, chunk_rows)
+        if part.is_file():
+            done = pl.read_parquet(part, columns=["error"])
+            embedded += done["error"].null_count()
+            failed += len(done) - done["error"].null_count()
+            skipped += 1
+            on_progress(len(chunk))
+            continue
+        vectors, problems = embed_batches(chunk["uri"].to_list(), read_bytes, backbone, batch_size, workers,
+                                          on_progress)
+        table = pl.DataFrame({
+            "image_id": chunk["image_id"],
+            "embedding": pl.Series(vectors, dtype=pl.Array(pl.Float32, backbone.dim)),
+            "error": pl.Series(problems, dtype=pl.Utf8),
+        }).with_columns(pl.when(pl.col("error").is_null()).then(pl.col("embedding")).alias("embedding"))
+        write_table(table, part)
+        failed += sum(problem is not None for problem in problems)
+        embedded += len(chunk) - sum(problem is not None for problem in problems)
+    return EmbedSummary(rows=len(items), embedded=embedded, failed=failed, parts_skipped=skipped)
+
+
+def read_embeddings(folder: Path) -> tuple[dict, pl.Series, np.ndarray]:
+    """meta.json, the ids and the (rows, dim) vectors of every successfully embedded photo."""
+    meta_path = folder / "meta.json"
+    if not meta_path.is_file():
+        raise EmbeddingsError(f"{folder}: not an embeddings folder (no meta.json); make one with `geoloc embed`")
+    meta = json.loads(meta_path.read_text())
+    parts = sorted(folder.glob("part-*.parquet"))
+    expected = -(-meta["rows"] // meta["chunk_rows"]) if meta["rows"] else 0
+    if len(parts) != expected:
+        raise EmbeddingsError(f"{folder}: {len(parts)} of {expected} parts are done; run `geoloc embed` again to "
+                              "finish")
+    table = pl.concat([pl.read_parquet(part) for part in parts]).filter(pl.col("error").is_null())
+    vectors = table["embedding"].to_numpy() if len(table) else np.empty((0, meta["dim"]), dtype=np.float32)
+    return meta, table["image_id"], np.ascontiguousarray(vectors, dtype=np.float32)

@@ -1,0 +1,126 @@
+"""GeoCLIP through our code against the `geoclip` package itself, and `geoloc predict` end to end."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from geoloc.candidates import geoclip as geoclip_module
+from geoloc.candidates.geoclip import GeoClip, geoclip_gallery
+from geoloc.cli import app
+from geoloc.encode.backbone import BackboneUnavailable, load_backbone
+from geoloc.evaluate import evaluate_files
+
+ROOT = Path(__file__).resolve().parents[1]
+GALLERY_SUBSET = 2000
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def small_gallery(monkeypatch):
+    """Every 50th point of GeoCLIP's real gallery: the same heads and math, a fiftieth of the work."""
+    subset = geoclip_gallery()[::50][:GALLERY_SUBSET]
+    monkeypatch.setattr(geoclip_module, "geoclip_gallery", lambda: subset)
+    return subset
+
+
+def noisy_photo(path: Path, seed: int, exif_gps: tuple[float, float] | None = None) -> Path:
+    pixels = (np.random.default_rng(seed).random((96, 128, 3)) * 255).astype(np.uint8)
+    image = Image.fromarray(pixels)
+    exif = Image.Exif()
+    if exif_gps is not None:
+        lat, lon = exif_gps
+        gps = exif.get_ifd(0x8825)
+        gps[1], gps[2] = ("N" if lat >= 0 else "S"), (abs(lat), 0.0, 0.0)
+        gps[3], gps[4] = ("E" if lon >= 0 else "W"), (abs(lon), 0.0, 0.0)
+    image.save(path, format="JPEG", quality=95, exif=exif)
+    return path
+
+
+def test_same_top_k_as_the_geoclip_package(tiny_clip, small_gallery, tmp_path):
+    from geoclip import GeoCLIP
+
+    package = GeoCLIP(from_pretrained=True, clip_path=str(tiny_clip))
+    package.gps_gallery = torch.from_numpy(small_gallery)
+    ours = GeoClip(load_backbone(str(tiny_clip), device="cpu"))
+    photos = [noisy_photo(tmp_path / f"{i}.jpg", seed=i) for i in range(3)]
+    with torch.inference_mode():
+        expected = [package.predict(str(photo), top_k=5) for photo in photos]
+    images = [Image.open(photo) for photo in photos]
+    guesses = ours.top_k(ours.backbone.pixel_values(images), 5)
+    for row, (coordinates, probabilities) in enumerate(expected):
+        np.testing.assert_array_equal(guesses.coordinates[row], coordinates.numpy())
+        np.testing.assert_allclose(guesses.probabilities[row], probabilities.numpy(), rtol=1e-5, atol=1e-7)
+    assert np.all(guesses.radius_km >= 0)
+    # The gallery features went to the cache: a second model reads them back identically.
+    again = GeoClip(load_backbone(str(tiny_clip), device="cpu"))
+    assert torch.equal(again.location_features, ours.location_features)
+
+
+def test_predict_end_to_end(tiny_clip, small_gallery, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    noisy_photo(folder / "plain.jpg", seed=7)
+    noisy_photo(folder / "tagged.jpg", seed=7, exif_gps=(-33.5, 151.25))
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a JPEG at all")
+    out = tmp_path / "predictions.parquet"
+    result = CliRunner().invoke(app, ["predict", str(folder), "--backbone", str(tiny_clip), "--top-k", "3",
+                                      "--json", "--out", str(out), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert [Path(line["image"]).name for line in lines] == ["plain.jpg", "tagged.jpg"]
+    plain, tagged = lines
+    assert set(plain) == {"image", "lat", "lon", "place", "radius_km", "candidates", "exif"}
+    assert len(plain["candidates"]) == 3
+    assert set(plain["candidates"][0]) == {"lat", "lon", "prob", "place"}
+    assert plain["candidates"][0]["prob"] >= plain["candidates"][1]["prob"] >= plain["candidates"][2]["prob"]
+    assert (plain["lat"], plain["lon"]) == (plain["candidates"][0]["lat"], plain["candidates"][0]["lon"])
+    assert plain["place"] and plain["exif"] is None
+    # EXIF GPS is reported beside the guess and never used to make it: same pixels, same guess.
+    assert tagged["exif"] == {"lat": pytest.approx(-33.5), "lon": pytest.approx(151.25)}
+    assert tagged["candidates"] == plain["candidates"]
+    assert "broken.jpg" in result.stderr
+    table = pl.read_parquet(out)
+    assert table.columns == ["image_id", "lat", "lon", "score"] and table.height == 2
+    truth = tmp_path / "truth.csv"
+    truth.write_text("image_id,lat,lon\nplain.jpg,0,0\ntagged.jpg,-33.5,151.25\nbroken.jpg,1,1\n")
+    assert evaluate_files(out, truth).metrics["missing"] == 1
+
+
+def test_geoclip_candidates_follow_the_schema(tiny_clip, small_gallery, tmp_path):
+    photo = noisy_photo(tmp_path / "a.jpg", seed=3)
+    out = tmp_path / "geoclip.parquet"
+    result = CliRunner().invoke(app, ["candidates", "geoclip", str(photo), "--backbone", str(tiny_clip),
+                                      "--top-k", "4", "--out", str(out), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    table = pl.read_parquet(out)
+    assert table["source"].unique().to_list() == ["geoclip"]
+    assert table["rank"].to_list() == [0, 1, 2, 3]
+    assert table["query_id"].unique().to_list() == ["a.jpg"]
+
+
+def test_missing_backbone_says_what_is_missing_and_what_to_do(tmp_path, monkeypatch, tiny_clip):
+    import huggingface_hub.constants
+
+    # As HF_HUB_OFFLINE=1 would, had it been set before huggingface_hub was imported.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(BackboneUnavailable, match="not a local folder.*pass --backbone DIR"):
+        load_backbone("nobody/no-such-clip", device="cpu")
+    partial = tmp_path / "partial"
+    shutil.copytree(tiny_clip, partial)
+    (partial / "model.safetensors").unlink()
+    with pytest.raises(BackboneUnavailable, match="lacks model.safetensors or pytorch_model.bin"):
+        load_backbone(str(partial), device="cpu")
+    result = CliRunner().invoke(app, ["predict", str(ROOT / "examples" / "kauai.jpg"), "--backbone",
+                                      "nobody/no-such-clip"])
+    assert result.exit_code == 2 and "pass --backbone DIR" in result.stderr
