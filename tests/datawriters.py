@@ -51,11 +51,12 @@ def gps_block(lat: float, lon: float, encoding: str = "dms") -> dict[int, object
 
 
 def image_bytes(gps: dict[int, object] | None = None, fmt: str = "JPEG", size: tuple[int, int] = (32, 24),
-                color: tuple[int, int, int] = (200, 120, 40)) -> bytes:
-    """A real encoded image, with an EXIF block holding `gps` when given."""
+                color: tuple[int, int, int] = (200, 120, 40), label: str = "") -> bytes:
+    """A real encoded image, with an EXIF block holding `gps` when given and `label` as its description."""
     image = Image.new("RGB", size, color)
     exif = Image.Exif()
     exif[ExifTags.Base.Make] = "geoloc-test"
+    exif[ExifTags.Base.ImageDescription] = label or "test image"
     if gps is not None:
         exif[ExifTags.IFD.GPSInfo] = gps
     buffer = io.BytesIO()
@@ -68,8 +69,8 @@ def image_bytes(gps: dict[int, object] | None = None, fmt: str = "JPEG", size: t
 
 
 def photo(lat: float, lon: float, encoding: str = "dms", fmt: str = "JPEG", seed: int = 0) -> bytes:
-    """A photo whose EXIF says (lat, lon); `seed` changes the pixels so the bytes differ."""
-    return image_bytes(gps_block(lat, lon, encoding), fmt, color=(seed % 256, (seed // 256) % 256, 77))
+    """A photo whose EXIF says (lat, lon); photos with different seeds have different bytes."""
+    return image_bytes(gps_block(lat, lon, encoding), fmt, color=(seed % 256, 90, 77), label=f"photo {seed}")
 
 
 def write_files(root: Path, files: dict[str, bytes]) -> None:

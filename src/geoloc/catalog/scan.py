@@ -49,9 +49,10 @@ def inspect_files(root: str, uris: Sequence[str], want_gps: bool) -> pl.DataFram
     return pl.DataFrame(columns, schema=SCAN_SCHEMA)
 
 
-def scan_files(root: Path, uris: Sequence[str], want_gps: bool, cache_dir: Path, workers: int, label: str) -> pl.DataFrame:
+def scan_files(root: Path, uris: Sequence[str], want_gps: bool, cache_dir: Path, workers: int, label: str,
+               chunk_files: int = CHUNK_FILES) -> pl.DataFrame:
     """inspect_files over all `uris` in resumable chunks spread over `workers` processes."""
-    chunks = [list(uris[start:start + CHUNK_FILES]) for start in range(0, len(uris), CHUNK_FILES)]
+    chunks = [list(uris[start:start + chunk_files]) for start in range(0, len(uris), chunk_files)]
     tasks = [
         Task(cache_key(root.resolve(), want_gps, *chunk), inspect_files, (str(root), chunk, want_gps))
         for chunk in chunks

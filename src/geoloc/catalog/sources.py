@@ -13,7 +13,7 @@ from pathlib import Path
 
 import polars as pl
 
-from geoloc.catalog.scan import IMAGE_SUFFIXES, MISSING_IMAGE, list_files, scan_files
+from geoloc.catalog.scan import CHUNK_FILES, IMAGE_SUFFIXES, MISSING_IMAGE, list_files, scan_files
 from geoloc.catalog.work import Task, cache_key, run_cached
 from geoloc.images import CORRUPT_IMAGE, MEMBER_SEPARATOR, index_shard
 from geoloc.tables import as_float_column, read_table, select_layout
@@ -39,6 +39,7 @@ class BuildOptions:
 
     work_dir: Path
     workers: int = 2
+    chunk_files: int = CHUNK_FILES
     landmark_coords: Path | None = None
     csv_id_column: str = "path"
     csv_lat_column: str = "lat"
@@ -127,7 +128,7 @@ def read_gldv2(root: Path, options: BuildOptions) -> SourceRows:
         pl.format("train/{}/{}/{}/{}.jpg", *(pl.col("image_id").str.slice(i, 1) for i in range(3)), "image_id").alias("uri")
     )
     scanned = scan_files(root, train["uri"].to_list(), False, options.work_dir / "gldv2-files", options.workers,
-                         "checking GLDv2 images")
+                         "checking GLDv2 images", options.chunk_files)
     joined = (
         train.join(scanned.select("uri", "content_hash", "problem", pl.col("detail").alias("_detail")),
                    on="uri", how="left", maintain_order="left")
@@ -141,7 +142,8 @@ def read_gldv2(root: Path, options: BuildOptions) -> SourceRows:
 
 
 def _exif_candidates(root: Path, uris: list[str], options: BuildOptions, kind: str) -> SourceRows:
-    scanned = scan_files(root, uris, True, options.work_dir / f"{kind}-files", options.workers, f"reading EXIF ({kind})")
+    scanned = scan_files(root, uris, True, options.work_dir / f"{kind}-files", options.workers,
+                         f"reading EXIF ({kind})", options.chunk_files)
     is_gps_problem = pl.col("problem").is_not_null() & (pl.col("problem") != CORRUPT_IMAGE)
     reason = pl.when(is_gps_problem).then(pl.lit(NO_GPS)).otherwise(pl.col("problem")).alias("reason")
     detail = pl.when(is_gps_problem).then(pl.col("problem") + ": " + pl.col("detail")).otherwise(pl.col("detail"))
@@ -171,7 +173,7 @@ def read_csv_source(path: Path, options: BuildOptions) -> SourceRows:
     frame = _coordinates(frame, path)
     image_root = options.csv_image_root or path.parent
     scanned = scan_files(image_root, frame["uri"].unique(maintain_order=True).to_list(), False,
-                         options.work_dir / "csv-files", options.workers, "checking images (csv)")
+                         options.work_dir / "csv-files", options.workers, "checking images (csv)", options.chunk_files)
     joined = frame.join(scanned.select("uri", "content_hash", "problem", pl.col("detail").alias("_detail")),
                         on="uri", how="left", maintain_order="left")
     reason, detail = _first_reason((pl.col("problem").is_not_null(), pl.col("problem"), pl.col("_detail")))

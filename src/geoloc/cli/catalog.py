@@ -24,11 +24,11 @@ def print_summary(summary: BuildSummary) -> None:
         kept.add_row(source, f"{count:,}")
     console.print(kept)
     refused = Table(title="Refused (see quarantine.parquet)")
-    refused.add_column("source")
-    for reason in QUARANTINE_REASONS:
-        refused.add_column(reason, justify="right")
+    refused.add_column("reason")
     for source in summary.kept:
-        refused.add_row(source, *(f"{summary.refused.get((source, reason), 0):,}" for reason in QUARANTINE_REASONS))
+        refused.add_column(source, justify="right")
+    for reason in QUARANTINE_REASONS:
+        refused.add_row(reason, *(f"{summary.refused.get((source, reason), 0):,}" for source in summary.kept))
     console.print(refused)
 
 

@@ -78,6 +78,8 @@ def _sign(reference: object, tag: int) -> float:
 def gps_from_exif(exif: Image.Exif) -> tuple[float, float]:
     """Signed decimal (lat, lon) from an EXIF block; _UnusableGps says why not."""
     gps = exif.get_ifd(ExifTags.IFD.GPSInfo)
+    if not gps and ExifTags.IFD.GPSInfo in exif:
+        raise _UnusableGps("corrupt_exif", "the GPS block pointer leads to no readable block")
     if not gps:
         raise _UnusableGps("no_gps", "no GPS block")
     position = []
@@ -102,6 +104,8 @@ def _read_header(image: Image.Image, want_gps: bool) -> ImageHeader:
         return ImageHeader(image.format, problem="no_exif", detail="no eXIf chunk before the image data")
     try:
         exif = image.getexif()
+        if not exif and image.info.get("exif"):
+            return ImageHeader(image.format, problem="corrupt_exif", detail="the EXIF block cannot be parsed")
         if not exif:
             return ImageHeader(image.format, problem="no_exif", detail="no EXIF block")
         lat, lon = gps_from_exif(exif)
