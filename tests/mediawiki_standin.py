@@ -32,6 +32,8 @@ class Wiki:
     requests: Counter = field(default_factory=Counter)
     user_agents: set[str] = field(default_factory=set)
     maxlags: set[str] = field(default_factory=set)
+    in_flight: int = 0
+    max_in_flight: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def next_fault(self) -> str | None:
@@ -93,6 +95,8 @@ def _handler(wiki: Wiki) -> type[BaseHTTPRequestHandler]:
             pass
 
         def _send(self, status: int, body: dict, headers: dict[str, str] | None = None) -> None:
+            with wiki.lock:
+                wiki.in_flight -= 1
             data = json.dumps(body).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -108,6 +112,11 @@ def _handler(wiki: Wiki) -> type[BaseHTTPRequestHandler]:
                 wiki.requests[params.get("action", "?")] += 1
                 wiki.user_agents.add(self.headers.get("User-Agent", ""))
                 wiki.maxlags.add(params.get("maxlag", ""))
+                wiki.in_flight += 1
+                wiki.max_in_flight = max(wiki.max_in_flight, wiki.in_flight)
+            self._answer(params)
+
+        def _answer(self, params: dict[str, str]) -> None:
             if wiki.latency_seconds:
                 time.sleep(wiki.latency_seconds)
             fault = wiki.next_fault()
