@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from geoloc import __version__
-from geoloc.cli import candidates, evaluate, gallery, predict
+from geoloc.cli import candidates, catalog, evaluate, gallery, landmarks, predict
 
 app = typer.Typer(
     name="geoloc",
@@ -15,6 +15,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 evaluate.register(app)
+catalog.register(app)
+landmarks.register(app)
 candidates.register(app)
 predict.register(app, candidates.app)
 gallery.register(app)

@@ -1,0 +1,74 @@
+"""Checking image files on disk in parallel: present, readable header, content hash, EXIF GPS."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import polars as pl
+
+from geoloc.catalog.work import Task, cache_key, run_cached
+from geoloc.images import CORRUPT_IMAGE, content_hash, read_header
+
+MISSING_IMAGE = "missing_image"
+
+SCAN_SCHEMA = {
+    "uri": pl.Utf8,
+    "content_hash": pl.Utf8,
+    "lat": pl.Float64,
+    "lon": pl.Float64,
+    "problem": pl.Utf8,
+    "detail": pl.Utf8,
+}
+"""One row per file: `problem` is null, MISSING_IMAGE, CORRUPT_IMAGE or one of GPS_PROBLEMS."""
+
+CHUNK_FILES = 2000
+"""Files per task: big enough that process hand-over costs nothing per file."""
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".heic", ".heif"})
+
+
+def inspect_files(root: str, uris: Sequence[str], want_gps: bool) -> pl.DataFrame:
+    """Each file read once: hashed, its header checked and, if asked, its GPS read."""
+    columns: dict[str, list] = {name: [] for name in SCAN_SCHEMA}
+    for uri in uris:
+        content, lat, lon, problem, detail = None, None, None, None, None
+        try:
+            data = Path(root, uri).read_bytes()
+        except FileNotFoundError:
+            problem, detail = MISSING_IMAGE, "no such file"
+        except OSError as error:
+            problem, detail = CORRUPT_IMAGE, f"unreadable: {error.strerror or error}"
+        else:
+            content = content_hash(data)
+            header = read_header(data, want_gps)
+            lat, lon, problem, detail = header.lat, header.lon, header.problem, header.detail
+        for name, value in zip(SCAN_SCHEMA, (uri, content, lat, lon, problem, detail)):
+            columns[name].append(value)
+    return pl.DataFrame(columns, schema=SCAN_SCHEMA)
+
+
+def scan_files(root: Path, uris: Sequence[str], want_gps: bool, cache_dir: Path, workers: int, label: str,
+               chunk_files: int = CHUNK_FILES) -> pl.DataFrame:
+    """inspect_files over all `uris` in resumable chunks spread over `workers` processes."""
+    chunks = [list(uris[start:start + chunk_files]) for start in range(0, len(uris), chunk_files)]
+    tasks = [
+        Task(cache_key(root.resolve(), want_gps, *chunk), inspect_files, (str(root), chunk, want_gps))
+        for chunk in chunks
+    ]
+    frames = run_cached(tasks, cache_dir, workers, label)
+    return pl.concat(frames) if frames else pl.DataFrame(schema=SCAN_SCHEMA)
+
+
+def list_files(root: Path, suffixes: frozenset[str] | None = IMAGE_SUFFIXES) -> list[str]:
+    """Paths below `root` relative to it, sorted; only those with an image suffix unless `suffixes` is None."""
+    found = []
+    for folder, subfolders, names in os.walk(root):
+        subfolders.sort()
+        relative = Path(folder).relative_to(root)
+        found.extend(
+            (relative / name).as_posix() for name in names
+            if suffixes is None or Path(name).suffix.lower() in suffixes
+        )
+    return sorted(found)

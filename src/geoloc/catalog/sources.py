@@ -1,0 +1,190 @@
+"""One reader per published source layout, each returning candidate rows in one shape.
+
+A candidate row has `image_id`, `uri`, `lat`, `lon`, `content_hash`, and a `reason`
+(null while the row looks good so far) with a `detail`; sources add their own columns
+(`landmark_id`, the MP-16 metadata). Checks common to all sources (coordinates,
+duplicates) happen once, in `geoloc.catalog.build`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+
+from geoloc.catalog.scan import CHUNK_FILES, IMAGE_SUFFIXES, MISSING_IMAGE, list_files, scan_files
+from geoloc.catalog.work import Task, cache_key, run_cached
+from geoloc.images import CORRUPT_IMAGE, MEMBER_SEPARATOR, index_shard
+from geoloc.tables import as_float_column, read_table, select_layout
+
+MISSING_METADATA = "missing_metadata"
+NO_GPS = "no_gps"
+UNRESOLVED_LANDMARK = "unresolved_landmark"
+
+CANDIDATE_COLUMNS = ("image_id", "uri", "lat", "lon", "content_hash", "reason", "detail")
+
+MP16_METADATA_LAYOUTS = [{"IMG_ID": "image_id", "LAT": "lat", "LON": "lon"}]
+GLDV2_TRAIN_LAYOUTS = [{"id": "image_id", "landmark_id": "landmark_id"}]
+LANDMARK_COORDS_LAYOUTS = [{"landmark_id": "landmark_id", "lat": "lat", "lon": "lon"}]
+
+
+class CatalogError(ValueError):
+    """A source does not follow its documented layout, or the build was misconfigured."""
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """Everything a reader may need besides its folder."""
+
+    work_dir: Path
+    workers: int = 2
+    chunk_files: int = CHUNK_FILES
+    landmark_coords: Path | None = None
+    csv_id_column: str = "path"
+    csv_lat_column: str = "lat"
+    csv_lon_column: str = "lon"
+    csv_image_root: Path | None = None
+
+
+@dataclass
+class SourceRows:
+    """A reader's candidates, and the member index needed to open them later (MessagePack shards)."""
+
+    candidates: pl.DataFrame
+    member_index: pl.DataFrame | None = field(default=None)
+
+
+def _first_reason(*rules: tuple[pl.Expr, pl.Expr | str, pl.Expr | str]) -> tuple[pl.Expr, pl.Expr]:
+    """`reason` and `detail` columns: the first rule whose condition holds, else null."""
+    reason: pl.Expr = pl.lit(None, dtype=pl.Utf8)
+    detail: pl.Expr = pl.lit(None, dtype=pl.Utf8)
+    for condition, name, text in reversed(rules):
+        reason = pl.when(condition).then(pl.lit(name) if isinstance(name, str) else name).otherwise(reason)
+        detail = pl.when(condition).then(pl.lit(text) if isinstance(text, str) else text).otherwise(detail)
+    return reason.alias("reason"), detail.alias("detail")
+
+
+def _coordinates(frame: pl.DataFrame, path: Path, id_column: str = "image_id") -> pl.DataFrame:
+    for column in ("lat", "lon"):
+        frame = as_float_column(frame, column, id_column, path)
+    return frame
+
+
+def _single_csv(folder: Path) -> Path:
+    tables = sorted(folder.glob("*.csv"))
+    if len(tables) != 1:
+        found = ", ".join(p.name for p in tables) or "none"
+        raise CatalogError(f"{folder}: expected exactly one metadata CSV (IMG_ID, LAT, LON) beside the shards; found {found}")
+    return tables[0]
+
+
+def read_mp16(root: Path, options: BuildOptions) -> SourceRows:
+    """`shard_*.msg` MessagePack shards of {id, image} records plus one metadata CSV (IMG_ID, LAT, LON, ...)."""
+    shards = sorted(root.glob("shard_*.msg"))
+    if not shards:
+        raise CatalogError(f"{root}: no shard_*.msg files (MP-16 layout: shard_*.msg and a metadata CSV)")
+    metadata_path = _single_csv(root)
+    tasks = [
+        Task(cache_key(shard.resolve(), shard.stat().st_size, shard.stat().st_mtime_ns), index_shard, (shard, shard.name))
+        for shard in shards
+    ]
+    index = pl.concat(run_cached(tasks, options.work_dir / "mp16-shards", options.workers, "indexing MP-16 shards"))
+    raw = read_table(metadata_path)
+    extras = [c for c in raw.columns if c not in MP16_METADATA_LAYOUTS[0]]
+    metadata = _coordinates(
+        pl.concat([select_layout(raw, metadata_path, MP16_METADATA_LAYOUTS), raw.select(extras)], how="horizontal"),
+        metadata_path,
+    ).with_columns(pl.lit(True).alias("_listed"))
+    images = index.select(
+        pl.col("member").alias("image_id"),
+        (pl.col("container") + MEMBER_SEPARATOR + pl.col("member")).alias("uri"),
+        "content_hash", pl.col("problem").alias("_problem"), pl.col("detail").alias("_detail"),
+    )
+    joined = images.join(metadata, on="image_id", how="full", coalesce=True, maintain_order="left_right")
+    reason, detail = _first_reason(
+        (pl.col("_problem").is_not_null(), CORRUPT_IMAGE, pl.col("_detail")),
+        (pl.col("uri").is_null(), MISSING_IMAGE, "listed in the metadata, in no shard"),
+        (pl.col("_listed").is_null(), MISSING_METADATA, f"not in {metadata_path.name}"),
+    )
+    candidates = joined.with_columns(reason, detail).drop("_problem", "_detail", "_listed")
+    return SourceRows(candidates, index)
+
+
+def _landmark_coordinates(options: BuildOptions) -> pl.DataFrame:
+    path = options.landmark_coords
+    if path is None:
+        raise CatalogError("gldv2 needs --landmark-coords (landmark_id,lat,lon; `geoloc landmarks resolve` writes it)")
+    coords = _coordinates(select_layout(read_table(path), path, LANDMARK_COORDS_LAYOUTS), path, "landmark_id")
+    return coords.unique("landmark_id", keep="first", maintain_order=True).with_columns(pl.lit(True).alias("_resolved"))
+
+
+def read_gldv2(root: Path, options: BuildOptions) -> SourceRows:
+    """train.csv (id, url, landmark_id), images at train/<id[0]>/<id[1]>/<id[2]>/<id>.jpg, coordinates per landmark."""
+    train_path = root / "train.csv"
+    train = select_layout(read_table(train_path), train_path, GLDV2_TRAIN_LAYOUTS)
+    coords = _landmark_coordinates(options)
+    train = train.with_columns(
+        pl.format("train/{}/{}/{}/{}.jpg", *(pl.col("image_id").str.slice(i, 1) for i in range(3)), "image_id").alias("uri")
+    )
+    scanned = scan_files(root, train["uri"].to_list(), False, options.work_dir / "gldv2-files", options.workers,
+                         "checking GLDv2 images", options.chunk_files)
+    joined = (
+        train.join(scanned.select("uri", "content_hash", "problem", pl.col("detail").alias("_detail")),
+                   on="uri", how="left", maintain_order="left")
+        .join(coords, on="landmark_id", how="left", maintain_order="left")
+    )
+    reason, detail = _first_reason(
+        (pl.col("problem").is_not_null(), pl.col("problem"), pl.col("_detail")),
+        (pl.col("_resolved").is_null(), UNRESOLVED_LANDMARK, pl.format("no coordinates for landmark {}", "landmark_id")),
+    )
+    return SourceRows(joined.with_columns(reason, detail).drop("problem", "_detail", "_resolved"))
+
+
+def _exif_candidates(root: Path, uris: list[str], options: BuildOptions, kind: str) -> SourceRows:
+    scanned = scan_files(root, uris, True, options.work_dir / f"{kind}-files", options.workers,
+                         f"reading EXIF ({kind})", options.chunk_files)
+    is_gps_problem = pl.col("problem").is_not_null() & (pl.col("problem") != CORRUPT_IMAGE)
+    reason = pl.when(is_gps_problem).then(pl.lit(NO_GPS)).otherwise(pl.col("problem")).alias("reason")
+    detail = pl.when(is_gps_problem).then(pl.col("problem") + ": " + pl.col("detail")).otherwise(pl.col("detail"))
+    return SourceRows(scanned.with_columns(pl.col("uri").alias("image_id"), reason, detail.alias("detail")).drop("problem"))
+
+
+def read_wwgeotag(root: Path, options: BuildOptions) -> SourceRows:
+    """The extracted world-wide geotag set: every file in the numbered folders; GPS from EXIF."""
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and p.name.isdigit())
+    if not folders:
+        raise CatalogError(f"{root}: no numbered photo folders (1, 2, ...) as in the world-wide geotag set")
+    uris = [f"{folder.name}/{relative}" for folder in folders for relative in list_files(folder, suffixes=None)]
+    return _exif_candidates(root, uris, options, "wwgeotag")
+
+
+def read_photos(root: Path, options: BuildOptions) -> SourceRows:
+    """Any folder of photos (JPEG, PNG, TIFF, HEIC by suffix, at any depth); GPS from EXIF."""
+    if not root.is_dir():
+        raise CatalogError(f"{root}: not a folder")
+    return _exif_candidates(root, list_files(root, IMAGE_SUFFIXES), options, "photos")
+
+
+def read_csv_source(path: Path, options: BuildOptions) -> SourceRows:
+    """Any table (CSV or Parquet) with path, lat and lon columns named by options; images relative to its folder."""
+    layout = {options.csv_id_column: "uri", options.csv_lat_column: "lat", options.csv_lon_column: "lon"}
+    frame = select_layout(read_table(path), path, [layout]).with_columns(pl.col("uri").alias("image_id"))
+    frame = _coordinates(frame, path)
+    image_root = options.csv_image_root or path.parent
+    scanned = scan_files(image_root, frame["uri"].unique(maintain_order=True).to_list(), False,
+                         options.work_dir / "csv-files", options.workers, "checking images (csv)", options.chunk_files)
+    joined = frame.join(scanned.select("uri", "content_hash", "problem", pl.col("detail").alias("_detail")),
+                        on="uri", how="left", maintain_order="left")
+    reason, detail = _first_reason((pl.col("problem").is_not_null(), pl.col("problem"), pl.col("_detail")))
+    return SourceRows(joined.with_columns(reason, detail).drop("problem", "_detail"))
+
+
+READERS = {
+    "mp16": read_mp16,
+    "gldv2": read_gldv2,
+    "wwgeotag": read_wwgeotag,
+    "photos": read_photos,
+    "csv": read_csv_source,
+}
+"""Source kinds accepted by `--source KIND=PATH`."""

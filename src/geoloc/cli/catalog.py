@@ -1,0 +1,58 @@
+"""`geoloc catalog build`: the sources into one clean catalog, with a quarantine for the rest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from geoloc.catalog import QUARANTINE_REASONS, BuildOptions, BuildSummary, CatalogError, build_catalog, parse_source
+from geoloc.cli.common import clean_errors, console
+from geoloc.images import ArchiveError
+from geoloc.tables import TableError
+
+catalog_app = typer.Typer(help="Build the catalog of geotagged photos from the public sources.", no_args_is_help=True)
+
+
+def print_summary(summary: BuildSummary) -> None:
+    """Counts only: rows kept per source, rows refused per reason."""
+    kept = Table(title="Kept")
+    kept.add_column("source")
+    kept.add_column("rows", justify="right")
+    for source, count in summary.kept.items():
+        kept.add_row(source, f"{count:,}")
+    console.print(kept)
+    refused = Table(title="Refused (see quarantine.parquet)")
+    refused.add_column("reason")
+    for source in summary.kept:
+        refused.add_column(source, justify="right")
+    for reason in QUARANTINE_REASONS:
+        refused.add_row(reason, *(f"{summary.refused.get((source, reason), 0):,}" for source in summary.kept))
+    console.print(refused)
+
+
+@catalog_app.command("build")
+def build_command(
+    sources: list[str] = typer.Option(..., "--source", help="KIND=PATH, KIND one of mp16, gldv2, wwgeotag, photos, csv; repeatable."),
+    out: Path = typer.Option(..., "--out", help="Output folder: catalog.parquet, quarantine.parquet, path_to_coords.csv."),
+    landmark_coords: Path | None = typer.Option(None, "--landmark-coords", help="landmark_id,lat,lon (for gldv2)."),
+    workers: int = typer.Option(2, "--workers", min=1, help="Processes that scan files and shards."),
+    csv_path_column: str = typer.Option("path", "--csv-path-column", help="csv source: column with the image path."),
+    csv_lat_column: str = typer.Option("lat", "--csv-lat-column", help="csv source: latitude column."),
+    csv_lon_column: str = typer.Option("lon", "--csv-lon-column", help="csv source: longitude column."),
+    csv_image_root: Path | None = typer.Option(None, "--csv-image-root", help="csv source: folder the paths are relative to (default: the table's folder)."),
+) -> None:
+    """Read every source, refuse bad rows with a reason, dedupe, and write the catalog (resumable)."""
+    with clean_errors(CatalogError, TableError, ArchiveError):
+        options = BuildOptions(
+            work_dir=out / ".work", workers=workers, landmark_coords=landmark_coords,
+            csv_id_column=csv_path_column, csv_lat_column=csv_lat_column, csv_lon_column=csv_lon_column,
+            csv_image_root=csv_image_root,
+        )
+        summary = build_catalog([parse_source(text) for text in sources], out, options)
+    print_summary(summary)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(catalog_app, name="catalog")

@@ -1,0 +1,223 @@
+"""`geoloc catalog build` on real data in each source's published layout."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+from datawriters import gldv2_path, image_bytes, photo, write_files, write_gldv2, write_mp16, write_wwgeotag
+from typer.testing import CliRunner
+
+from geoloc.catalog import QUARANTINE_REASONS, BuildOptions, CatalogError, build_catalog, open_store
+from geoloc.catalog import scan as scan_module
+from geoloc.cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
+BERLIN, TOKYO, LIMA, CAPE_TOWN = (52.516275, 13.377704), (35.658581, 139.745433), (-12.046374, -77.042793), (-33.9249, 18.4241)
+
+
+def build(out: Path, sources, **options):
+    return build_catalog(sources, out, BuildOptions(work_dir=out / ".work", workers=1, **options))
+
+
+def read_outputs(out: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
+    return pl.read_parquet(out / "catalog.parquet"), pl.read_parquet(out / "quarantine.parquet")
+
+
+def reasons(quarantine: pl.DataFrame) -> dict[str, str]:
+    return dict(quarantine.select("image_id", "reason").iter_rows())
+
+
+@pytest.fixture
+def mp16(tmp_path) -> Path:
+    root = tmp_path / "mp16"
+    write_mp16(
+        root,
+        shards=[
+            [("ba/08/1.jpg", photo(*BERLIN, seed=1)), ("ba/08/2.jpg", b"\xff\xd8 not really a jpeg")],
+            [("cc/3.jpg", photo(*TOKYO, seed=3)), ("cc/4.jpg", photo(*TOKYO, seed=4)), ("cc/5.jpg", photo(*LIMA, seed=5)),
+             ("cc/6.jpg", photo(*LIMA, seed=6)), ("cc/7.jpg", photo(*LIMA, seed=7))],
+        ],
+        metadata=[
+            {"IMG_ID": "ba/08/1.jpg", "LAT": BERLIN[0], "LON": BERLIN[1], "city": "Berlin"},
+            {"IMG_ID": "ba/08/2.jpg", "LAT": 1.0, "LON": 2.0, "city": "?"},
+            {"IMG_ID": "cc/3.jpg", "LAT": 0.0, "LON": 0.0, "city": "nowhere"},
+            {"IMG_ID": "cc/4.jpg", "LAT": 95.0, "LON": TOKYO[1], "city": "Tokyo"},
+            {"IMG_ID": "cc/5.jpg", "LAT": LIMA[0], "LON": LIMA[1], "city": "Lima"},
+            {"IMG_ID": "cc/5.jpg", "LAT": LIMA[0], "LON": LIMA[1], "city": "Lima again"},
+            {"IMG_ID": "cc/7.jpg", "LAT": LIMA[0], "LON": LIMA[1], "city": "cut off"},
+            {"IMG_ID": "gone.jpg", "LAT": LIMA[0], "LON": LIMA[1], "city": "Lima"},
+        ],
+        truncate_last=7,
+    )
+    return root
+
+
+def test_mp16_keeps_good_rows_exactly_and_refuses_the_rest(mp16, tmp_path):
+    out = tmp_path / "out"
+    summary = build(out, [("mp16", mp16)])
+    catalog, quarantine = read_outputs(out)
+    assert catalog.select("image_id", "lat", "lon", "source", "city").rows() == [
+        ("ba/08/1.jpg", *BERLIN, "mp16", "Berlin"), ("cc/5.jpg", *LIMA, "mp16", "Lima")]
+    assert catalog["uri"].to_list() == ["shard_00000.msg#ba/08/1.jpg", "shard_00001.msg#cc/5.jpg"]
+    assert reasons(quarantine) == {
+        "ba/08/2.jpg": "corrupt_image", "cc/3.jpg": "null_island", "cc/4.jpg": "bad_coordinates",
+        "cc/5.jpg": "duplicate", "cc/6.jpg": "missing_metadata", "cc/7.jpg": "missing_image",
+        "gone.jpg": "missing_image", quarantine.filter(pl.col("image_id").str.starts_with("@"))["image_id"][0]: "corrupt_image",
+    }
+    assert summary.kept == {"mp16": 2} and summary.total_refused == quarantine.height == 8
+    store = open_store(out, "mp16")
+    assert store.read_bytes(catalog["uri"][0]) == photo(*BERLIN, seed=1)
+    assert pl.read_csv(out / "path_to_coords.csv").rows() == [
+        ("shard_00000.msg#ba/08/1.jpg", *BERLIN), ("shard_00001.msg#cc/5.jpg", *LIMA)]
+
+
+def test_gldv2_coordinates_come_from_the_landmark_table(tmp_path):
+    root = tmp_path / "gldv2"
+    root.mkdir()
+    write_gldv2(root, {
+        "abc0000000000001": (7, photo(*BERLIN, seed=11)),
+        "abd0000000000002": (8, photo(*TOKYO, seed=12)),
+        "fff0000000000003": (7, None),
+        "0a10000000000004": (7, b"GIF89a broken"),
+    }, {7: "Brandenburg_Gate", 8: "Tokyo_Tower"})
+    coords = tmp_path / "coords.csv"
+    pl.DataFrame({"landmark_id": [7, 9], "lat": [BERLIN[0], 1.0], "lon": [BERLIN[1], 2.0]}).write_csv(coords)
+    out = tmp_path / "out"
+    build(out, [("gldv2", root)], landmark_coords=coords)
+    catalog, quarantine = read_outputs(out)
+    assert catalog.select("image_id", "uri", "lat", "lon", "landmark_id").rows() == [
+        ("abc0000000000001", gldv2_path("abc0000000000001"), *BERLIN, "7")]
+    assert reasons(quarantine) == {"abd0000000000002": "unresolved_landmark", "fff0000000000003": "missing_image",
+                                   "0a10000000000004": "corrupt_image"}
+
+
+def test_gldv2_without_landmark_coordinates_is_a_clear_error(tmp_path):
+    root = tmp_path / "gldv2"
+    root.mkdir()
+    write_gldv2(root, {"abc": (1, photo(*BERLIN))}, {1: "X"})
+    with pytest.raises(CatalogError, match="--landmark-coords"):
+        build(tmp_path / "out", [("gldv2", root)])
+
+
+def test_wwgeotag_reads_gps_from_exif_and_ignores_the_side_files(tmp_path):
+    root = tmp_path / "geotag"
+    write_wwgeotag(root, {
+        "1/a.jpg": photo(*TOKYO, seed=21),
+        "1/sub/b.jpg": photo(*CAPE_TOWN, encoding="degrees", seed=22),
+        "2/c.jpg": image_bytes(None),
+        "2/d.jpg": b"truncated",
+        "2/e.png": photo(*LIMA, fmt="PNG", seed=23),
+    })
+    out = tmp_path / "out"
+    build(out, [("wwgeotag", root)])
+    catalog, quarantine = read_outputs(out)
+    kept = {row[0]: row[1:] for row in catalog.select("image_id", "lat", "lon").iter_rows()}
+    assert kept.keys() == {"1/a.jpg", "1/sub/b.jpg", "2/e.png"}
+    assert kept["1/sub/b.jpg"] == pytest.approx(CAPE_TOWN, abs=1e-6)
+    assert reasons(quarantine) == {"2/c.jpg": "no_gps", "2/d.jpg": "corrupt_image"}
+
+
+def test_photos_and_csv_sources_with_cross_source_dedupe(tmp_path):
+    shared = photo(*BERLIN, seed=31)
+    photos = tmp_path / "photos"
+    write_files(photos, {"trip/x.jpg": shared, "trip/y.heic": photo(*TOKYO, fmt="HEIF", seed=32), "notes.txt": b"hi"})
+    table_dir = tmp_path / "table"
+    write_files(table_dir, {"img/p.jpg": shared, "img/q.jpg": photo(*LIMA, seed=33)})
+    pl.DataFrame({"file": ["img/p.jpg", "img/q.jpg", "img/r.jpg"], "y": [1.0, LIMA[0], 3.0], "x": [2.0, LIMA[1], 4.0]}
+                 ).write_csv(table_dir / "points.csv")
+    out = tmp_path / "out"
+    build(out, [("photos", photos), ("csv", table_dir / "points.csv")],
+          csv_id_column="file", csv_lat_column="y", csv_lon_column="x")
+    catalog, quarantine = read_outputs(out)
+    assert catalog.select("image_id", "source").rows() == [("trip/x.jpg", "photos"), ("trip/y.heic", "photos"),
+                                                          ("img/q.jpg", "csv")]
+    assert quarantine.select("image_id", "reason", "detail").rows() == [
+        ("img/p.jpg", "duplicate", "same bytes as photos:trip/x.jpg"), ("img/r.jpg", "missing_image", "no such file")]
+    assert open_store(out, "csv").read_bytes("img/q.jpg") == photo(*LIMA, seed=33)
+
+
+def test_every_quarantine_reason_is_documented_and_reachable(mp16, tmp_path):
+    """Builds all the above at once: each reason in QUARANTINE_REASONS occurs, and nothing is lost."""
+    gldv2 = tmp_path / "gldv2"
+    gldv2.mkdir()
+    write_gldv2(gldv2, {"abc": (1, photo(*BERLIN, seed=1))}, {1: "Same_bytes_as_mp16"})
+    geotag = tmp_path / "geotag"
+    write_wwgeotag(geotag, {"1/no.jpg": image_bytes(None), "1/kept.jpg": photo(*TOKYO, seed=99)})
+    coords = tmp_path / "coords.csv"
+    pl.DataFrame({"landmark_id": [2], "lat": [1.0], "lon": [1.0]}).write_csv(coords)
+    out = tmp_path / "out"
+    summary = build(out, [("mp16", mp16), ("gldv2", gldv2), ("wwgeotag", geotag)], landmark_coords=coords)
+    catalog, quarantine = read_outputs(out)
+    assert set(quarantine["reason"]) == set(QUARANTINE_REASONS)
+    candidates = 10 + 1 + 2
+    assert catalog.height + quarantine.height == candidates
+    assert sum(summary.kept.values()) + summary.total_refused == candidates
+
+
+def test_rerun_is_idempotent_and_redoes_nothing(mp16, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    build(out, [("mp16", mp16)])
+    first = (out / "catalog.parquet").read_bytes(), (out / "quarantine.parquet").read_bytes()
+    monkeypatch.setattr("geoloc.catalog.sources.index_shard", lambda *a: pytest.fail("re-indexed a finished shard"))
+    build(out, [("mp16", mp16)])
+    assert ((out / "catalog.parquet").read_bytes(), (out / "quarantine.parquet").read_bytes()) == first
+
+
+def test_a_killed_build_resumes_without_redoing_finished_chunks(tmp_path, monkeypatch):
+    photos = tmp_path / "photos"
+    count = 1500
+    write_files(photos, {f"{n:05d}.jpg": photo(*TOKYO, seed=n) for n in range(count)})
+    out = tmp_path / "out"
+    script = (
+        "import sys; from pathlib import Path; from geoloc.catalog import build_catalog, BuildOptions\n"
+        "out = Path(sys.argv[2])\n"
+        "build_catalog([('photos', Path(sys.argv[1]))], out, BuildOptions(out / '.work', workers=1, chunk_files=1))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    process = subprocess.Popen([sys.executable, "-c", script, str(photos), str(out)], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    chunks = out / ".work" / "photos-files"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None:
+        if chunks.is_dir() and len(list(chunks.glob("*.parquet"))) >= 5:
+            break
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait(timeout=30) == -signal.SIGKILL
+    assert not (out / "catalog.parquet").exists()
+    finished = len(list(chunks.glob("*.parquet")))
+    assert 5 <= finished < count
+    calls = []
+    inspect = scan_module.inspect_files
+    monkeypatch.setattr(scan_module, "inspect_files", lambda *a: calls.append(1) or inspect(*a))
+    build_catalog([("photos", photos)], out, BuildOptions(out / ".work", workers=1, chunk_files=1))
+    assert len(calls) == count - finished
+    assert pl.read_parquet(out / "catalog.parquet").height == count
+
+
+def test_parallel_scan_matches_the_sequential_one(tmp_path):
+    photos = tmp_path / "photos"
+    write_files(photos, {f"{n:03d}.jpg": photo(LIMA[0] + n / 1000, LIMA[1], seed=n) for n in range(40)})
+    sequential = build(tmp_path / "one", [("photos", photos)], chunk_files=7)
+    parallel = build_catalog([("photos", photos)], tmp_path / "two",
+                             BuildOptions(tmp_path / "two" / ".work", workers=2, chunk_files=7))
+    assert sequential == parallel
+    assert pl.read_parquet(tmp_path / "one" / "catalog.parquet").equals(pl.read_parquet(tmp_path / "two" / "catalog.parquet"))
+
+
+def test_cli_build_prints_the_summary_and_refuses_bad_arguments(mp16, tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(app, ["catalog", "build", "--source", f"mp16={mp16}", "--out", str(tmp_path / "out"),
+                                 "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    assert "missing_metadata" in result.output and "Kept" in result.output
+    assert str(BERLIN[0]) not in result.output
+    result = runner.invoke(app, ["catalog", "build", "--source", f"flickr={mp16}", "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2 and "KIND one of" in result.output
+    result = runner.invoke(app, ["catalog", "build", "--source", f"wwgeotag={mp16}", "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2 and "numbered photo folders" in result.output
