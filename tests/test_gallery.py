@@ -39,7 +39,7 @@ def test_embed_resume_index_and_retrieve(tiny_clip, catalog, tmp_path):
     root, catalog_dir, table = catalog
     backbone = load_backbone(str(tiny_clip), device="cpu")
     out = tmp_path / "embeddings"
-    summary = embed_table(table, lambda uri: (root / uri).read_bytes(), backbone, out, batch_size=4, chunk_rows=4)
+    summary = embed_table(table, lambda source, uri: (root / uri).read_bytes(), backbone, out, batch_size=4, chunk_rows=4)
     assert (summary.rows, summary.embedded, summary.failed, summary.parts_skipped) == (6, 5, 1, 0)
     parts = sorted(out.glob("part-*.parquet"))
     assert len(parts) == 2
@@ -48,11 +48,11 @@ def test_embed_resume_index_and_retrieve(tiny_clip, catalog, tmp_path):
 
     # A killed run resumes at the first missing part and redoes nothing else.
     parts[1].unlink()
-    again = embed_table(table, lambda uri: (root / uri).read_bytes(), backbone, out, batch_size=4, chunk_rows=4)
+    again = embed_table(table, lambda source, uri: (root / uri).read_bytes(), backbone, out, batch_size=4, chunk_rows=4)
     assert (again.embedded, again.failed, again.parts_skipped) == (5, 1, 1)
     other = table.head(3)
     with pytest.raises(EmbeddingsError, match="another run's embeddings .*ids, rows"):
-        embed_table(other, lambda uri: (root / uri).read_bytes(), backbone, out)
+        embed_table(other, lambda source, uri: (root / uri).read_bytes(), backbone, out)
 
     meta, ids, vectors = read_embeddings(out)
     assert meta["backbone"] == str(tiny_clip) and meta["dim"] == 768
@@ -118,3 +118,36 @@ def test_approximate_indexes_find_true_neighbours(kind):
     _, found = approximate.search(queries, 10)
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, truth)])
     assert recall >= (0.5 if kind == "ivfpq" else 0.9)
+
+
+def test_mp16_shards_to_catalog_to_embeddings_to_retrieval(tiny_clip, tmp_path):
+    """Photos inside MessagePack shards are embedded straight from the shards, never unpacked."""
+    from datawriters import image_bytes, write_mp16
+
+    mp16 = tmp_path / "mp16"
+    photos = {f"ba/08/{n}.jpg": image_bytes(color=(40 * n, 255 - 40 * n, 90), size=(64, 48)) for n in range(5)}
+    items = list(photos.items())
+    write_mp16(mp16, [items[:3], items[3:]],
+               [{"IMG_ID": name, "LAT": 10.0 + n, "LON": 20.0 - n} for n, name in enumerate(photos)])
+    runner = CliRunner()
+    catalog_dir, embeddings, index_dir = tmp_path / "catalog", tmp_path / "embeddings", tmp_path / "index"
+    result = runner.invoke(app, ["catalog", "build", "--source", f"mp16={mp16}", "--out", str(catalog_dir)])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["embed", "--catalog", str(catalog_dir), "--backbone", str(tiny_clip), "--out",
+                                 str(embeddings), "--workers", "0", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "5 photo(s) embedded, 0 unreadable" in result.stdout
+    result = runner.invoke(app, ["embed", "--catalog", str(catalog_dir), "--backbone", str(tiny_clip), "--out",
+                                 str(embeddings), "--workers", "0", "--device", "cpu"])
+    assert "1 part(s) already done" in result.stdout
+    result = runner.invoke(app, ["index", "build", "--embeddings", str(embeddings), "--catalog", str(catalog_dir),
+                                 "--out", str(index_dir)])
+    assert result.exit_code == 0, result.output
+    query = tmp_path / "query.jpg"
+    query.write_bytes(photos["ba/08/3.jpg"])
+    out = tmp_path / "candidates.csv"
+    result = runner.invoke(app, ["retrieve", str(query), "--index", str(index_dir), "--k", "2", "--out", str(out),
+                                 "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    best = pl.read_csv(out).row(0, named=True)
+    assert best["ref_uri"].endswith("ba/08/3.jpg") and (best["lat"], best["lon"]) == (13.0, 17.0)

@@ -1,4 +1,4 @@
-"""`geoloc index build` and `geoloc retrieve`: the searchable gallery and its candidates."""
+"""`geoloc embed`, `geoloc index build` and `geoloc retrieve`: the searchable gallery and its candidates."""
 
 from __future__ import annotations
 
@@ -11,6 +11,35 @@ from geoloc.tables import TableError, read_table, write_table
 
 index_app = typer.Typer(help="The searchable gallery (FAISS) with its coordinates and place texts.",
                         no_args_is_help=True)
+
+
+def embed_command(
+    catalog: Path = typer.Option(..., "--catalog", help="Folder written by `geoloc catalog build`."),
+    out: Path = typer.Option(..., "--out", help="Embeddings folder (resumable: run again to finish)."),
+    backbone: str = typer.Option("openai/clip-vit-large-patch14", "--backbone",
+                                 help="CLIP or any Hugging Face vision model: a hub id or a local folder."),
+    batch_size: int = typer.Option(64, "--batch-size", min=1),
+    workers: int = typer.Option(2, "--workers", min=0, help="DataLoader processes reading and decoding photos."),
+    chunk_rows: int = typer.Option(50_000, "--chunk-rows", min=1, help="Photos per part file (resume unit)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 ..."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (fp32 on CPU, bf16/fp16 on GPU), float32, float16, "
+                              "bfloat16."),
+) -> None:
+    """Embed every photo of the catalog with a frozen backbone."""
+    from geoloc.catalog import CatalogError
+    from geoloc.encode import CatalogImages, EmbeddingsError, embed_table
+    from geoloc.encode.backbone import BackboneUnavailable, load_backbone
+
+    with clean_errors(BackboneUnavailable, EmbeddingsError, CatalogError, TableError, FileNotFoundError):
+        items = read_table(catalog / "catalog.parquet").select("image_id", "uri", "source")
+        model = load_backbone(backbone, device=device, dtype=dtype)
+        with progress_bar("embedding") as progress:
+            task = progress.add_task("photos", total=len(items))
+            summary = embed_table(items, CatalogImages(catalog), model, out, batch_size=batch_size,
+                                  chunk_rows=chunk_rows, workers=workers,
+                                  on_progress=lambda n: progress.advance(task, n))
+    console.print(f"{summary.embedded:,} photo(s) embedded, {summary.failed:,} unreadable (see the error column), "
+                  f"{summary.parts_skipped} part(s) already done -> {out}")
 
 
 @index_app.command("build")
@@ -55,7 +84,7 @@ def retrieve_command(
     """The k gallery photos nearest to each query photo, as candidates."""
     from geoloc.candidates.retrieval import retrieval_candidates
     from geoloc.candidates.zeroshot import find_photos
-    from geoloc.encode import embed_batches
+    from geoloc.encode import embed_batches, read_file
     from geoloc.encode.backbone import BackboneUnavailable, load_backbone
     from geoloc.index import GalleryIndex
 
@@ -65,8 +94,8 @@ def retrieve_command(
         model = load_backbone(backbone or gallery.info["backbone"], device=device)
         with progress_bar("embedding") as progress:
             task = progress.add_task("photos", total=len(photos))
-            vectors, problems = embed_batches([str(p.path) for p in photos], lambda uri: Path(uri).read_bytes(),
-                                              model, batch_size, on_progress=lambda n: progress.advance(task, n))
+            vectors, problems = embed_batches([("", str(p.path)) for p in photos], read_file, model, batch_size,
+                                              on_progress=lambda n: progress.advance(task, n))
         readable = [row for row, problem in enumerate(problems) if problem is None]
         for photo, problem in zip(photos, problems):
             if problem is not None:
@@ -77,5 +106,6 @@ def retrieve_command(
 
 
 def register(app: typer.Typer) -> None:
+    app.command("embed")(embed_command)
     app.add_typer(index_app, name="index")
     app.command("retrieve")(retrieve_command)

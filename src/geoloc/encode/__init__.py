@@ -33,18 +33,42 @@ class EmbeddingsError(ValueError):
     """An embeddings folder does not match the run, or is not one."""
 
 
+ReadBytes = Callable[[str, str], bytes]
+"""(source, uri) -> the photo's bytes: how a catalog row, or a plain file, is opened."""
+
+
+def read_file(source: str, uri: str) -> bytes:
+    """A ReadBytes for plain paths (the source is not needed)."""
+    return Path(uri).read_bytes()
+
+
+class CatalogImages:
+    """A ReadBytes for catalog rows: each source's own store (folder, shards, tar)."""
+
+    def __init__(self, catalog_dir: Path) -> None:
+        self.catalog_dir = catalog_dir
+        self.stores: dict = {}
+
+    def __call__(self, source: str, uri: str) -> bytes:
+        from geoloc.catalog.build import open_store
+
+        if source not in self.stores:
+            self.stores[source] = open_store(self.catalog_dir, source)
+        return self.stores[source].read_bytes(uri)
+
+
 class _Photos(torch.utils.data.Dataset):
     """Reads and preprocesses one photo per item; failures become a reason, not an exception."""
 
-    def __init__(self, uris: list[str], read_bytes: Callable[[str], bytes], backbone: Backbone) -> None:
-        self.uris, self.read_bytes, self.backbone = uris, read_bytes, backbone
+    def __init__(self, locations: list[tuple[str, str]], read_bytes: ReadBytes, backbone: Backbone) -> None:
+        self.locations, self.read_bytes, self.backbone = locations, read_bytes, backbone
 
     def __len__(self) -> int:
-        return len(self.uris)
+        return len(self.locations)
 
     def __getitem__(self, item: int) -> tuple[int, torch.Tensor | None, str | None]:
         try:
-            with Image.open(io.BytesIO(self.read_bytes(self.uris[item]))) as image:
+            with Image.open(io.BytesIO(self.read_bytes(*self.locations[item]))) as image:
                 image.load()
                 return item, self.backbone.pixel_values([image])[0], None
         except UNREADABLE as error:
@@ -56,19 +80,19 @@ def _collate(batch: list) -> list:
 
 
 def embed_batches(
-    uris: list[str],
-    read_bytes: Callable[[str], bytes],
+    locations: list[tuple[str, str]],
+    read_bytes: ReadBytes,
     backbone: Backbone,
     batch_size: int = 64,
     workers: int = 0,
     on_progress: Callable[[int], None] = lambda done: None,
 ) -> tuple[np.ndarray, list[str | None]]:
-    """Normalized embeddings (rows, dim; NaN rows for failures) and one error (or None) per uri."""
+    """Normalized embeddings (rows, dim; NaN rows for failures) and one error (or None) per photo."""
     loader = torch.utils.data.DataLoader(
-        _Photos(uris, read_bytes, backbone), batch_size=batch_size, num_workers=workers, collate_fn=_collate
+        _Photos(locations, read_bytes, backbone), batch_size=batch_size, num_workers=workers, collate_fn=_collate
     )
-    vectors = np.full((len(uris), backbone.dim), np.nan, dtype=np.float32)
-    problems: list[str | None] = [None] * len(uris)
+    vectors = np.full((len(locations), backbone.dim), np.nan, dtype=np.float32)
+    problems: list[str | None] = [None] * len(locations)
     for batch in loader:
         good = [(item, pixels) for item, pixels, _ in batch if pixels is not None]
         for item, _, problem in batch:
@@ -95,7 +119,7 @@ def _fingerprint(ids: pl.Series) -> str:
 
 def embed_table(
     items: pl.DataFrame,
-    read_bytes: Callable[[str], bytes],
+    read_bytes: ReadBytes,
     backbone: Backbone,
     out: Path,
     batch_size: int = 64,
@@ -103,7 +127,7 @@ def embed_table(
     workers: int = 0,
     on_progress: Callable[[int], None] = lambda done: None,
 ) -> EmbedSummary:
-    """Embed every (image_id, uri) row into `out`, skipping the parts a previous run finished."""
+    """Embed every (image_id, uri, source) row into `out`, skipping the parts a previous run finished."""
     out.mkdir(parents=True, exist_ok=True)
     meta = {"backbone": backbone.name, "dim": backbone.dim, "rows": len(items), "chunk_rows": chunk_rows,
             "ids": _fingerprint(items["image_id"])}
@@ -129,8 +153,8 @@ def embed_table(
             skipped += 1
             on_progress(len(chunk))
             continue
-        vectors, problems = embed_batches(chunk["uri"].to_list(), read_bytes, backbone, batch_size, workers,
-                                          on_progress)
+        locations = list(zip(chunk["source"].to_list(), chunk["uri"].to_list()))
+        vectors, problems = embed_batches(locations, read_bytes, backbone, batch_size, workers, on_progress)
         table = pl.DataFrame({
             "image_id": chunk["image_id"],
             "embedding": pl.Series(vectors, dtype=pl.Array(pl.Float32, backbone.dim)),
