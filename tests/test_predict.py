@@ -73,9 +73,12 @@ def test_predict_end_to_end(tiny_clip, small_gallery, tmp_path):
     noisy_photo(folder / "plain.jpg", seed=7)
     noisy_photo(folder / "tagged.jpg", seed=7, exif_gps=(-33.5, 151.25))
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a JPEG at all")
-    out = tmp_path / "predictions.parquet"
+    out, page = tmp_path / "predictions.parquet", tmp_path / "map.html"
+    truth = tmp_path / "truth.csv"
+    truth.write_text("image_id,lat,lon\nplain.jpg,0,0\ntagged.jpg,-33.5,151.25\nbroken.jpg,1,1\n")
     result = CliRunner().invoke(app, ["predict", str(folder), "--backbone", str(tiny_clip), "--top-k", "3",
-                                      "--json", "--out", str(out), "--device", "cpu"])
+                                      "--json", "--out", str(out), "--map", str(page), "--truth", str(truth),
+                                      "--device", "cpu"])
     assert result.exit_code == 0, result.output
     lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert [Path(line["image"]).name for line in lines] == ["plain.jpg", "tagged.jpg"]
@@ -92,9 +95,12 @@ def test_predict_end_to_end(tiny_clip, small_gallery, tmp_path):
     assert "broken.jpg" in result.stderr
     table = pl.read_parquet(out)
     assert table.columns == ["image_id", "lat", "lon", "score"] and table.height == 2
-    truth = tmp_path / "truth.csv"
-    truth.write_text("image_id,lat,lon\nplain.jpg,0,0\ntagged.jpg,-33.5,151.25\nbroken.jpg,1,1\n")
     assert evaluate_files(out, truth).metrics["missing"] == 1
+    # The map is one self-contained file: Leaflet, the outline and the data inlined, no tiles.
+    html = page.read_text()
+    assert "<script src" not in html and "<link" not in html and "tile.openstreetmap" not in html
+    assert '"image":"' + str(folder / "tagged.jpg") + '"' in html and '"error_km":' in html
+    assert '"FeatureCollection"' in html and "L.map(" in html
 
 
 def test_geoclip_candidates_follow_the_schema(tiny_clip, small_gallery, tmp_path):

@@ -51,17 +51,31 @@ def predict_command(
     top_k: int = typer.Option(5, "--top-k", min=1, help="Alternatives per photo."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per photo per line."),
     out: Path | None = typer.Option(None, "--out", help="Write the predictions table (.csv or .parquet)."),
+    map_file: Path | None = typer.Option(None, "--map", help="Write a self-contained HTML map of the guesses."),
+    truth: Path | None = typer.Option(None, "--truth", help="With --map: true locations (IMG_ID, LAT, LON or "
+                                      "image_id, lat, lon), drawn as lines to the guesses coloured by error."),
+    tiles: str | None = typer.Option(None, "--tiles", help="With --map: a tile URL template ({z}/{x}/{y}) drawn "
+                                     "over the bundled outline. Off by default: the tile server sees the areas "
+                                     "viewed."),
     batch_size: int = typer.Option(16, "--batch-size", min=1),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 ..."),
 ) -> None:
     """Where was each photo taken: best guess, place, alternatives and a confidence radius."""
     from geoloc.encode.backbone import BackboneUnavailable
+    from geoloc.evaluate import load_truth
+    from geoloc.maps import map_html, write_map
     from geoloc.predict import predictions_table
 
     with clean_errors(BackboneUnavailable, FileNotFoundError, TableError, ValueError):
+        known = None
+        if truth is not None:
+            table = load_truth(truth)
+            known = dict(zip(table["image_id"], zip(table["lat"], table["lon"])))
         guesses, unreadable = _guesses(photos, backbone, top_k, batch_size, device)
         if out is not None:
             write_table(predictions_table(guesses), out)
+        if map_file is not None:
+            write_map(map_file, map_html(guesses, known, tiles))
     for guess in guesses:
         if as_json:
             typer.echo(json.dumps(guess.as_json()))

@@ -1,0 +1,133 @@
+"""Self-contained HTML maps of predictions: one file that opens offline in any browser.
+
+Leaflet and a world outline (Natural Earth countries, 1:110M) are bundled inside the
+package and inlined into the file, so the map means something without network. Map
+tiles are off by default: a tile server sees which areas are viewed, which for a map
+of someone's photos says where they were. `tiles=` turns them on, over the outline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from importlib import resources
+from pathlib import Path
+
+from geoloc.predict import PhotoGuess
+
+ERROR_COLOURS = ((25.0, "#1a9850"), (200.0, "#91cf60"), (750.0, "#fc8d59"), (float("inf"), "#d73027"))
+"""Truth-to-guess lines: green within 25 km, light green within 200, orange within 750, red beyond."""
+
+
+def bundled(name: str) -> str:
+    """A bundled file's text (geoloc/data/...)."""
+    return resources.files("geoloc").joinpath("data", name).read_text(encoding="utf-8")
+
+
+def _script_json(value: object) -> str:
+    """JSON that can sit inside <script> without closing it."""
+    return json.dumps(value, separators=(",", ":")).replace("</", "<\\/")
+
+
+_PAGE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>__TITLE__</title>
+<style>__LEAFLET_CSS__</style>
+<style>
+  html, body { margin: 0; height: 100%; font: 14px system-ui, sans-serif; }
+  #map { height: 100%; background: #cfe3f3; }
+  .legend { background: white; padding: 6px 10px; border-radius: 4px; line-height: 1.5; }
+  .legend i { display: inline-block; width: 12px; height: 12px; margin-right: 6px; border-radius: 6px; }
+</style>
+</head>
+<body>
+<div id="map"></div>
+<script>__LEAFLET_JS__</script>
+<script>
+const world = __WORLD__;
+const photos = __PHOTOS__;
+const tiles = __TILES__;
+const colours = __COLOURS__;
+const map = L.map("map", {worldCopyJump: true}).setView([20, 0], 2);
+L.geoJSON(world, {style: {color: "#8a8a8a", weight: 0.6, fillColor: "#f4f1ea", fillOpacity: 1}}).addTo(map);
+if (tiles) { L.tileLayer(tiles, {maxZoom: 18, opacity: 0.9}).addTo(map); }
+function text(value) { const span = document.createElement("span"); span.textContent = value; return span.innerHTML; }
+function errorColour(km) { return colours.find(([limit]) => km <= (limit === null ? Infinity : limit))[1]; }
+const bounds = [];
+for (const photo of photos) {
+  const where = [photo.lat, photo.lon];
+  bounds.push(where);
+  let popup = `<b>${text(photo.image)}</b><br>${text(photo.place)}<br>${photo.lat.toFixed(4)}, ${photo.lon.toFixed(4)}`
+    + `<br>p = ${photo.prob.toFixed(3)}, within ~${Math.round(photo.radius_km)} km`;
+  if (photo.exif) { popup += `<br>EXIF GPS: ${photo.exif.lat.toFixed(5)}, ${photo.exif.lon.toFixed(5)}`; }
+  if (photo.truth) { popup += `<br>truth: ${photo.truth.lat.toFixed(4)}, ${photo.truth.lon.toFixed(4)}`
+    + ` (${Math.round(photo.error_km)} km off)`; }
+  L.circle(where, {radius: photo.radius_km * 1000, color: "#3366cc", weight: 1, fillOpacity: 0.08}).addTo(map);
+  photo.alternatives.forEach((alt) => L.circleMarker([alt.lat, alt.lon], {radius: 4, color: "#3366cc", weight: 1,
+    fillOpacity: 0.4}).bindPopup(`${text(photo.image)}: alternative<br>${text(alt.place)}<br>p = ${alt.prob.toFixed(3)}`)
+    .addTo(map));
+  L.circleMarker(where, {radius: 7, color: "#1f3d99", fillColor: "#3366cc", fillOpacity: 0.9}).bindPopup(popup)
+    .addTo(map);
+  if (photo.exif) { L.circleMarker([photo.exif.lat, photo.exif.lon], {radius: 6, color: "#7b3294",
+    fillOpacity: 0.8}).bindPopup(`${text(photo.image)}: EXIF GPS`).addTo(map); }
+  if (photo.truth) {
+    L.polyline([[photo.truth.lat, photo.truth.lon], where], {color: errorColour(photo.error_km), weight: 2}).addTo(map);
+    L.circleMarker([photo.truth.lat, photo.truth.lon], {radius: 5, color: "#222", fillColor: "#222",
+      fillOpacity: 1}).bindPopup(`${text(photo.image)}: truth`).addTo(map);
+  }
+}
+if (bounds.length) { map.fitBounds(bounds, {padding: [40, 40], maxZoom: 6}); }
+const legend = L.control({position: "bottomleft"});
+legend.onAdd = () => { const div = L.DomUtil.create("div", "legend");
+  div.innerHTML = `<i style="background:#3366cc"></i>guess (circle: confidence radius)<br>`
+    + `<i style="background:#7b3294"></i>EXIF GPS<br><i style="background:#222"></i>truth`; return div; };
+legend.addTo(map);
+</script>
+</body>
+</html>
+"""
+
+
+def map_html(
+    guesses: list[PhotoGuess],
+    truth: dict[str, tuple[float, float]] | None = None,
+    tiles: str | None = None,
+    title: str = "geoloc predictions",
+) -> str:
+    """The page: every guess with its alternatives and confidence circle; truth lines when given."""
+    from geoloc.geo import great_circle_km
+
+    photos = []
+    for guess in guesses:
+        photo = {"image": guess.image, "lat": guess.lat, "lon": guess.lon, "place": guess.place,
+                 "prob": guess.candidates[0].prob, "radius_km": guess.radius_km, "exif": guess.exif,
+                 "alternatives": [vars(c) for c in guess.candidates[1:]]}
+        if truth and guess.image_id in truth:
+            lat, lon = truth[guess.image_id]
+            photo["truth"] = {"lat": lat, "lon": lon}
+            photo["error_km"] = float(great_circle_km(lat, lon, guess.lat, guess.lon))
+        photos.append(photo)
+    colours = [[None if limit == float("inf") else limit, colour] for limit, colour in ERROR_COLOURS]
+    replacements = {
+        "__TITLE__": title.replace("<", "&lt;"),
+        "__LEAFLET_CSS__": bundled("leaflet/leaflet.css"),
+        "__LEAFLET_JS__": bundled("leaflet/leaflet.js"),
+        "__WORLD__": bundled("world_110m.geojson").replace("</", "<\\/"),
+        "__PHOTOS__": _script_json(photos),
+        "__TILES__": _script_json(tiles),
+        "__COLOURS__": _script_json(colours),
+    }
+    # One pass over the template, so nothing inserted is ever searched for markers.
+    return re.sub("|".join(replacements), lambda match: replacements[match.group(0)], _PAGE)
+
+
+def write_map(path: Path, page: str) -> None:
+    """Write atomically, like every output."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.part")
+    partial.write_text(page, encoding="utf-8")
+    os.replace(partial, path)
