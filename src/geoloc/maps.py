@@ -9,10 +9,8 @@ of someone's photos says where they were. `tiles=` turns them on, over the outli
 from __future__ import annotations
 
 import json
-import os
 import re
 from importlib import resources
-from pathlib import Path
 
 from geoloc.predict import PhotoGuess
 
@@ -123,11 +121,3 @@ def map_html(
     }
     # One pass over the template, so nothing inserted is ever searched for markers.
     return re.sub("|".join(replacements), lambda match: replacements[match.group(0)], _PAGE)
-
-
-def write_map(path: Path, page: str) -> None:
-    """Write atomically, like every output."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.part")
-    partial.write_text(page, encoding="utf-8")
-    os.replace(partial, path)

@@ -8,6 +8,7 @@ used to make it. Unreadable files are reported and skipped; the rest go on.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -55,8 +56,33 @@ class Unreadable:
     reason: str
 
 
-def _decode(photo: Photo) -> Image.Image:
-    with Image.open(photo.path) as image:
+@dataclass(frozen=True)
+class LoadedPhoto:
+    """A decoded photo ready for the model, with its own EXIF position (or None)."""
+
+    image_id: str
+    label: str
+    image: Image.Image
+    exif: dict | None
+
+
+def exif_position(source: bytes | Path) -> dict | None:
+    """The photo's own GPS tags, if usable: shown beside the guess, never used to make it."""
+    from geoloc.images.exif import read_header
+
+    header = read_header(source)
+    return None if header.lat is None or header.lon is None else {"lat": header.lat, "lon": header.lon}
+
+
+def decode_photo(data: bytes, max_pixels: int | None = None) -> Image.Image:
+    """RGB pixels of an encoded photo; raises one of UNREADABLE (a bomb too) with the reason.
+
+    `max_pixels` refuses larger images from their header, before any pixel is decoded.
+    """
+    with Image.open(io.BytesIO(data)) as image:
+        if max_pixels is not None and image.width * image.height > max_pixels:
+            raise Image.DecompressionBombError(
+                f"{image.width}x{image.height} = {image.width * image.height:,} pixels; the limit is {max_pixels:,}")
         image.load()
         return image.convert("RGB")
 
@@ -66,50 +92,45 @@ def guess_photos(
     geoclip: GeoClip,
     top_k: int = 5,
     batch_size: int = 16,
-    exif_gps: Callable[[Path], tuple[float, float] | None] = lambda path: None,
     on_progress: Callable[[int], None] = lambda done: None,
 ) -> Iterator[PhotoGuess | Unreadable]:
     """Answers in the photos' order, batch by batch, as they are ready."""
     for start in range(0, len(photos), batch_size):
         batch = photos[start : start + batch_size]
-        decoded: list[tuple[Photo, Image.Image]] = []
+        loaded: list[LoadedPhoto] = []
         failures: dict[str, Unreadable] = {}
         for photo in batch:
             try:
-                decoded.append((photo, _decode(photo)))
+                data = photo.path.read_bytes()
+                loaded.append(LoadedPhoto(photo.query_id, str(photo.path), decode_photo(data), exif_position(data)))
             except UNREADABLE as error:
                 failures[photo.query_id] = Unreadable(str(photo.path), f"{error.__class__.__name__}: {error}")
-        guesses = iter(_guess_batch(decoded, geoclip, top_k, exif_gps) if decoded else [])
+        guesses = iter(guess_images(loaded, geoclip, top_k) if loaded else [])
         for photo in batch:
             yield failures.get(photo.query_id) or next(guesses)
         on_progress(len(batch))
 
 
-def _guess_batch(
-    decoded: list[tuple[Photo, Image.Image]],
-    geoclip: GeoClip,
-    top_k: int,
-    exif_gps: Callable[[Path], tuple[float, float] | None],
-) -> list[PhotoGuess]:
-    result = geoclip.top_k(geoclip.backbone.pixel_values([image for _, image in decoded]), top_k)
+def guess_images(loaded: list[LoadedPhoto], geoclip: GeoClip, top_k: int) -> list[PhotoGuess]:
+    """One batch through GeoCLIP, with place names for every alternative."""
+    result = geoclip.top_k(geoclip.backbone.pixel_values([photo.image for photo in loaded]), top_k)
     coordinates = result.coordinates.astype(np.float64)
     places = place_names(coordinates[..., 0].ravel(), coordinates[..., 1].ravel()).reshape(coordinates.shape[:2])
     guesses = []
-    for row, (photo, _) in enumerate(decoded):
+    for row, photo in enumerate(loaded):
         alternatives = [
             Alternative(float(lat), float(lon), float(prob), str(place))
             for (lat, lon), prob, place in zip(coordinates[row], result.probabilities[row], places[row])
         ]
-        gps = exif_gps(photo.path)
         guesses.append(PhotoGuess(
-            image=str(photo.path),
-            image_id=photo.query_id,
+            image=photo.label,
+            image_id=photo.image_id,
             lat=alternatives[0].lat,
             lon=alternatives[0].lon,
             place=alternatives[0].place,
             radius_km=float(result.radius_km[row]),
             candidates=alternatives,
-            exif=None if gps is None else {"lat": gps[0], "lon": gps[1]},
+            exif=photo.exif,
         ))
     return guesses
 
@@ -138,3 +159,19 @@ def geoclip_candidates(guesses: list[PhotoGuess]) -> pl.DataFrame:
         for rank, c in enumerate(g.candidates)
     ]
     return pl.DataFrame(rows, schema=CANDIDATE_SCHEMA)
+
+
+def predictions_geojson(guesses: list[PhotoGuess]) -> dict:
+    """A GeoJSON FeatureCollection: one Point per photo at its best guess, the rest as properties."""
+    return {
+        "type": "FeatureCollection",
+        "features": [
+            {
+                "type": "Feature",
+                "geometry": {"type": "Point", "coordinates": [g.lon, g.lat]},
+                "properties": {"image_id": g.image_id, **{k: v for k, v in g.as_json().items()
+                                                          if k not in ("lat", "lon")}},
+            }
+            for g in guesses
+        ],
+    }

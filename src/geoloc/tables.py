@@ -59,6 +59,15 @@ def write_table(frame: pl.DataFrame, path: str | Path) -> None:
         raise
 
 
+def write_text(path: str | Path, text: str) -> None:
+    """Write a text file atomically (temporary file beside it, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.part")
+    partial.write_text(text, encoding="utf-8")
+    os.replace(partial, path)
+
+
 def select_layout(frame: pl.DataFrame, path: Path, layouts: list[dict[str, str]]) -> pl.DataFrame:
     """The columns of the first layout (source name -> our name) that the frame has, renamed.
 

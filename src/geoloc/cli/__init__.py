@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from geoloc import __version__
-from geoloc.cli import candidates, catalog, evaluate, gallery, landmarks, predict
+from geoloc.cli import candidates, catalog, evaluate, gallery, landmarks, predict, serve
 
 app = typer.Typer(
     name="geoloc",
@@ -20,6 +20,7 @@ landmarks.register(app)
 candidates.register(app)
 predict.register(app, candidates.app)
 gallery.register(app)
+serve.register(app)
 
 
 def _print_version(value: bool) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from geoloc.cli.common import clean_errors, console, errors, progress_bar
-from geoloc.tables import TableError, write_table
+from geoloc.tables import TableError, write_table, write_text
 
 DEFAULT_BACKBONE = "openai/clip-vit-large-patch14"
 BACKBONE_HELP = "CLIP ViT-L/14 for GeoCLIP: a hub id or a local folder with its files."
@@ -30,19 +30,11 @@ def _guesses(photos_or_folders: list[Path], backbone: str, top_k: int, batch_siz
     with progress_bar("locating") as progress:
         task = progress.add_task("photos", total=len(photos))
         for answer in guess_photos(photos, geoclip, top_k=top_k, batch_size=batch_size,
-                                   exif_gps=_exif_gps, on_progress=lambda n: progress.advance(task, n)):
+                                   on_progress=lambda n: progress.advance(task, n)):
             (guesses if isinstance(answer, PhotoGuess) else unreadable).append(answer)
     for failure in unreadable:
         errors.print(f"[yellow]skipped[/] {failure.image}: {failure.reason}", highlight=False)
     return guesses, unreadable
-
-
-def _exif_gps(path: Path) -> tuple[float, float] | None:
-    """The photo's own GPS tags, if usable: shown beside the guess, never used to make it."""
-    from geoloc.images.exif import read_header
-
-    header = read_header(path)
-    return None if header.lat is None or header.lon is None else (header.lat, header.lon)
 
 
 def predict_command(
@@ -50,7 +42,8 @@ def predict_command(
     backbone: str = typer.Option(DEFAULT_BACKBONE, "--backbone", help=BACKBONE_HELP),
     top_k: int = typer.Option(5, "--top-k", min=1, help="Alternatives per photo."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per photo per line."),
-    out: Path | None = typer.Option(None, "--out", help="Write the predictions table (.csv or .parquet)."),
+    out: Path | None = typer.Option(None, "--out", help="Write the predictions: .csv or .parquet (the predictions "
+                                    "schema), or .geojson (points with every detail)."),
     map_file: Path | None = typer.Option(None, "--map", help="Write a self-contained HTML map of the guesses."),
     truth: Path | None = typer.Option(None, "--truth", help="With --map: true locations (IMG_ID, LAT, LON or "
                                       "image_id, lat, lon), drawn as lines to the guesses coloured by error."),
@@ -63,8 +56,8 @@ def predict_command(
     """Where was each photo taken: best guess, place, alternatives and a confidence radius."""
     from geoloc.encode.backbone import BackboneUnavailable
     from geoloc.evaluate import load_truth
-    from geoloc.maps import map_html, write_map
-    from geoloc.predict import predictions_table
+    from geoloc.maps import map_html
+    from geoloc.predict import predictions_geojson, predictions_table
 
     with clean_errors(BackboneUnavailable, FileNotFoundError, TableError, ValueError):
         known = None
@@ -72,10 +65,12 @@ def predict_command(
             table = load_truth(truth)
             known = dict(zip(table["image_id"], zip(table["lat"], table["lon"])))
         guesses, unreadable = _guesses(photos, backbone, top_k, batch_size, device)
-        if out is not None:
+        if out is not None and out.suffix.lower() == ".geojson":
+            write_text(out, json.dumps(predictions_geojson(guesses)))
+        elif out is not None:
             write_table(predictions_table(guesses), out)
         if map_file is not None:
-            write_map(map_file, map_html(guesses, known, tiles))
+            write_text(map_file, map_html(guesses, known, tiles))
     for guess in guesses:
         if as_json:
             typer.echo(json.dumps(guess.as_json()))

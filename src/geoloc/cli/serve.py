@@ -1,0 +1,56 @@
+"""`geoloc serve`: the web app."""
+
+from __future__ import annotations
+
+import os
+
+import typer
+
+from geoloc.cli.common import errors
+from geoloc.cli.predict import BACKBONE_HELP, DEFAULT_BACKBONE
+
+
+def serve_command(
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; beyond loopback a token is required."),
+    port: int = typer.Option(8000, "--port"),
+    backbone: str = typer.Option(DEFAULT_BACKBONE, "--backbone", help=BACKBONE_HELP),
+    token: str | None = typer.Option(None, "--token", envvar="GEOLOC_TOKEN", show_envvar=True,
+                                     help="Require this bearer token on every API call (prefer GEOLOC_TOKEN: "
+                                     "command lines are visible to other users)."),
+    insecure: bool = typer.Option(False, "--insecure", help="Allow binding beyond loopback without a token."),
+    top_k: int = typer.Option(5, "--top-k", min=1),
+    max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", min=0.1),
+    max_pixels: int = typer.Option(50_000_000, "--max-pixels", min=1),
+    max_queue: int = typer.Option(8, "--max-queue", min=1, help="Photos admitted at once; beyond, 503."),
+    tiles: str = typer.Option("https://tile.openstreetmap.org/{z}/{x}/{y}.png", "--tiles",
+                              help="Tile URL template for the page's map, or 'none' for the bundled outline only "
+                              "(tile servers see which areas are viewed)."),
+    device: str = typer.Option("auto", "--device"),
+) -> None:
+    """Serve the page and the API: drop a photo, see where it was taken."""
+    import uvicorn
+
+    from geoloc.serve import ServeSettings, create_app, is_loopback
+
+    if not is_loopback(host) and not token and not insecure:
+        errors.print(f"[bold red]error:[/] refusing to serve on {host} without a token: anyone who can reach it "
+                     "could use it. Set GEOLOC_TOKEN (or --token), or pass --insecure if you mean it.")
+        raise typer.Exit(code=2)
+    settings = ServeSettings(max_upload_bytes=int(max_upload_mb * 2**20), max_pixels=max_pixels,
+                             max_queue=max_queue, token=token or None,
+                             tiles=None if tiles.lower() == "none" else tiles)
+
+    def load_guesser():
+        from geoloc.candidates.geoclip import GeoClip
+        from geoloc.encode.backbone import load_backbone
+        from geoloc.predict import guess_images
+
+        geoclip = GeoClip(load_backbone(backbone, device=device))
+        return lambda photos: guess_images(photos, geoclip, top_k)
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    uvicorn.run(create_app(load_guesser, settings), host=host, port=port, log_level="info")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve_command)

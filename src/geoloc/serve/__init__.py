@@ -1,0 +1,210 @@
+"""The web app: drop a photo, see where it was taken on a map.
+
+Built to stay up: the model loads once, in the background (`/api/health` says 503
+until it is ready); inference runs off the event loop, one photo at a time, behind a
+bounded queue that answers 503 with Retry-After when full; uploads are capped in bytes
+(413) and in pixels (decompression bombs get 413 before any pixel is decoded); anything
+that is not a decodable image gets 422 with a readable message. Photos stay in memory
+(the multipart parser is told never to spool them to disk) and no log line carries
+coordinates. With a token, every API call needs it as a bearer token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import logging
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from importlib import resources
+
+import anyio
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from PIL import Image
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+from geoloc.predict import UNREADABLE, LoadedPhoto, PhotoGuess, decode_photo, exif_position
+
+log = logging.getLogger("geoloc.serve")
+LOOPBACK_NAMES = ("localhost",)
+DEFAULT_TILES = "https://tile.openstreetmap.org/{z}/{x}/{y}.png"
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    max_upload_bytes: int = 20 * 2**20
+    max_pixels: int = 50_000_000
+    max_queue: int = 8
+    retry_after_s: int = 5
+    token: str | None = None
+    tiles: str | None = DEFAULT_TILES
+    tiles_attribution: str = "© OpenStreetMap contributors"
+
+
+Guesser = Callable[[list[LoadedPhoto]], list[PhotoGuess]]
+"""Decoded photos in, answers out: the model behind the app (GeoCLIP by default)."""
+
+
+def is_loopback(host: str) -> bool:
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class _InMemoryParser(MultiPartParser):
+    """Starlette's multipart parser, with a spool larger than any accepted upload: never on disk."""
+
+    def __init__(self, *args, spool_bytes: int, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.spool_max_size = spool_bytes
+
+
+class _InferenceQueue:
+    """One inference at a time in a worker thread; at most `capacity` requests admitted at once.
+
+    A request is admitted before its upload is read, so a flood is refused cheaply.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.admitted = 0
+        self.limiter = anyio.CapacityLimiter(1)
+
+    @contextmanager
+    def admission(self) -> Iterator[bool]:
+        admitted = self.admitted < self.capacity
+        self.admitted += admitted
+        try:
+            yield admitted
+        finally:
+            self.admitted -= admitted
+
+    async def run(self, function, *args):
+        return await anyio.to_thread.run_sync(function, *args, limiter=self.limiter)
+
+
+def _problem(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+async def _read_photo(request: Request, settings: ServeSettings) -> bytes:
+    """The `photo` field of a multipart upload, refusing more than max_upload_bytes as it streams in."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > settings.max_upload_bytes + 64 * 1024:
+        raise _TooLarge
+
+    async def limited() -> AsyncIterator[bytes]:
+        received = 0
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > settings.max_upload_bytes + 64 * 1024:
+                raise _TooLarge
+            yield chunk
+
+    parser = _InMemoryParser(request.headers, limited(), max_files=1, max_fields=4,
+                             spool_bytes=settings.max_upload_bytes + 1)
+    form = await parser.parse()
+    upload = form.get("photo")
+    if upload is None or isinstance(upload, str):
+        raise MultiPartException("send the photo as a multipart file field named 'photo'")
+    data = await upload.read()
+    if len(data) > settings.max_upload_bytes:
+        raise _TooLarge
+    return data
+
+
+def create_app(load_guesser: Callable[[], Guesser], settings: ServeSettings | None = None) -> FastAPI:
+    """The app; `load_guesser` runs once, in a worker thread, when the server starts."""
+    settings = settings or ServeSettings()
+    state: dict[str, Guesser | str | None] = {"guesser": None, "failure": None}
+    queue = _InferenceQueue(settings.max_queue)
+
+    async def load() -> None:
+        try:
+            state["guesser"] = await anyio.to_thread.run_sync(load_guesser)
+            log.info("model loaded")
+        except Exception as error:  # noqa: BLE001 - reported by /api/health, the server stays up
+            state["failure"] = f"{error.__class__.__name__}: {error}"
+            log.error("the model could not be loaded: %s", state["failure"])
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(load())
+        yield
+        task.cancel()
+
+    app = FastAPI(title="geoloc", lifespan=lifespan, docs_url=None, redoc_url=None)
+    static = resources.files("geoloc.serve").joinpath("static")
+    data = resources.files("geoloc").joinpath("data")
+
+    @app.middleware("http")
+    async def require_token(request: Request, call_next):
+        if settings.token and request.url.path.startswith("/api/"):
+            supplied = request.headers.get("authorization", "")
+            if not hmac.compare_digest(supplied.encode(), f"Bearer {settings.token}".encode()):
+                return _problem(401, "this server needs its token: Authorization: Bearer <token>",
+                                {"WWW-Authenticate": "Bearer"})
+        return await call_next(request)
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(str(static.joinpath("index.html")))
+
+    @app.get("/static/world.geojson", include_in_schema=False)
+    async def world() -> FileResponse:
+        return FileResponse(str(data.joinpath("world_110m.geojson")), media_type="application/geo+json")
+
+    @app.get("/api/config")
+    async def config() -> dict:
+        return {"tiles": settings.tiles, "attribution": settings.tiles_attribution,
+                "max_upload_bytes": settings.max_upload_bytes}
+
+    @app.get("/api/health")
+    async def health() -> Response:
+        if state["guesser"] is not None:
+            return JSONResponse({"status": "ok"})
+        if state["failure"] is not None:
+            return _problem(503, f"the model could not be loaded: {state['failure']}")
+        return _problem(503, "the model is loading", {"Retry-After": str(settings.retry_after_s)})
+
+    @app.post("/api/predict")
+    async def predict(request: Request) -> Response:
+        guesser = state["guesser"]
+        if guesser is None:
+            return _problem(503, "the model is not ready yet", {"Retry-After": str(settings.retry_after_s)})
+        with queue.admission() as admitted:
+            if not admitted:
+                return _problem(503, "busy: too many photos waiting; try again shortly",
+                                {"Retry-After": str(settings.retry_after_s)})
+            try:
+                photo = await _read_photo(request, settings)
+            except _TooLarge:
+                return _problem(413, f"the upload is larger than {settings.max_upload_bytes / 2**20:g} MB")
+            except MultiPartException as error:
+                return _problem(400, f"not a photo upload: {error.message}")
+            try:
+                image = decode_photo(photo, settings.max_pixels)
+            except Image.DecompressionBombError as error:
+                return _problem(413, f"the image is too large to decode: {error}")
+            except UNREADABLE as error:
+                return _problem(422, f"not a decodable image ({error.__class__.__name__}); send a JPEG, PNG, "
+                                     "WebP, HEIC or TIFF photo")
+            loaded = LoadedPhoto("upload", "upload", image, exif_position(photo))
+            guesses = await queue.run(guesser, [loaded])
+        return JSONResponse(guesses[0].as_json())
+
+    # Mounted last: the routes above take precedence over the static folders.
+    app.mount("/static/vendor/leaflet", StaticFiles(directory=str(data.joinpath("leaflet"))), name="leaflet")
+    app.mount("/static", StaticFiles(directory=str(static)), name="static")
+    return app

@@ -1,0 +1,282 @@
+"""`geoloc serve`: the API through FastAPI's test client, the page in a real headless Chromium."""
+
+import io
+import json
+import os
+import shutil
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+import starlette.formparsers
+from datawriters import gps_block, image_bytes
+from fastapi.testclient import TestClient
+from PIL import Image
+from typer.testing import CliRunner
+
+from geoloc.candidates import geoclip as geoclip_module
+from geoloc.candidates.geoclip import GeoClip, geoclip_gallery
+from geoloc.cli import app as cli
+from geoloc.encode.backbone import load_backbone
+from geoloc.predict import guess_images
+from geoloc.serve import ServeSettings, create_app
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def guesser(tiny_clip, tmp_path_factory):
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
+    geoclip = GeoClip(load_backbone(str(tiny_clip), device="cpu"), gallery=geoclip_gallery()[::100])
+    return lambda photos: guess_images(photos, geoclip, 3)
+
+
+def ready_client(app) -> TestClient:
+    client = TestClient(app)
+    client.__enter__()
+    deadline = time.monotonic() + 30
+    while client.get("/api/health").status_code != 200:
+        assert time.monotonic() < deadline, "the model never became ready"
+        time.sleep(0.05)
+    return client
+
+
+@pytest.fixture
+def client(guesser):
+    client = ready_client(create_app(lambda: guesser, ServeSettings(tiles=None)))
+    yield client
+    client.__exit__(None, None, None)
+
+
+def jpeg(size=(96, 64), gps=None) -> bytes:
+    pixels = (np.random.default_rng(1).random((size[1], size[0], 3)) * 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    exif = Image.Exif()
+    if gps:
+        exif[0x8825] = gps
+    Image.fromarray(pixels).save(buffer, "JPEG", exif=exif)
+    return buffer.getvalue()
+
+
+def test_health_waits_for_the_model_and_a_photo_gets_the_predict_json(guesser, caplog):
+    loaded = threading.Event()
+
+    def slow_load():
+        loaded.wait(10)
+        return guesser
+
+    with TestClient(create_app(slow_load, ServeSettings(tiles=None))) as client:
+        waiting = client.get("/api/health")
+        assert waiting.status_code == 503 and waiting.headers["Retry-After"]
+        assert client.post("/api/predict", files={"photo": ("a.jpg", jpeg())}).status_code == 503
+        loaded.set()
+        deadline = time.monotonic() + 10
+        while client.get("/api/health").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        with caplog.at_level("DEBUG"):
+            response = client.post("/api/predict", files={"photo": ("a.jpg", jpeg(gps=gps_block(-33.5, 151.25)))})
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert set(answer) == {"image", "lat", "lon", "place", "radius_km", "candidates", "exif"}
+    assert len(answer["candidates"]) == 3 and answer["exif"] == pytest.approx({"lat": -33.5, "lon": 151.25})
+    # No log line carries the coordinates.
+    assert f"{answer['lat']:.2f}" not in caplog.text and "151.25" not in caplog.text
+
+
+def test_the_page_and_its_bundled_assets_are_served(client):
+    page = client.get("/")
+    assert page.status_code == 200 and "/static/app.js" in page.text and "http" not in page.text.split("<body>")[1]
+    assert client.get("/static/vendor/leaflet/leaflet.js").status_code == 200
+    assert client.get("/static/world.geojson").json()["type"] == "FeatureCollection"
+    assert client.get("/api/config").json()["tiles"] is None
+
+
+def bomb_png() -> bytes:
+    """A small file that claims 8000 x 8000 pixels."""
+    buffer = io.BytesIO()
+    Image.new("L", (8000, 8000)).save(buffer, "PNG", optimize=True)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "send, status, message",
+    [
+        (lambda c: c.post("/api/predict", content=b"just bytes", headers={"content-type": "image/jpeg"}), 400,
+         "not a photo upload"),
+        (lambda c: c.post("/api/predict", files={"picture": ("a.jpg", jpeg())}), 400, "field named 'photo'"),
+        (lambda c: c.post("/api/predict", files={"photo": ("a.txt", b"hello, I am text")}), 422,
+         "not a decodable image"),
+        (lambda c: c.post("/api/predict", files={"photo": ("a.jpg", jpeg()[:300])}), 422, "not a decodable image"),
+        (lambda c: c.post("/api/predict", files={"photo": ("big.jpg", b"\xff" * (21 * 2**20))}), 413,
+         "larger than 20 MB"),
+        (lambda c: c.post("/api/predict", files={"photo": ("bomb.png", bomb_png())}), 413, "too large to decode"),
+    ],
+)
+def test_bad_uploads_get_clean_errors_and_the_server_stays_up(client, send, status, message):
+    response = send(client)
+    assert response.status_code == status, response.text
+    assert message in response.json()["error"]
+    assert client.post("/api/predict", files={"photo": ("ok.jpg", jpeg())}).status_code == 200
+
+
+def test_uploads_never_touch_the_disk(client, monkeypatch):
+    def forbidden(self):
+        raise AssertionError("an upload was spooled to disk")
+
+    monkeypatch.setattr(starlette.formparsers.SpooledTemporaryFile, "rollover", forbidden)
+    big = jpeg(size=(2400, 1600))
+    assert len(big) > 2**20  # beyond Starlette's default in-memory spool
+    assert client.post("/api/predict", files={"photo": ("big.jpg", big)}).status_code == 200
+
+
+def test_a_full_queue_answers_503_with_retry_after(guesser):
+    release, started = threading.Event(), threading.Event()
+
+    def blocking(photos):
+        started.set()
+        release.wait(10)
+        return guesser(photos)
+
+    client = ready_client(create_app(lambda: blocking, ServeSettings(tiles=None, max_queue=1)))
+    try:
+        first = {}
+        worker = threading.Thread(target=lambda: first.update(
+            response=client.post("/api/predict", files={"photo": ("a.jpg", jpeg())})))
+        worker.start()
+        assert started.wait(10)
+        busy = client.post("/api/predict", files={"photo": ("b.jpg", jpeg())})
+        assert busy.status_code == 503 and busy.headers["Retry-After"] == "5"
+        release.set()
+        worker.join(10)
+        assert first["response"].status_code == 200
+        assert client.post("/api/predict", files={"photo": ("c.jpg", jpeg())}).status_code == 200
+    finally:
+        release.set()
+        client.__exit__(None, None, None)
+
+
+def test_a_token_guards_every_api_call(guesser):
+    client = TestClient(create_app(lambda: guesser, ServeSettings(tiles=None, token="s3cret")))
+    with client:
+        assert client.get("/api/health").status_code == 401
+        assert client.post("/api/predict", files={"photo": ("a.jpg", jpeg())}).status_code == 401
+        wrong = client.get("/api/health", headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401 and wrong.headers["WWW-Authenticate"] == "Bearer"
+        assert client.get("/").status_code == 200
+        headers = {"Authorization": "Bearer s3cret"}
+        deadline = time.monotonic() + 30
+        while client.get("/api/health", headers=headers).status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        ok = client.post("/api/predict", files={"photo": ("a.jpg", jpeg())}, headers=headers)
+        assert ok.status_code == 200
+
+
+def test_refuses_to_bind_beyond_loopback_without_a_token():
+    result = CliRunner().invoke(cli, ["serve", "--host", "0.0.0.0"], env={"GEOLOC_TOKEN": ""})
+    assert result.exit_code == 2 and "without a token" in result.stderr
+
+
+# --- in a real browser -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if CHROMIUM is None:
+        if os.environ.get("CI"):
+            pytest.fail("Chromium is missing; scripts/setup.sh --dev installs it (apt package chromium)")
+        pytest.skip("no Chromium on this machine (scripts/setup.sh --dev installs it)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+        )
+        yield browser
+        browser.close()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def live_server(guesser):
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(lambda: guesser, ServeSettings(tiles=None)), host="127.0.0.1",
+                                           port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)
+
+
+def test_drop_a_photo_in_the_browser_and_see_it_on_the_map(browser, live_server, tmp_path):
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(image_bytes(gps_block(48.8584, 2.2945), size=(160, 120)))
+    page = browser.new_page()
+    problems = []
+    page.on("console", lambda message: message.type == "error" and problems.append(message.text))
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    page.goto(live_server, wait_until="networkidle")
+    page.wait_for_selector("#status:has-text('Ready')", timeout=20_000)
+    page.set_input_files("#photo", str(photo))
+    page.wait_for_selector(".guess-marker", timeout=20_000)
+    page.wait_for_selector(".exif-marker", timeout=5_000)
+    assert page.locator("#alternatives li").count() == 3
+    assert "EXIF GPS: 48.85840" in page.inner_text("#exif")
+    page.screenshot(path=str(tmp_path / "page.png"))
+    assert (tmp_path / "page.png").stat().st_size > 10_000
+    assert problems == []
+    page.close()
+
+
+def test_the_batch_map_opens_offline_without_console_errors(browser, tmp_path):
+    from geoloc.maps import map_html
+    from geoloc.predict import Alternative, PhotoGuess
+
+    guess = PhotoGuess("a.jpg", "a.jpg", 10.0, 170.0, "Somewhere", 300.0,
+                       [Alternative(10.0, 170.0, 0.5, "Somewhere"), Alternative(12.0, -175.0, 0.2, "Elsewhere")],
+                       {"lat": 10.5, "lon": 171.0})
+    path = tmp_path / "map.html"
+    path.write_text(map_html([guess], {"a.jpg": (11.0, 179.0)}))
+    page = browser.new_page()
+    problems = []
+    page.on("console", lambda message: message.type == "error" and problems.append(message.text))
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    page.goto(path.as_uri(), wait_until="load")
+    page.wait_for_selector(".leaflet-interactive", timeout=10_000)
+    assert page.locator("path.leaflet-interactive").count() >= 5
+    page.screenshot(path=str(tmp_path / "map.png"))
+    assert problems == []
+    page.close()
+
+
+def test_predict_writes_geojson(tiny_clip, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    subset = geoclip_gallery()[::100]
+    monkeypatch.setattr(geoclip_module, "geoclip_gallery", lambda: subset)
+    photo = tmp_path / "a.jpg"
+    photo.write_bytes(jpeg())
+    out = tmp_path / "predictions.geojson"
+    result = CliRunner().invoke(cli, ["predict", str(photo), "--backbone", str(tiny_clip), "--out", str(out),
+                                      "--device", "cpu", "--top-k", "2"])
+    assert result.exit_code == 0, result.output
+    collection = json.loads(out.read_text())
+    feature = collection["features"][0]
+    assert collection["type"] == "FeatureCollection" and feature["geometry"]["type"] == "Point"
+    assert feature["properties"]["image_id"] == "a.jpg" and len(feature["properties"]["candidates"]) == 2
