@@ -7,7 +7,6 @@ member is one seek and one read away, with nothing unpacked to disk.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import pickle
 import tarfile
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import msgpack
 import polars as pl
+import xxhash
 
 from geoloc.images.exif import CORRUPT_IMAGE, read_header
 
@@ -35,6 +35,7 @@ INDEX_SCHEMA = {
 """One row per member; `problem` is null for a readable image, CORRUPT_IMAGE otherwise."""
 
 _MAX_RECORD_BYTES = 512 * 1024 * 1024
+_READ_BYTES = 16 * 1024 * 1024
 
 
 class ArchiveError(ValueError):
@@ -42,8 +43,8 @@ class ArchiveError(ValueError):
 
 
 def content_hash(data: bytes) -> str:
-    """The key under which identical photo bytes are recognized across sources."""
-    return hashlib.blake2b(data, digest_size=16).hexdigest()
+    """The key under which identical photo bytes are recognized across sources (XXH3, 128 bits)."""
+    return xxhash.xxh3_128_hexdigest(data)
 
 
 @dataclass
@@ -55,9 +56,13 @@ class _IndexRows:
     def empty(cls, container: str) -> _IndexRows:
         return cls(container, {name: [] for name in INDEX_SCHEMA})
 
-    def add(self, member: str, offset: int, length: int, data: bytes | None, detail: str | None = None) -> None:
+    def add(self, member: str, offset: int, length: int, data: bytes | None, detail: str | None = None,
+            check: bool = True) -> None:
+        """A member; `data` None means unreadable (with `detail`); `check` hashes and sniffs the bytes."""
         if data is None:
             values = (None, None, CORRUPT_IMAGE, detail)
+        elif not check:
+            values = (None, None, None, None)
         else:
             header = read_header(data, want_gps=False)
             values = (content_hash(data), header.format, header.problem, header.detail)
@@ -68,20 +73,22 @@ class _IndexRows:
         return pl.DataFrame(self.rows, schema=INDEX_SCHEMA)
 
 
-def index_shard(path: Path, name: str | None = None) -> pl.DataFrame:
+def index_shard(path: Path, name: str | None = None, check_images: bool = True) -> pl.DataFrame:
     """Index a shard of MessagePack maps with `id` and `image` (bytes) in one streaming pass.
 
+    With `check_images` each image is also hashed and its header sniffed (what the
+    catalog needs); without, the pass only records where each record lies.
     A truncated last record, or bytes that stop being MessagePack, lose what they cover
     only: they appear as one CORRUPT_IMAGE row named `@<offset>`, the records before stay.
     """
     rows = _IndexRows.empty(name or path.name)
     size = path.stat().st_size
     with path.open("rb") as handle:
-        unpacker = msgpack.Unpacker(handle, raw=False, max_buffer_size=_MAX_RECORD_BYTES)
+        unpacker = msgpack.Unpacker(handle, raw=False, max_buffer_size=_MAX_RECORD_BYTES, read_size=_READ_BYTES)
         while True:
             offset = unpacker.tell()
             try:
-                record = unpacker.unpack()
+                member, image = _next_record(unpacker, check_images)
             except msgpack.OutOfData:
                 if offset < size:
                     rows.add(f"@{offset}", offset, size - offset, None, "truncated record at the end of the shard")
@@ -90,14 +97,38 @@ def index_shard(path: Path, name: str | None = None) -> pl.DataFrame:
                 rows.add(f"@{offset}", offset, size - offset, None, f"unreadable from here on: {error}")
                 break
             length = unpacker.tell() - offset
-            image = record.get("image") if isinstance(record, dict) else None
-            member = record.get("id") if isinstance(record, dict) else None
-            if not isinstance(member, str) or not isinstance(image, bytes):
-                rows.add(str(member) if member is not None else f"@{offset}", offset, length, None,
-                         "record is not a map with a text `id` and bytes `image`")
-                continue
-            rows.add(member, offset, length, image)
+            if not isinstance(member, str) or image is None:
+                rows.add(f"@{offset}", offset, length, None, "record is not a map with a text `id` and bytes `image`")
+            else:
+                rows.add(member, offset, length, image, check=check_images)
     return rows.frame()
+
+
+def _next_record(unpacker: msgpack.Unpacker, keep_image: bool) -> tuple[object, bytes | None]:
+    """(id, image) of the next record; the image is skipped unread (b"") unless kept.
+
+    Walking the map with read_map_header/skip spares one copy of every image when
+    only offsets are wanted; a record that is not a map is skipped whole.
+    """
+    try:
+        entries = unpacker.read_map_header()
+    except ValueError:
+        unpacker.skip()
+        return None, None
+    member, image = None, None
+    for _ in range(entries):
+        key = unpacker.unpack()
+        if key == "id":
+            member = unpacker.unpack()
+        elif key == "image" and keep_image:
+            value = unpacker.unpack()
+            image = value if isinstance(value, bytes) else None
+        elif key == "image":
+            unpacker.skip()
+            image = b""
+        else:
+            unpacker.skip()
+    return member, image
 
 
 def read_shard_member(path: Path, offset: int, length: int) -> bytes:
