@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
 COORDINATES_PER_RESPONSE = 7
-"""Fewer than a batch, so a full batch always needs continuation."""
+"""By default fewer than a batch, so a full batch always needs continuation."""
 
 
 @dataclass
@@ -28,6 +28,7 @@ class Wiki:
     items: dict[str, tuple[float, float] | None] = field(default_factory=dict)
     redirects: dict[str, str] = field(default_factory=dict)
     latency_seconds: float = 0.0
+    coordinates_per_response: int = COORDINATES_PER_RESPONSE
     faults: list[str] = field(default_factory=list)
     requests: Counter = field(default_factory=Counter)
     user_agents: set[str] = field(default_factory=set)
@@ -55,7 +56,7 @@ def _query(wiki: Wiki, params: dict[str, str]) -> dict:
     finals = [wiki.redirects.get(t, t) for t in finals]
     start = int(params.get("cocontinue", "0"))
     with_coordinates = [t for t in dict.fromkeys(finals) if wiki.pages.get(t, {}).get("coordinates")]
-    shown = set(with_coordinates[start:start + COORDINATES_PER_RESPONSE])
+    shown = set(with_coordinates[start:start + wiki.coordinates_per_response])
     pages = []
     for title in dict.fromkeys(finals):
         page = wiki.pages.get(title)
@@ -70,8 +71,8 @@ def _query(wiki: Wiki, params: dict[str, str]) -> dict:
             entry["pageprops"] = {"wikibase_item": page["item"]}
         pages.append(entry)
     answer: dict = {"batchcomplete": True, "query": {"normalized": normalized, "redirects": redirects, "pages": pages}}
-    if start + COORDINATES_PER_RESPONSE < len(with_coordinates):
-        answer["continue"] = {"cocontinue": str(start + COORDINATES_PER_RESPONSE), "continue": "||"}
+    if start + wiki.coordinates_per_response < len(with_coordinates):
+        answer["continue"] = {"cocontinue": str(start + wiki.coordinates_per_response), "continue": "||"}
     return answer
 
 

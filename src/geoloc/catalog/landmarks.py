@@ -20,12 +20,11 @@ from pathlib import Path
 from urllib.parse import unquote
 
 import httpx
-import numpy as np
 import polars as pl
 
 from geoloc import __version__
+from geoloc.catalog.build import coordinate_reasons
 from geoloc.catalog.work import progress_bar
-from geoloc.geo import CoordinateStatus, coordinate_status
 from geoloc.tables import read_table, select_layout, write_table
 
 COMMONS_API = "https://commons.wikimedia.org/w/api.php"
@@ -288,10 +287,7 @@ def _answers(landmarks: pl.DataFrame, cache: Cache) -> pl.DataFrame:
         status.alias("status"),
     )
     resolved = frame["status"] == RESOLVED
-    codes = coordinate_status(frame["lat"].fill_null(np.nan).to_numpy(), frame["lon"].fill_null(np.nan).to_numpy())
-    names = {int(code): code.reason for code in CoordinateStatus if code != CoordinateStatus.OK}
-    coordinate_reason = pl.Series(codes).replace_strict(names, default=None, return_dtype=pl.Utf8)
-    reason = pl.when(~resolved).then(frame["status"]).otherwise(coordinate_reason)
+    reason = pl.when(~resolved).then(frame["status"]).otherwise(coordinate_reasons(frame["lat"], frame["lon"]))
     return frame.with_columns(reason.alias("reason")).drop("status")
 
 

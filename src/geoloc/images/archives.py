@@ -8,6 +8,7 @@ member is one seek and one read away, with nothing unpacked to disk.
 from __future__ import annotations
 
 import io
+import mmap
 import pickle
 import tarfile
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ import polars as pl
 import xxhash
 
 from geoloc.images.exif import CORRUPT_IMAGE, read_header
+from geoloc.images.msgpack_spans import Truncated, map_entries, value_end
 
 MEMBER_SEPARATOR = "#"
 """A catalog uri `container#member` names a member of a shard or tar, relative to the dataset root."""
@@ -34,8 +36,8 @@ INDEX_SCHEMA = {
 }
 """One row per member; `problem` is null for a readable image, CORRUPT_IMAGE otherwise."""
 
-_MAX_RECORD_BYTES = 512 * 1024 * 1024
-_READ_BYTES = 16 * 1024 * 1024
+_MAX_KEY_BYTES = 64
+_BIN_HEADS = frozenset({0xC4, 0xC5, 0xC6})
 
 
 class ArchiveError(ValueError):
@@ -82,52 +84,53 @@ def index_shard(path: Path, name: str | None = None, check_images: bool = True) 
     only: they appear as one CORRUPT_IMAGE row named `@<offset>`, the records before stay.
     """
     rows = _IndexRows.empty(name or path.name)
-    size = path.stat().st_size
     with path.open("rb") as handle:
-        unpacker = msgpack.Unpacker(handle, raw=False, max_buffer_size=_MAX_RECORD_BYTES, read_size=_READ_BYTES)
-        while True:
-            offset = unpacker.tell()
+        if path.stat().st_size == 0:
+            return rows.frame()
+        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            buffer = memoryview(mapped)
             try:
-                member, image = _next_record(unpacker, check_images)
-            except msgpack.OutOfData:
-                if offset < size:
-                    rows.add(f"@{offset}", offset, size - offset, None, "truncated record at the end of the shard")
-                break
-            except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as error:
-                rows.add(f"@{offset}", offset, size - offset, None, f"unreadable from here on: {error}")
-                break
-            length = unpacker.tell() - offset
-            if not isinstance(member, str) or image is None:
-                rows.add(f"@{offset}", offset, length, None, "record is not a map with a text `id` and bytes `image`")
-            else:
-                rows.add(member, offset, length, image, check=check_images)
+                _index_records(buffer, rows, check_images)
+            finally:
+                buffer.release()
     return rows.frame()
 
 
-def _next_record(unpacker: msgpack.Unpacker, keep_image: bool) -> tuple[object, bytes | None]:
-    """(id, image) of the next record; the image is skipped unread (b"") unless kept.
-
-    Walking the map with read_map_header/skip spares one copy of every image when
-    only offsets are wanted; a record that is not a map is skipped whole.
-    """
-    try:
-        entries = unpacker.read_map_header()
-    except ValueError:
-        unpacker.skip()
-        return None, None
-    member, image = None, None
-    for _ in range(entries):
-        key = unpacker.unpack()
-        if key == "id":
-            member = unpacker.unpack()
-        elif key == "image" and keep_image:
-            value = unpacker.unpack()
-            image = value if isinstance(value, bytes) else None
-        elif key == "image":
-            unpacker.skip()
-            image = b""
+def _index_records(buffer: memoryview, rows: _IndexRows, check_images: bool) -> None:
+    offset, size = 0, len(buffer)
+    while offset < size:
+        try:
+            end = value_end(buffer, offset)
+        except Truncated:
+            rows.add(f"@{offset}", offset, size - offset, None, "truncated record at the end of the shard")
+            return
+        except ValueError as error:
+            rows.add(f"@{offset}", offset, size - offset, None, f"unreadable from here on: {error}")
+            return
+        member, image = _record_fields(buffer, offset, check_images)
+        if not isinstance(member, str) or image is None:
+            rows.add(f"@{offset}", offset, end - offset, None, "record is not a map with a text `id` and bytes `image`")
         else:
-            unpacker.skip()
+            rows.add(member, offset, end - offset, image, check=check_images)
+        offset = end
+
+
+def _record_fields(buffer: memoryview, offset: int, keep_image: bool) -> tuple[object, bytes | None]:
+    """(id, image) of the well-formed record at `offset`; the image is left unread (b"") unless kept."""
+    entries = map_entries(buffer, offset)
+    if entries is None:
+        return None, None
+    count, position = entries
+    member, image = None, None
+    for _ in range(count):
+        key_end = value_end(buffer, position)
+        end = value_end(buffer, key_end)
+        key = msgpack.unpackb(buffer[position:key_end], raw=False) if key_end - position <= _MAX_KEY_BYTES else None
+        if key == "id":
+            member = msgpack.unpackb(buffer[key_end:end], raw=False)
+        elif key == "image" and buffer[key_end] in _BIN_HEADS:
+            image = msgpack.unpackb(buffer[key_end:end]) if keep_image else b""
+        position = end
     return member, image
 
 
