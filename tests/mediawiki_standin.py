@@ -2,8 +2,8 @@
 
 It answers `action=query` (prop=coordinates|pageprops, titles normalized the way
 MediaWiki does, coordinates paged with `continue`) and `action=wbgetentities` (P625
-claims), and can misbehave on demand: HTTP 429 or 503 with Retry-After, or a maxlag
-error, for the next requests; plus a fixed latency per answer.
+claims), and can misbehave on demand: HTTP 429 or 503 with Retry-After, a maxlag
+error or a `badvalue` error for the next requests; plus a fixed latency per answer.
 """
 
 from __future__ import annotations
@@ -126,12 +126,12 @@ def _handler(wiki: Wiki) -> type[BaseHTTPRequestHandler]:
             elif fault == "maxlag":
                 self._send(200, {"error": {"code": "maxlag", "info": "Waiting for a database server: 7 seconds lagged."}},
                            {"Retry-After": "0", "X-Database-Lag": "7"})
+            elif fault == "badvalue" or params.get("action") not in ("query", "wbgetentities"):
+                self._send(200, {"error": {"code": "badvalue", "info": "Unrecognized value for a parameter."}})
             elif params.get("action") == "query":
                 self._send(200, _query(wiki, params))
-            elif params.get("action") == "wbgetentities":
-                self._send(200, _entities(wiki, params))
             else:
-                self._send(200, {"error": {"code": "badvalue", "info": "unknown action"}})
+                self._send(200, _entities(wiki, params))
 
     return Handler
 

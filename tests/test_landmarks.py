@@ -171,3 +171,13 @@ def test_cli(mixed, tmp_path):
     assert "resolved" in result.output and "bad_category" in result.output
     result = CliRunner().invoke(app, ["landmarks", "resolve", str(tmp_path / "none.csv"), "--out", str(tmp_path / "c.csv")])
     assert result.exit_code == 2 and "no such file" in result.output
+
+
+def test_an_api_error_other_than_lag_fails_its_batch_only(tmp_path):
+    wiki, categories = many(3)
+    path = write_categories(tmp_path / "categories.csv", categories)
+    wiki.faults = ["badvalue"]
+    with StandIn(wiki) as url:
+        summary = resolve_landmarks(path, tmp_path / "c.csv", commons_api=url, wikidata_api=url, politeness=FAST)
+    assert summary.failed_batches == 1 and "badvalue" in summary.errors[0]
+    assert summary.unresolved == {"request_failed": 3}

@@ -162,11 +162,11 @@ def load_tar_index_pickle(path: Path, container: str) -> pl.DataFrame:
             loaded = _TarInfoOnly(handle).load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as error:
         raise ArchiveError(f"{path}: not a readable tar index: {error}") from error
-    members = loaded.values() if isinstance(loaded, dict) else loaded
-    if not isinstance(members, (list, tuple, type({}.values()))):
+    members = list(loaded.values()) if isinstance(loaded, dict) else loaded
+    if not isinstance(members, (list, tuple)):
         raise ArchiveError(f"{path}: expected a dict or list of TarInfo, found {type(loaded).__name__}")
     infos = [info for info in members if isinstance(info, tarfile.TarInfo) and info.isfile()]
-    return pl.DataFrame(
+    located = pl.DataFrame(
         {
             "container": [container] * len(infos),
             "member": [info.name for info in infos],
@@ -174,7 +174,9 @@ def load_tar_index_pickle(path: Path, container: str) -> pl.DataFrame:
             "length": [info.size for info in infos],
         },
         schema={name: INDEX_SCHEMA[name] for name in ("container", "member", "offset", "length")},
-    ).with_columns(pl.lit(None, dtype=INDEX_SCHEMA[name]).alias(name) for name in ("content_hash", "format", "problem", "detail"))
+    )
+    unknown = ("content_hash", "format", "problem", "detail")
+    return located.with_columns(pl.lit(None, dtype=INDEX_SCHEMA[name]).alias(name) for name in unknown)
 
 
 def index_tar(path: Path, name: str | None = None) -> pl.DataFrame:
