@@ -159,13 +159,15 @@ def _load_exif(payload: bytes) -> Image.Exif:
     return exif
 
 
-def _fast_jpeg_header(data: bytes) -> ImageHeader | None:
+def _fast_jpeg_header(data: bytes, want_gps: bool) -> ImageHeader | None:
     segments = _jpeg_segments(data)
     if segments is None:
         return None
     exif, pixels = segments
     if Image.MAX_IMAGE_PIXELS and pixels > 2 * Image.MAX_IMAGE_PIXELS:
         return None
+    if not want_gps:
+        return ImageHeader("JPEG")
     return _gps_header("JPEG", lambda: _load_exif(exif or b""), exif)
 
 
@@ -176,8 +178,8 @@ def read_header(source: bytes | str | Path, want_gps: bool = True) -> ImageHeade
     CORRUPT_IMAGE; a readable image without a usable position has one of GPS_PROBLEMS.
     JPEG bytes take a shorter road to the same answer (`_jpeg_segments`).
     """
-    if want_gps and isinstance(source, bytes):
-        fast = _fast_jpeg_header(source)
+    if isinstance(source, bytes):
+        fast = _fast_jpeg_header(source, want_gps)
         if fast is not None:
             return fast
     stream = io.BytesIO(source) if isinstance(source, bytes) else source
