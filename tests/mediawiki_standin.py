@@ -2,8 +2,8 @@
 
 It answers `action=query` (prop=coordinates|pageprops, titles normalized the way
 MediaWiki does, coordinates paged with `continue`) and `action=wbgetentities` (P625
-claims), and can misbehave on demand: HTTP 429 or 503 with Retry-After, or a maxlag
-error, for the next requests; plus a fixed latency per answer.
+claims), and can misbehave on demand: HTTP 429 or 503 with Retry-After, a maxlag
+error or a `badvalue` error for the next requests; plus a fixed latency per answer.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
 COORDINATES_PER_RESPONSE = 7
-"""Fewer than a batch, so a full batch always needs continuation."""
+"""By default fewer than a batch, so a full batch always needs continuation."""
 
 
 @dataclass
@@ -28,6 +28,7 @@ class Wiki:
     items: dict[str, tuple[float, float] | None] = field(default_factory=dict)
     redirects: dict[str, str] = field(default_factory=dict)
     latency_seconds: float = 0.0
+    coordinates_per_response: int = COORDINATES_PER_RESPONSE
     faults: list[str] = field(default_factory=list)
     requests: Counter = field(default_factory=Counter)
     user_agents: set[str] = field(default_factory=set)
@@ -55,7 +56,7 @@ def _query(wiki: Wiki, params: dict[str, str]) -> dict:
     finals = [wiki.redirects.get(t, t) for t in finals]
     start = int(params.get("cocontinue", "0"))
     with_coordinates = [t for t in dict.fromkeys(finals) if wiki.pages.get(t, {}).get("coordinates")]
-    shown = set(with_coordinates[start:start + COORDINATES_PER_RESPONSE])
+    shown = set(with_coordinates[start:start + wiki.coordinates_per_response])
     pages = []
     for title in dict.fromkeys(finals):
         page = wiki.pages.get(title)
@@ -70,8 +71,8 @@ def _query(wiki: Wiki, params: dict[str, str]) -> dict:
             entry["pageprops"] = {"wikibase_item": page["item"]}
         pages.append(entry)
     answer: dict = {"batchcomplete": True, "query": {"normalized": normalized, "redirects": redirects, "pages": pages}}
-    if start + COORDINATES_PER_RESPONSE < len(with_coordinates):
-        answer["continue"] = {"cocontinue": str(start + COORDINATES_PER_RESPONSE), "continue": "||"}
+    if start + wiki.coordinates_per_response < len(with_coordinates):
+        answer["continue"] = {"cocontinue": str(start + wiki.coordinates_per_response), "continue": "||"}
     return answer
 
 
@@ -125,12 +126,12 @@ def _handler(wiki: Wiki) -> type[BaseHTTPRequestHandler]:
             elif fault == "maxlag":
                 self._send(200, {"error": {"code": "maxlag", "info": "Waiting for a database server: 7 seconds lagged."}},
                            {"Retry-After": "0", "X-Database-Lag": "7"})
+            elif fault == "badvalue" or params.get("action") not in ("query", "wbgetentities"):
+                self._send(200, {"error": {"code": "badvalue", "info": "Unrecognized value for a parameter."}})
             elif params.get("action") == "query":
                 self._send(200, _query(wiki, params))
-            elif params.get("action") == "wbgetentities":
-                self._send(200, _entities(wiki, params))
             else:
-                self._send(200, {"error": {"code": "badvalue", "info": "unknown action"}})
+                self._send(200, _entities(wiki, params))
 
     return Handler
 

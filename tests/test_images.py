@@ -83,6 +83,7 @@ def test_no_exif_no_gps_and_corrupt_exif():
     assert read_header(broken).problem == "corrupt_exif"
 
 
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF data")
 def test_gps_pointer_to_nowhere_is_corrupt_exif():
     data = photo(*EIFFEL)
     entry = b"\x88\x25\x00\x04\x00\x00\x00\x01"  # big-endian IFD0 entry: GPSInfo, LONG, count 1
@@ -131,6 +132,15 @@ def test_records_that_are_not_images_or_not_maps(tmp_path):
     index = index_shard(path)
     expected = [("a.jpg", CORRUPT_IMAGE), (f"@{len(first)}", CORRUPT_IMAGE), ("b.jpg", None)]
     assert index.select("member", "problem").rows() == expected
+
+
+def test_index_without_image_checks_finds_the_same_records(tmp_path):
+    records = [{"id": f"{n}.jpg", "meta": {"n": [n, 1.5, None]}, "image": photo(*EIFFEL, seed=n)} for n in range(4)]
+    write_shard(tmp_path / "shard_0.msg", records)
+    checked = index_shard(tmp_path / "shard_0.msg")
+    located = index_shard(tmp_path / "shard_0.msg", check_images=False)
+    assert located.select("member", "offset", "length").equals(checked.select("member", "offset", "length"))
+    assert located["content_hash"].null_count() == 4 and checked["content_hash"].null_count() == 0
 
 
 def test_tar_index_by_scanning_and_reading(tmp_path):

@@ -6,6 +6,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import polars as pl
@@ -119,6 +120,15 @@ def test_a_finished_run_sends_no_request_and_concurrency_is_bounded(tmp_path):
     assert pl.read_csv(tmp_path / "a.csv").equals(pl.read_csv(tmp_path / "b.csv"))
 
 
+def cached_pages(cache: Path) -> int:
+    """Pages committed so far by another process (0 before it has created its tables)."""
+    try:
+        with closing(sqlite3.connect(f"file:{cache}?mode=ro", uri=True)) as connection:
+            return connection.execute("SELECT count(*) FROM pages").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+
+
 def test_a_killed_run_resumes_where_it_stopped(tmp_path):
     batches, done_before_kill = 12, 3
     count = batches * BATCH_TITLES
@@ -140,9 +150,7 @@ def test_a_killed_run_resumes_where_it_stopped(tmp_path):
         cached = 0
         while time.monotonic() < deadline and process.poll() is None and cached < done_before_kill * BATCH_TITLES:
             time.sleep(0.02)
-            if cache.exists():
-                with sqlite3.connect(cache) as connection:
-                    cached = connection.execute("SELECT count(*) FROM pages").fetchone()[0]
+            cached = cached_pages(cache)
         process.send_signal(signal.SIGKILL)
         assert process.wait(timeout=30) == -signal.SIGKILL
         assert not out.exists()
@@ -163,3 +171,13 @@ def test_cli(mixed, tmp_path):
     assert "resolved" in result.output and "bad_category" in result.output
     result = CliRunner().invoke(app, ["landmarks", "resolve", str(tmp_path / "none.csv"), "--out", str(tmp_path / "c.csv")])
     assert result.exit_code == 2 and "no such file" in result.output
+
+
+def test_an_api_error_other_than_lag_fails_its_batch_only(tmp_path):
+    wiki, categories = many(3)
+    path = write_categories(tmp_path / "categories.csv", categories)
+    wiki.faults = ["badvalue"]
+    with StandIn(wiki) as url:
+        summary = resolve_landmarks(path, tmp_path / "c.csv", commons_api=url, wikidata_api=url, politeness=FAST)
+    assert summary.failed_batches == 1 and "badvalue" in summary.errors[0]
+    assert summary.unresolved == {"request_failed": 3}

@@ -10,6 +10,7 @@ import numpy as np
 import polars as pl
 
 from geoloc.catalog.sources import READERS, BuildOptions, CatalogError
+from geoloc.catalog.work import Workers
 from geoloc.geo import CoordinateStatus, coordinate_status
 from geoloc.images import ImageStore
 from geoloc.tables import read_table, write_table
@@ -49,10 +50,15 @@ def parse_source(text: str) -> tuple[str, Path]:
     return kind, Path(path)
 
 
-def _coordinate_reasons(frame: pl.DataFrame) -> pl.DataFrame:
-    status = coordinate_status(frame["lat"].fill_null(np.nan).to_numpy(), frame["lon"].fill_null(np.nan).to_numpy())
+def coordinate_reasons(lat: pl.Series, lon: pl.Series) -> pl.Series:
+    """Per row, null for usable coordinates, else `bad_coordinates` or `null_island` (missing is bad)."""
+    status = coordinate_status(lat.fill_null(np.nan).to_numpy(), lon.fill_null(np.nan).to_numpy())
     names = {int(code): code.reason for code in CoordinateStatus if code != CoordinateStatus.OK}
-    found = pl.Series("_coordinates", status).replace_strict(names, default=None, return_dtype=pl.Utf8)
+    return pl.Series(status).replace_strict(names, default=None, return_dtype=pl.Utf8)
+
+
+def _coordinate_reasons(frame: pl.DataFrame) -> pl.DataFrame:
+    found = coordinate_reasons(frame["lat"], frame["lon"]).alias("_coordinates")
     unset = pl.col("reason").is_null() & pl.col("_coordinates").is_not_null()
     return frame.with_columns(found).with_columns(
         pl.when(unset).then("_coordinates").otherwise("reason").alias("reason"),
@@ -95,6 +101,21 @@ def combine(candidates: list[pl.DataFrame]) -> tuple[pl.DataFrame, pl.DataFrame]
     return catalog, quarantine
 
 
+def _read_source(kind: str, path: Path, options: BuildOptions, workers: Workers, out: Path,
+                 described: dict[str, dict[str, str]]) -> pl.DataFrame:
+    """One source's candidates; its root (and member index, if any) recorded for open_store."""
+    if not path.exists():
+        raise CatalogError(f"--source {kind}={path}: no such file or folder")
+    rows = READERS[kind](path, options, workers)
+    root = path if path.is_dir() else (options.csv_image_root or path.parent)
+    described[kind] = {"root": str(root.resolve())}
+    if rows.member_index is not None:
+        index_path = Path("indexes") / f"{kind}.parquet"
+        write_table(rows.member_index, out / index_path)
+        described[kind]["index"] = index_path.as_posix()
+    return rows.candidates.with_columns(pl.lit(kind).alias("source"))
+
+
 def build_catalog(sources: list[tuple[str, Path]], out: Path, options: BuildOptions | None = None) -> BuildSummary:
     """Read every source, combine, and write catalog, quarantine, path_to_coords.csv and sources.json to `out`.
 
@@ -109,17 +130,9 @@ def build_catalog(sources: list[tuple[str, Path]], out: Path, options: BuildOpti
         raise CatalogError("no --source given")
     options = options or BuildOptions(work_dir=out / WORK_DIR)
     candidates, described = [], {}
-    for kind, path in sources:
-        if not path.exists():
-            raise CatalogError(f"--source {kind}={path}: no such file or folder")
-        rows = READERS[kind](path, options)
-        candidates.append(rows.candidates.with_columns(pl.lit(kind).alias("source")))
-        root = path if path.is_dir() else (options.csv_image_root or path.parent)
-        described[kind] = {"root": str(root.resolve())}
-        if rows.member_index is not None:
-            index_path = Path("indexes") / f"{kind}.parquet"
-            write_table(rows.member_index, out / index_path)
-            described[kind]["index"] = index_path.as_posix()
+    with Workers(options.workers) as workers:
+        for kind, path in sources:
+            candidates.append(_read_source(kind, path, options, workers, out, described))
     catalog, quarantine = combine(candidates)
     write_table(catalog, out / CATALOG_FILE)
     write_table(quarantine, out / QUARANTINE_FILE)

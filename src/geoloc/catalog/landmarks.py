@@ -20,12 +20,11 @@ from pathlib import Path
 from urllib.parse import unquote
 
 import httpx
-import numpy as np
 import polars as pl
 
 from geoloc import __version__
+from geoloc.catalog.build import coordinate_reasons
 from geoloc.catalog.work import progress_bar
-from geoloc.geo import CoordinateStatus, coordinate_status
 from geoloc.tables import read_table, select_layout, write_table
 
 COMMONS_API = "https://commons.wikimedia.org/w/api.php"
@@ -138,7 +137,7 @@ class _Client:
             except ValueError:
                 pass
         backoff = self.politeness.backoff_seconds * 2**attempt
-        return min(backoff * (1 + random.random()) / 2 + backoff / 2, self.politeness.max_wait_seconds)
+        return min(backoff * (1 + random.random() / 2), self.politeness.max_wait_seconds)
 
     async def get(self, url: str, params: dict[str, str]) -> dict:
         params = {**params, "format": "json", "formatversion": "2", "maxlag": str(self.politeness.maxlag)}
@@ -154,13 +153,9 @@ class _Client:
             if response is not None:
                 retry_after = response.headers.get("Retry-After")
                 if response.status_code == 200:
-                    payload = response.json()
-                    code = payload.get("error", {}).get("code") if isinstance(payload.get("error"), dict) else None
-                    if code is None:
+                    payload, problem = _payload(response)
+                    if payload is not None:
                         return payload
-                    if code not in ("maxlag", "ratelimited"):
-                        raise ResolveError(f"{url}: API error {code}: {payload['error'].get('info', '')}")
-                    problem = f"API error {code}"
                 elif response.status_code in (429, 500, 502, 503, 504):
                     problem = f"HTTP {response.status_code}"
                 else:
@@ -170,6 +165,23 @@ class _Client:
 
     async def close(self) -> None:
         await self.http.aclose()
+
+
+def _payload(response: httpx.Response) -> tuple[dict | None, str]:
+    """(the answer, "") or (None, why asking again may help); other API errors raise ResolveError."""
+    try:
+        payload = response.json()
+    except ValueError:
+        payload = None
+    if not isinstance(payload, dict):
+        return None, "an answer that is not a JSON object"
+    error = payload.get("error")
+    if error is None:
+        return payload, ""
+    code = error.get("code", "") if isinstance(error, dict) else str(error)
+    if code in ("maxlag", "ratelimited"):
+        return None, f"API error {code}"
+    raise ResolveError(f"{response.url}: API error {code}")
 
 
 def _batches(values: Sequence[str]) -> list[Sequence[str]]:
@@ -288,10 +300,7 @@ def _answers(landmarks: pl.DataFrame, cache: Cache) -> pl.DataFrame:
         status.alias("status"),
     )
     resolved = frame["status"] == RESOLVED
-    codes = coordinate_status(frame["lat"].fill_null(np.nan).to_numpy(), frame["lon"].fill_null(np.nan).to_numpy())
-    names = {int(code): code.reason for code in CoordinateStatus if code != CoordinateStatus.OK}
-    coordinate_reason = pl.Series(codes).replace_strict(names, default=None, return_dtype=pl.Utf8)
-    reason = pl.when(~resolved).then(frame["status"]).otherwise(coordinate_reason)
+    reason = pl.when(~resolved).then(frame["status"]).otherwise(coordinate_reasons(frame["lat"], frame["lon"]))
     return frame.with_columns(reason.alias("reason")).drop("status")
 
 

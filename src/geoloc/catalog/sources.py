@@ -14,7 +14,7 @@ from pathlib import Path
 import polars as pl
 
 from geoloc.catalog.scan import CHUNK_FILES, IMAGE_SUFFIXES, MISSING_IMAGE, list_files, scan_files
-from geoloc.catalog.work import Task, cache_key, run_cached
+from geoloc.catalog.work import Task, Workers, cache_key, run_cached
 from geoloc.images import CORRUPT_IMAGE, MEMBER_SEPARATOR, index_shard
 from geoloc.tables import as_float_column, read_table, select_layout
 
@@ -39,6 +39,7 @@ class BuildOptions:
 
     work_dir: Path
     workers: int = 2
+    """Processes that scan files and shards."""
     chunk_files: int = CHUNK_FILES
     landmark_coords: Path | None = None
     csv_id_column: str = "path"
@@ -79,7 +80,7 @@ def _single_csv(folder: Path) -> Path:
     return tables[0]
 
 
-def read_mp16(root: Path, options: BuildOptions) -> SourceRows:
+def read_mp16(root: Path, options: BuildOptions, workers: Workers) -> SourceRows:
     """`shard_*.msg` MessagePack shards of {id, image} records plus one metadata CSV (IMG_ID, LAT, LON, ...)."""
     shards = sorted(root.glob("shard_*.msg"))
     if not shards:
@@ -89,7 +90,7 @@ def read_mp16(root: Path, options: BuildOptions) -> SourceRows:
         Task(cache_key(shard.resolve(), shard.stat().st_size, shard.stat().st_mtime_ns), index_shard, (shard, shard.name))
         for shard in shards
     ]
-    index = pl.concat(run_cached(tasks, options.work_dir / "mp16-shards", options.workers, "indexing MP-16 shards"))
+    index = pl.concat(run_cached(tasks, options.work_dir / "mp16-shards", workers, "indexing MP-16 shards"))
     raw = read_table(metadata_path)
     extras = [c for c in raw.columns if c not in MP16_METADATA_LAYOUTS[0]]
     metadata = _coordinates(
@@ -119,7 +120,7 @@ def _landmark_coordinates(options: BuildOptions) -> pl.DataFrame:
     return coords.unique("landmark_id", keep="first", maintain_order=True).with_columns(pl.lit(True).alias("_resolved"))
 
 
-def read_gldv2(root: Path, options: BuildOptions) -> SourceRows:
+def read_gldv2(root: Path, options: BuildOptions, workers: Workers) -> SourceRows:
     """train.csv (id, url, landmark_id), images at train/<id[0]>/<id[1]>/<id[2]>/<id>.jpg, coordinates per landmark."""
     train_path = root / "train.csv"
     train = select_layout(read_table(train_path), train_path, GLDV2_TRAIN_LAYOUTS)
@@ -127,7 +128,7 @@ def read_gldv2(root: Path, options: BuildOptions) -> SourceRows:
     train = train.with_columns(
         pl.format("train/{}/{}/{}/{}.jpg", *(pl.col("image_id").str.slice(i, 1) for i in range(3)), "image_id").alias("uri")
     )
-    scanned = scan_files(root, train["uri"].to_list(), False, options.work_dir / "gldv2-files", options.workers,
+    scanned = scan_files(root, train["uri"].to_list(), False, options.work_dir / "gldv2-files", workers,
                          "checking GLDv2 images", options.chunk_files)
     joined = (
         train.join(scanned.select("uri", "content_hash", "problem", pl.col("detail").alias("_detail")),
@@ -141,8 +142,8 @@ def read_gldv2(root: Path, options: BuildOptions) -> SourceRows:
     return SourceRows(joined.with_columns(reason, detail).drop("problem", "_detail", "_resolved"))
 
 
-def _exif_candidates(root: Path, uris: list[str], options: BuildOptions, kind: str) -> SourceRows:
-    scanned = scan_files(root, uris, True, options.work_dir / f"{kind}-files", options.workers,
+def _exif_candidates(root: Path, uris: list[str], options: BuildOptions, workers: Workers, kind: str) -> SourceRows:
+    scanned = scan_files(root, uris, True, options.work_dir / f"{kind}-files", workers,
                          f"reading EXIF ({kind})", options.chunk_files)
     is_gps_problem = pl.col("problem").is_not_null() & (pl.col("problem") != CORRUPT_IMAGE)
     reason = pl.when(is_gps_problem).then(pl.lit(NO_GPS)).otherwise(pl.col("problem")).alias("reason")
@@ -150,30 +151,30 @@ def _exif_candidates(root: Path, uris: list[str], options: BuildOptions, kind: s
     return SourceRows(scanned.with_columns(pl.col("uri").alias("image_id"), reason, detail.alias("detail")).drop("problem"))
 
 
-def read_wwgeotag(root: Path, options: BuildOptions) -> SourceRows:
+def read_wwgeotag(root: Path, options: BuildOptions, workers: Workers) -> SourceRows:
     """The extracted world-wide geotag set: every file in the numbered folders; GPS from EXIF."""
     folders = sorted(p for p in root.iterdir() if p.is_dir() and p.name.isdigit())
     if not folders:
         raise CatalogError(f"{root}: no numbered photo folders (1, 2, ...) as in the world-wide geotag set")
     uris = [f"{folder.name}/{relative}" for folder in folders for relative in list_files(folder, suffixes=None)]
-    return _exif_candidates(root, uris, options, "wwgeotag")
+    return _exif_candidates(root, uris, options, workers, "wwgeotag")
 
 
-def read_photos(root: Path, options: BuildOptions) -> SourceRows:
+def read_photos(root: Path, options: BuildOptions, workers: Workers) -> SourceRows:
     """Any folder of photos (JPEG, PNG, TIFF, HEIC by suffix, at any depth); GPS from EXIF."""
     if not root.is_dir():
         raise CatalogError(f"{root}: not a folder")
-    return _exif_candidates(root, list_files(root, IMAGE_SUFFIXES), options, "photos")
+    return _exif_candidates(root, list_files(root, IMAGE_SUFFIXES), options, workers, "photos")
 
 
-def read_csv_source(path: Path, options: BuildOptions) -> SourceRows:
+def read_csv_source(path: Path, options: BuildOptions, workers: Workers) -> SourceRows:
     """Any table (CSV or Parquet) with path, lat and lon columns named by options; images relative to its folder."""
     layout = {options.csv_id_column: "uri", options.csv_lat_column: "lat", options.csv_lon_column: "lon"}
     frame = select_layout(read_table(path), path, [layout]).with_columns(pl.col("uri").alias("image_id"))
     frame = _coordinates(frame, path)
     image_root = options.csv_image_root or path.parent
     scanned = scan_files(image_root, frame["uri"].unique(maintain_order=True).to_list(), False,
-                         options.work_dir / "csv-files", options.workers, "checking images (csv)", options.chunk_files)
+                         options.work_dir / "csv-files", workers, "checking images (csv)", options.chunk_files)
     joined = frame.join(scanned.select("uri", "content_hash", "problem", pl.col("detail").alias("_detail")),
                         on="uri", how="left", maintain_order="left")
     reason, detail = _first_reason((pl.col("problem").is_not_null(), pl.col("problem"), pl.col("_detail")))

@@ -8,7 +8,10 @@ parent's threads (polars, rich) are never copied into them.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import multiprocessing
+import os
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -42,7 +45,44 @@ def progress_bar(transient: bool = False) -> Progress:
     )
 
 
-def run_cached(tasks: Sequence[Task], cache_dir: Path, workers: int, label: str) -> list[pl.DataFrame]:
+def _import(modules: tuple[str, ...]) -> int:
+    for module in modules:
+        importlib.import_module(module)
+    time.sleep(0.05)
+    return os.getpid()
+
+
+class Workers:
+    """Spawned worker processes shared by every step of a run, started once, on first need."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self._pool: ProcessPoolExecutor | None = None
+
+    def pool(self) -> ProcessPoolExecutor | None:
+        """The pool, or None when work should run in this process."""
+        if self.count <= 1:
+            return None
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(max_workers=self.count, mp_context=multiprocessing.get_context("spawn"))
+        return self._pool
+
+    def start(self, *modules: str) -> None:
+        """Start every worker now and import `modules` in each (so timings exclude start-up)."""
+        pool = self.pool()
+        if pool is not None:
+            list(pool.map(_import, [modules] * self.count))
+
+    def __enter__(self) -> Workers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
+
+
+def run_cached(tasks: Sequence[Task], cache_dir: Path, workers: Workers, label: str) -> list[pl.DataFrame]:
     """The tasks' frames in task order, computing only those not yet in `cache_dir`."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     paths = [cache_dir / f"{task.key}.parquet" for task in tasks]
@@ -56,13 +96,12 @@ def run_cached(tasks: Sequence[Task], cache_dir: Path, workers: int, label: str)
             results[i] = frame
             progress.advance(bar)
 
-        if workers <= 1 or len(todo) <= 1:
+        pool = workers.pool() if len(todo) > 1 else None
+        if pool is None:
             for i in todo:
                 finish(i, tasks[i].function(*tasks[i].arguments))
         else:
-            context = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-                futures = {pool.submit(tasks[i].function, *tasks[i].arguments): i for i in todo}
-                for future in as_completed(futures):
-                    finish(futures[future], future.result())
+            futures = {pool.submit(tasks[i].function, *tasks[i].arguments): i for i in todo}
+            for future in as_completed(futures):
+                finish(futures[future], future.result())
     return [result for result in results if result is not None]

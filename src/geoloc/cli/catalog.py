@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -37,7 +38,7 @@ def build_command(
     sources: list[str] = typer.Option(..., "--source", help="KIND=PATH, KIND one of mp16, gldv2, wwgeotag, photos, csv; repeatable."),
     out: Path = typer.Option(..., "--out", help="Output folder: catalog.parquet, quarantine.parquet, path_to_coords.csv."),
     landmark_coords: Path | None = typer.Option(None, "--landmark-coords", help="landmark_id,lat,lon (for gldv2)."),
-    workers: int = typer.Option(2, "--workers", min=1, help="Processes that scan files and shards."),
+    workers: int = typer.Option(os.cpu_count() or 1, "--workers", min=1, help="Processes that scan files and shards."),
     csv_path_column: str = typer.Option("path", "--csv-path-column", help="csv source: column with the image path."),
     csv_lat_column: str = typer.Option("lat", "--csv-lat-column", help="csv source: latitude column."),
     csv_lon_column: str = typer.Option("lon", "--csv-lon-column", help="csv source: longitude column."),

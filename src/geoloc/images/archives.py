@@ -7,8 +7,8 @@ member is one seek and one read away, with nothing unpacked to disk.
 
 from __future__ import annotations
 
-import hashlib
 import io
+import mmap
 import pickle
 import tarfile
 from dataclasses import dataclass
@@ -16,8 +16,10 @@ from pathlib import Path
 
 import msgpack
 import polars as pl
+import xxhash
 
 from geoloc.images.exif import CORRUPT_IMAGE, read_header
+from geoloc.images.msgpack_spans import Truncated, map_entries, value_end
 
 MEMBER_SEPARATOR = "#"
 """A catalog uri `container#member` names a member of a shard or tar, relative to the dataset root."""
@@ -34,7 +36,8 @@ INDEX_SCHEMA = {
 }
 """One row per member; `problem` is null for a readable image, CORRUPT_IMAGE otherwise."""
 
-_MAX_RECORD_BYTES = 512 * 1024 * 1024
+_MAX_KEY_BYTES = 64
+_BIN_HEADS = frozenset({0xC4, 0xC5, 0xC6})
 
 
 class ArchiveError(ValueError):
@@ -42,8 +45,8 @@ class ArchiveError(ValueError):
 
 
 def content_hash(data: bytes) -> str:
-    """The key under which identical photo bytes are recognized across sources."""
-    return hashlib.blake2b(data, digest_size=16).hexdigest()
+    """The key under which identical photo bytes are recognized across sources (XXH3, 128 bits)."""
+    return xxhash.xxh3_128_hexdigest(data)
 
 
 @dataclass
@@ -55,9 +58,13 @@ class _IndexRows:
     def empty(cls, container: str) -> _IndexRows:
         return cls(container, {name: [] for name in INDEX_SCHEMA})
 
-    def add(self, member: str, offset: int, length: int, data: bytes | None, detail: str | None = None) -> None:
+    def add(self, member: str, offset: int, length: int, data: bytes | None, detail: str | None = None,
+            check: bool = True) -> None:
+        """A member; `data` None means unreadable (with `detail`); `check` hashes and sniffs the bytes."""
         if data is None:
             values = (None, None, CORRUPT_IMAGE, detail)
+        elif not check:
+            values = (None, None, None, None)
         else:
             header = read_header(data, want_gps=False)
             values = (content_hash(data), header.format, header.problem, header.detail)
@@ -68,36 +75,63 @@ class _IndexRows:
         return pl.DataFrame(self.rows, schema=INDEX_SCHEMA)
 
 
-def index_shard(path: Path, name: str | None = None) -> pl.DataFrame:
+def index_shard(path: Path, name: str | None = None, check_images: bool = True) -> pl.DataFrame:
     """Index a shard of MessagePack maps with `id` and `image` (bytes) in one streaming pass.
 
+    With `check_images` each image is also hashed and its header sniffed (what the
+    catalog needs); without, the pass only records where each record lies.
     A truncated last record, or bytes that stop being MessagePack, lose what they cover
     only: they appear as one CORRUPT_IMAGE row named `@<offset>`, the records before stay.
     """
     rows = _IndexRows.empty(name or path.name)
-    size = path.stat().st_size
     with path.open("rb") as handle:
-        unpacker = msgpack.Unpacker(handle, raw=False, max_buffer_size=_MAX_RECORD_BYTES)
-        while True:
-            offset = unpacker.tell()
+        if path.stat().st_size == 0:
+            return rows.frame()
+        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            buffer = memoryview(mapped)
             try:
-                record = unpacker.unpack()
-            except msgpack.OutOfData:
-                if offset < size:
-                    rows.add(f"@{offset}", offset, size - offset, None, "truncated record at the end of the shard")
-                break
-            except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as error:
-                rows.add(f"@{offset}", offset, size - offset, None, f"unreadable from here on: {error}")
-                break
-            length = unpacker.tell() - offset
-            image = record.get("image") if isinstance(record, dict) else None
-            member = record.get("id") if isinstance(record, dict) else None
-            if not isinstance(member, str) or not isinstance(image, bytes):
-                rows.add(str(member) if member is not None else f"@{offset}", offset, length, None,
-                         "record is not a map with a text `id` and bytes `image`")
-                continue
-            rows.add(member, offset, length, image)
+                _index_records(buffer, rows, check_images)
+            finally:
+                buffer.release()
     return rows.frame()
+
+
+def _index_records(buffer: memoryview, rows: _IndexRows, check_images: bool) -> None:
+    offset, size = 0, len(buffer)
+    while offset < size:
+        try:
+            end = value_end(buffer, offset)
+        except Truncated:
+            rows.add(f"@{offset}", offset, size - offset, None, "truncated record at the end of the shard")
+            return
+        except ValueError as error:
+            rows.add(f"@{offset}", offset, size - offset, None, f"unreadable from here on: {error}")
+            return
+        member, image = _record_fields(buffer, offset, check_images)
+        if not isinstance(member, str) or image is None:
+            rows.add(f"@{offset}", offset, end - offset, None, "record is not a map with a text `id` and bytes `image`")
+        else:
+            rows.add(member, offset, end - offset, image, check=check_images)
+        offset = end
+
+
+def _record_fields(buffer: memoryview, offset: int, keep_image: bool) -> tuple[object, bytes | None]:
+    """(id, image) of the well-formed record at `offset`; the image is left unread (b"") unless kept."""
+    entries = map_entries(buffer, offset)
+    if entries is None:
+        return None, None
+    count, position = entries
+    member, image = None, None
+    for _ in range(count):
+        key_end = value_end(buffer, position)
+        end = value_end(buffer, key_end)
+        key = msgpack.unpackb(buffer[position:key_end], raw=False) if key_end - position <= _MAX_KEY_BYTES else None
+        if key == "id":
+            member = msgpack.unpackb(buffer[key_end:end], raw=False)
+        elif key == "image" and buffer[key_end] in _BIN_HEADS:
+            image = msgpack.unpackb(buffer[key_end:end]) if keep_image else b""
+        position = end
+    return member, image
 
 
 def read_shard_member(path: Path, offset: int, length: int) -> bytes:
@@ -128,11 +162,11 @@ def load_tar_index_pickle(path: Path, container: str) -> pl.DataFrame:
             loaded = _TarInfoOnly(handle).load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as error:
         raise ArchiveError(f"{path}: not a readable tar index: {error}") from error
-    members = loaded.values() if isinstance(loaded, dict) else loaded
-    if not isinstance(members, (list, tuple, type({}.values()))):
+    members = list(loaded.values()) if isinstance(loaded, dict) else loaded
+    if not isinstance(members, (list, tuple)):
         raise ArchiveError(f"{path}: expected a dict or list of TarInfo, found {type(loaded).__name__}")
     infos = [info for info in members if isinstance(info, tarfile.TarInfo) and info.isfile()]
-    return pl.DataFrame(
+    located = pl.DataFrame(
         {
             "container": [container] * len(infos),
             "member": [info.name for info in infos],
@@ -140,7 +174,9 @@ def load_tar_index_pickle(path: Path, container: str) -> pl.DataFrame:
             "length": [info.size for info in infos],
         },
         schema={name: INDEX_SCHEMA[name] for name in ("container", "member", "offset", "length")},
-    ).with_columns(pl.lit(None, dtype=INDEX_SCHEMA[name]).alias(name) for name in ("content_hash", "format", "problem", "detail"))
+    )
+    unknown = ("content_hash", "format", "problem", "detail")
+    return located.with_columns(pl.lit(None, dtype=INDEX_SCHEMA[name]).alias(name) for name in unknown)
 
 
 def index_tar(path: Path, name: str | None = None) -> pl.DataFrame:
