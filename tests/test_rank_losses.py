@@ -65,8 +65,8 @@ def test_finite_values_and_gradients_for_huge_rewards(scale):
     assert torch.isfinite(loss) and torch.isfinite(rewards.grad).all()
     if scale > 0:  # rewards in the reverse of the true order: a huge loss with a real gradient
         assert loss.item() > 100 and rewards.grad.abs().sum() > 0
-    else:  # rewards in the true order by wide margins: no loss left
-        assert loss.item() == pytest.approx(0.0, abs=1e-6)
+    else:  # rewards in the true order by wide margins: only the tied pair gaps cost anything
+        assert 0.0 < loss.item() < 1.0
 
 
 def test_bad_shapes_and_top_k_are_refused():
