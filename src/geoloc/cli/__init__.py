@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from geoloc import __version__
-from geoloc.cli import evaluate
+from geoloc.cli import evaluate, ranker
 
 app = typer.Typer(
     name="geoloc",
@@ -15,6 +15,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 evaluate.register(app)
+ranker.register(app)
 
 
 def _print_version(value: bool) -> None:

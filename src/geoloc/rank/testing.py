@@ -21,21 +21,23 @@ SPECIAL_TOKENS = [
     "<|video_pad|>",
 ]
 
+NEWLINE = "{{ '\\n' }}"  # an expression, so Jinja's whitespace control cannot strip it
 CHAT_TEMPLATE = (
     "{%- for message in messages -%}"
     "{%- if loop.first and message['role'] != 'system' -%}"
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    f"<|im_start|>system{NEWLINE}You are a helpful assistant.<|im_end|>{NEWLINE}"
     "{%- endif -%}"
-    "<|im_start|>{{ message['role'] }}\n"
+    f"<|im_start|>{{{{ message['role'] }}}}{NEWLINE}"
     "{%- if message['content'] is string -%}{{ message['content'] }}"
     "{%- else -%}{%- for part in message['content'] -%}"
     "{%- if part['type'] == 'image' -%}<|vision_start|><|image_pad|><|vision_end|>"
     "{%- elif part['type'] == 'text' -%}{{ part['text'] }}{%- endif -%}"
     "{%- endfor -%}{%- endif -%}"
-    "<|im_end|>\n"
+    f"<|im_end|>{NEWLINE}"
     "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}<|im_start|>assistant\n{%- endif -%}"
+    f"{{%- if add_generation_prompt -%}}<|im_start|>assistant{NEWLINE}{{%- endif -%}}"
 )
+"""Renders messages the way Qwen2-VL's template does (default system turn, vision tokens per image)."""
 
 # Text the tokenizer learns its merges from: the words of GeoRanker's prompts and place names.
 _CORPUS = [
@@ -146,3 +148,31 @@ def build_tiny_qwen2_vl(folder: str | Path, size: TinySize = TinySize(), seed: i
     )
     processor.save_pretrained(folder)
     return folder
+
+
+def random_photo(rng, size: int | tuple[int, int] = 224):
+    """A noise RGB photo of `size` pixels (square, or height x width)."""
+    import numpy as np
+    from PIL import Image
+
+    height, width = (size, size) if isinstance(size, int) else size
+    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+def toy_query_group(rng, retrieval: int, zeroshot: int, photo_size: int | tuple[int, int] = 224, negatives: int = 5):
+    """A query with `retrieval` candidates that have gallery photos and `zeroshot` ones without."""
+    from geoloc.rank.prompts import Place
+    from geoloc.rank.scoring import QueryGroup
+
+    names = ["Paris Ile-de-France France", "Tokyo Japan", "Nairobi Kenya", "Lima Peru", "Berlin Germany"]
+
+    def place(text: bool) -> Place:
+        lat, lon = rng.uniform(-80, 80), rng.uniform(-180, 180)
+        return Place(round(lat, 6), round(lon, 6), names[rng.integers(len(names))] if text else "")
+
+    return QueryGroup(
+        query_photo=random_photo(rng, photo_size),
+        candidates=[place(True) for _ in range(retrieval)] + [place(False) for _ in range(zeroshot)],
+        gallery_photos=[random_photo(rng, photo_size) for _ in range(retrieval)] + [None] * zeroshot,
+        negatives=[place(True) for _ in range(negatives)],
+    )
