@@ -61,6 +61,7 @@ class TinySize:
     vision_dim: int = 32
     vision_depth: int = 1
     vision_heads: int = 2
+    vision_mlp_ratio: int = 2
     vocab: int = 512
 
 
@@ -124,7 +125,7 @@ def build_tiny_qwen2_vl(folder: str | Path, size: TinySize = TinySize(), seed: i
             "embed_dim": size.vision_dim,
             "hidden_size": size.hidden,
             "num_heads": size.vision_heads,
-            "mlp_ratio": 2,
+            "mlp_ratio": size.vision_mlp_ratio,
             "patch_size": 14,
             "spatial_merge_size": 2,
             "temporal_patch_size": 2,

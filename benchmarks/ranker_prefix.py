@@ -1,0 +1,76 @@
+"""Shared-prefix scoring against the plain path (GeoRanker's) on one CPU.
+
+A random-weight Qwen2-VL scaled down from Qwen2-VL-7B (widths / 8, depths / 4, so the
+vision tower and the language model keep their relative cost), 224 px photos, and
+GeoRanker's default group: 10 retrieval candidates with gallery photos and 5 zero-shot
+candidates without, 5 negatives named in every prompt. Both paths score the same
+queries with the same batches; each is timed end to end (prompt building, image
+processing, model) over several queries, best of `--repeats`. Prints one JSON line:
+{"candidates", "plain_s", "shared_prefix_s", "speedup", "max_abs_diff"} (seconds per query).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+from geoloc.rank.model import LoraSettings, load_processor, new_reward_model
+from geoloc.rank.scoring import RewardScorer
+from geoloc.rank.testing import TinySize, build_tiny_qwen2_vl, toy_query_group
+
+SCALED_QWEN2_VL_7B = TinySize(
+    hidden=448, layers=7, heads=7, kv_heads=1, intermediate=2368,
+    vision_dim=160, vision_depth=8, vision_heads=2, vision_mlp_ratio=4, vocab=1024,
+)
+
+
+def seconds_per_query(scorer: RewardScorer, groups, repeats: int) -> tuple[float, list[np.ndarray]]:
+    best, rewards = float("inf"), []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        rewards = [scorer.rewards(group) for group in groups]
+        best = min(best, (time.perf_counter() - start) / len(groups))
+    return best, rewards
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--queries", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as folder:
+        base = str(build_tiny_qwen2_vl(folder, SCALED_QWEN2_VL_7B))
+        torch.manual_seed(0)
+        model = new_reward_model(base, LoraSettings()).eval()
+        processor = load_processor(base)
+    with torch.no_grad():  # trained-looking adapters: LoRA B is zero when fresh
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(std=0.02)
+    rng = np.random.default_rng(0)
+    groups = [toy_query_group(rng, retrieval=10, zeroshot=5, photo_size=224) for _ in range(args.queries)]
+    plain = RewardScorer(model, processor, batch_size=args.batch_size, shared_prefix=False)
+    shared = RewardScorer(model, processor, batch_size=args.batch_size, shared_prefix=True)
+    seconds_per_query(shared, groups[:1], 1)  # warm-up
+    plain_s, plain_rewards = seconds_per_query(plain, groups, args.repeats)
+    shared_s, shared_rewards = seconds_per_query(shared, groups, args.repeats)
+    difference = max(float(np.abs(a - b).max()) for a, b in zip(plain_rewards, shared_rewards))
+    print(json.dumps({
+        "candidates": len(groups[0].candidates),
+        "plain_s": round(plain_s, 4),
+        "shared_prefix_s": round(shared_s, 4),
+        "speedup": round(plain_s / shared_s, 3),
+        "max_abs_diff": difference,
+    }))
+
+
+if __name__ == "__main__":
+    main()
