@@ -68,5 +68,21 @@ def score_command(
                      highlight=False)
 
 
+@ranker_app.command("train")
+def train_command(
+    config: Path = typer.Option(..., "--config", help="Training settings (YAML); see examples/ranker.yaml."),
+) -> None:
+    """Train the reward model's LoRA adapter and value head on GeoRanking data."""
+    from geoloc.rank.model import ModelLoadError
+    from geoloc.rank.training import TrainConfig, train
+
+    with clean_errors(TableError, ModelLoadError, ValueError, FileNotFoundError):
+        result = train(TrainConfig.from_yaml(config))
+    console.print(f"trained on {result.rows} queries -> {result.adapter}")
+    if result.too_short_rows:
+        errors.print(f"[yellow]warning:[/] {result.too_short_rows} row(s) skipped: fewer references than a group "
+                     "and its negatives need", highlight=False)
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(ranker_app, name="ranker")

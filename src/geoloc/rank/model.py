@@ -65,9 +65,6 @@ class RewardModel(nn.Module):
         hidden = self.model(attention_mask=attention_mask, **inputs).last_hidden_state
         return self.value_head(last_token_states(hidden, attention_mask)).squeeze(-1).float()
 
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
-        self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
-
 
 def last_token_states(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
     """The hidden state of each row's last real token, whether the batch is padded left or right."""
