@@ -5,7 +5,7 @@ vision tower and the language model keep their relative cost), 224 px photos, an
 GeoRanker's default group: 10 retrieval candidates with gallery photos and 5 zero-shot
 candidates without, 5 negatives named in every prompt. Both paths score the same
 queries with the same batches; each is timed end to end (prompt building, image
-processing, model) over several queries, best of `--repeats`. Prints one JSON line:
+processing, model), query by query with the paths alternating, best of `--repeats`. Prints one JSON line:
 {"candidates", "plain_s", "shared_prefix_s", "speedup", "max_abs_diff"} (seconds per query).
 """
 
@@ -29,19 +29,34 @@ SCALED_QWEN2_VL_7B = TinySize(
 )
 
 
-def seconds_per_query(scorer: RewardScorer, groups, repeats: int) -> tuple[float, list[np.ndarray]]:
-    best, rewards = float("inf"), []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        rewards = [scorer.rewards(group) for group in groups]
-        best = min(best, (time.perf_counter() - start) / len(groups))
-    return best, rewards
+def timed_rewards(scorer: RewardScorer, group) -> tuple[float, np.ndarray]:
+    start = time.perf_counter()
+    rewards = scorer.rewards(group)
+    return time.perf_counter() - start, rewards
+
+
+def interleaved_seconds(plain: RewardScorer, shared: RewardScorer, groups, repeats: int):
+    """Seconds per query for each path, the best of `repeats` per query, the paths alternating.
+
+    The machine is shared: alternating query by query (and which path goes first) exposes
+    both paths to the same background load; the minimum is the least disturbed run.
+    """
+    best = {"plain": np.full(len(groups), np.inf), "shared": np.full(len(groups), np.inf)}
+    rewards = {}
+    for repeat in range(repeats):
+        for index, group in enumerate(groups):
+            order = [("plain", plain), ("shared", shared)][:: 1 if (repeat + index) % 2 == 0 else -1]
+            for name, scorer in order:
+                seconds, rewards[name, index] = timed_rewards(scorer, group)
+                best[name][index] = min(best[name][index], seconds)
+    difference = max(float(np.abs(rewards["plain", i] - rewards["shared", i]).max()) for i in range(len(groups)))
+    return float(best["plain"].mean()), float(best["shared"].mean()), difference
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--queries", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -59,10 +74,8 @@ def main() -> None:
     groups = [toy_query_group(rng, retrieval=10, zeroshot=5, photo_size=224) for _ in range(args.queries)]
     plain = RewardScorer(model, processor, batch_size=args.batch_size, shared_prefix=False)
     shared = RewardScorer(model, processor, batch_size=args.batch_size, shared_prefix=True)
-    seconds_per_query(shared, groups[:1], 1)  # warm-up
-    plain_s, plain_rewards = seconds_per_query(plain, groups, args.repeats)
-    shared_s, shared_rewards = seconds_per_query(shared, groups, args.repeats)
-    difference = max(float(np.abs(a - b).max()) for a, b in zip(plain_rewards, shared_rewards))
+    timed_rewards(shared, groups[0])  # warm-up
+    plain_s, shared_s, difference = interleaved_seconds(plain, shared, groups, args.repeats)
     print(json.dumps({
         "candidates": len(groups[0].candidates),
         "plain_s": round(plain_s, 4),
