@@ -1,0 +1,94 @@
+"""`geoloc ranker`: train GeoRanker's reward model and score candidates with it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from geoloc.cli.common import clean_errors, console, errors
+from geoloc.images import ArchiveError
+from geoloc.tables import TableError
+
+ranker_app = typer.Typer(
+    help="GeoRanker: a vision-language reward model that ranks candidate locations.", no_args_is_help=True
+)
+
+
+def _parse_top(values: list[str]) -> dict[str, int]:
+    top = {}
+    for value in values:
+        source, _, count = value.partition("=")
+        if not source or not count.isdigit():
+            raise typer.BadParameter(f"{value!r}: expected SOURCE=COUNT, e.g. retrieval=10")
+        top[source] = int(count)
+    return top
+
+
+@ranker_app.command("score")
+def score_command(
+    candidates: Path = typer.Option(..., "--candidates", help="Candidates table (Parquet or CSV)."),
+    images: Path = typer.Option(..., "--images", help="Folder or uncompressed .tar of the query photos; a "
+                         "query_id is a path in it."),
+    images_index: Path | None = typer.Option(None, "--images-index", help="Offset index of an --images tar: "
+                                             "tar_index.pkl, or a .parquet (written on first use)."),
+    adapter: Path = typer.Option(..., "--adapter", help="Adapter folder (ours or the published GeoRanker one)."),
+    out: Path = typer.Option(..., "--out", help="Predictions file to write (Parquet or CSV)."),
+    base: str | None = typer.Option(None, "--base", help="Base model: hub id or local folder (default: the "
+                                    "adapter's own)."),
+    gallery: Path | None = typer.Option(None, "--gallery", help="Folder or .tar of the gallery photos named by "
+                                        "ref_uri (default: --images)."),
+    gallery_index: Path | None = typer.Option(None, "--gallery-index", help="Offset index of a --gallery tar."),
+    top: list[str] = typer.Option(["retrieval=10", "zeroshot=5"], "--top", help="SOURCE=COUNT: score the COUNT "
+                                  "best-ranked candidates of SOURCE (repeatable); other sources in full."),
+    negatives: int = typer.Option(5, "--negatives", help="Worst-ranked retrieval candidates named as negatives."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Prompts per forward pass."),
+    plain: bool = typer.Option(False, "--plain", help="Recompute the shared prompt start for every candidate."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16."),
+    device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda if any)."),
+) -> None:
+    """Score every query's candidates and write the best one per query as predictions."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from geoloc.rank.model import ModelLoadError
+    from geoloc.rank.ranking import score_file
+
+    with clean_errors(TableError, ModelLoadError, ArchiveError, FileNotFoundError), Progress(
+        "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        console=errors,
+    ) as bar:
+        task = bar.add_task("scoring queries", total=None)
+        report = score_file(
+            candidates, out, images=images, adapter=adapter, base=base, gallery=gallery, images_index=images_index,
+            gallery_index=gallery_index, top=_parse_top(top),
+            num_negatives=negatives, batch_size=batch_size, shared_prefix=not plain, dtype=dtype, device=device,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
+    console.print(f"{report.predicted} of {report.queries} queries predicted -> {out}")
+    if report.unreadable_queries:
+        shown = ", ".join(repr(query) for query, _ in report.unreadable_queries[:5])
+        errors.print(f"[yellow]warning:[/] {len(report.unreadable_queries)} query photo(s) unreadable, no prediction: "
+                     f"{shown}", highlight=False)
+    if report.dropped_candidates:
+        errors.print(f"[yellow]warning:[/] {report.dropped_candidates} candidate(s) dropped: gallery photo unreadable",
+                     highlight=False)
+
+
+@ranker_app.command("train")
+def train_command(
+    config: Path = typer.Option(..., "--config", help="Training settings (YAML); see examples/ranker.yaml."),
+) -> None:
+    """Train the reward model's LoRA adapter and value head on GeoRanking data."""
+    from geoloc.rank.model import ModelLoadError
+    from geoloc.rank.training import TrainConfig, train
+
+    with clean_errors(TableError, ModelLoadError, ValueError, FileNotFoundError):
+        result = train(TrainConfig.from_yaml(config), say=lambda line: console.print(line, highlight=False))
+    console.print(f"trained on {result.rows} queries -> {result.adapter}")
+    if result.too_short_rows:
+        errors.print(f"[yellow]warning:[/] {result.too_short_rows} row(s) skipped: fewer references than a group "
+                     "and its negatives need", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(ranker_app, name="ranker")
