@@ -8,10 +8,17 @@ import torch
 from peft.utils import get_peft_model_state_dict
 from safetensors.torch import save_file
 
-from geoloc.rank.model import LoraSettings, ModelLoadError, load_backbone, load_reward_model, new_reward_model, save_adapter
-from geoloc.rank.testing import TinySize, build_tiny_qwen2_vl, toy_query_group
+from geoloc.rank.model import (
+    LoraSettings,
+    ModelLoadError,
+    load_backbone,
+    load_processor,
+    load_reward_model,
+    new_reward_model,
+    save_adapter,
+)
 from geoloc.rank.scoring import RewardScorer
-from geoloc.rank.model import load_processor
+from geoloc.rank.testing import TinySize, build_tiny_qwen2_vl, toy_query_group
 
 SIZE = TinySize()
 
@@ -30,7 +37,7 @@ def test_save_then_load_gives_the_same_rewards(base, tmp_path):
     torch.manual_seed(1)
     model = new_reward_model(base, LoraSettings(rank=4, alpha=8))
     with torch.no_grad():  # fresh LoRA B is zero: move every trained tensor so that loading them matters
-        for name, parameter in model.named_parameters():
+        for parameter in model.parameters():
             if parameter.requires_grad:
                 parameter.normal_(std=0.3)
     model.eval()

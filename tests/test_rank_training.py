@@ -12,8 +12,8 @@ import yaml
 from typer.testing import CliRunner
 
 from geoloc.cli import app
-from geoloc.rank.model import load_processor, load_reward_model
 from geoloc.rank.losses import multi_order_distance_loss
+from geoloc.rank.model import load_processor, load_reward_model
 from geoloc.rank.photos import StorePhotos
 from geoloc.rank.testing import build_tiny_qwen2_vl, random_photo
 from geoloc.rank.training import GeoRankingCollator, GeoRankingDataset, TrainConfig, read_georanking, train
@@ -33,7 +33,8 @@ def toy_georanking(folder, rng, rows: int = 2, references: int = 6) -> None:
         table["gps"].append([lat, lon])
         table["ref_gps"].append([[lat + 3 * k, lon - 2 * k] for k in range(references)])
         table["ref_img_id"].append([f"r{row}_{k}.jpg" for k in range(references)])
-        table["ref_texts"].append([["", "Paris", "", "France"] if k % 2 else ["Lima", "", "Peru"] for k in range(references)])
+        texts = [["", "Paris", "", "France"] if k % 2 else ["Lima", "", "Peru"] for k in range(references)]
+        table["ref_texts"].append(texts)
         for k in range(references):
             random_photo(rng, 56).save(folder / "photos" / f"r{row}_{k}.jpg")
     table["ref_gps"][1] = table["ref_gps"][1][::-1]  # nearest reference last: the order must be learnt per row
@@ -73,7 +74,9 @@ def test_training_lowers_the_loss_and_writes_an_adapter_that_loads(tmp_path):
     torch.manual_seed(0)
     said = []
     result = train(config, say=said.append)
-    assert said == ["effective batch size 2 queries (2 per device x 1 accumulation steps x 1 processes), 3 candidates each"]
+    assert said == [
+        "effective batch size 2 queries (2 per device x 1 accumulation steps x 1 processes), 3 candidates each"
+    ]
     assert result.rows == 2 and result.too_short_rows == 0 and len(result.losses) == 12
     assert pl.read_parquet(config.output / "images_index.parquet")["member"].str.starts_with("mp16/").all()
     assert np.mean(result.losses[-3:]) < np.mean(result.losses[:3])
