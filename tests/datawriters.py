@@ -89,7 +89,7 @@ def write_shard(path: Path, records: Sequence[dict[str, object]], truncate_last:
 
 def write_mp16(root: Path, shards: Sequence[Sequence[tuple[str, bytes]]], metadata: Iterable[dict[str, object]],
                truncate_last: int = 0) -> None:
-    """MP-16 layout: shard_00000.msg ... with {id, image} records, and MP16_Pro_places365.csv (IMG_ID, LAT, LON, ...)."""
+    """MP-16 layout: shard_00000.msg ... with {id, image} records, and MP16_Pro_places365.csv (IMG_ID, LAT, LON ...)."""
     for number, records in enumerate(shards):
         write_shard(root / f"shard_{number:05d}.msg", [{"id": i, "image": b} for i, b in records],
                     truncate_last if number == len(shards) - 1 else 0)

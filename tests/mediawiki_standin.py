@@ -83,9 +83,10 @@ def _entities(wiki: Wiki, params: dict[str, str]) -> dict:
             entities[item] = {"id": item, "missing": ""}
             continue
         point = wiki.items[item]
-        claims = {} if point is None else {"P625": [{"mainsnak": {"snaktype": "value", "property": "P625", "datavalue": {
-            "value": {"latitude": point[0], "longitude": point[1], "globe": "http://www.wikidata.org/entity/Q2"},
-            "type": "globecoordinate"}}}]}
+        globe = "http://www.wikidata.org/entity/Q2"
+        value = None if point is None else {"latitude": point[0], "longitude": point[1], "globe": globe}
+        snak = {"snaktype": "value", "property": "P625", "datavalue": {"value": value, "type": "globecoordinate"}}
+        claims = {} if point is None else {"P625": [{"mainsnak": snak}]}
         entities[item] = {"id": item, "type": "item", "claims": claims}
     return {"entities": entities, "success": 1}
 
@@ -124,8 +125,8 @@ def _handler(wiki: Wiki) -> type[BaseHTTPRequestHandler]:
             if fault in ("429", "503"):
                 self._send(int(fault), {"error": "slow down"}, {"Retry-After": "0"})
             elif fault == "maxlag":
-                self._send(200, {"error": {"code": "maxlag", "info": "Waiting for a database server: 7 seconds lagged."}},
-                           {"Retry-After": "0", "X-Database-Lag": "7"})
+                lagged = {"error": {"code": "maxlag", "info": "Waiting for a database server: 7 seconds lagged."}}
+                self._send(200, lagged, {"Retry-After": "0", "X-Database-Lag": "7"})
             elif fault == "badvalue" or params.get("action") not in ("query", "wbgetentities"):
                 self._send(200, {"error": {"code": "badvalue", "info": "Unrecognized value for a parameter."}})
             elif params.get("action") == "query":

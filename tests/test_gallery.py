@@ -39,7 +39,9 @@ def test_embed_resume_index_and_retrieve(tiny_clip, catalog, tmp_path):
     root, catalog_dir, table = catalog
     backbone = load_backbone(str(tiny_clip), device="cpu")
     out = tmp_path / "embeddings"
-    summary = embed_table(table, lambda source, uri: (root / uri).read_bytes(), backbone, out, batch_size=4, chunk_rows=4)
+    summary = embed_table(
+        table, lambda source, uri: (root / uri).read_bytes(), backbone, out, batch_size=4, chunk_rows=4
+    )
     assert (summary.rows, summary.embedded, summary.failed, summary.parts_skipped) == (6, 5, 1, 0)
     parts = sorted(out.glob("part-*.parquet"))
     assert len(parts) == 2

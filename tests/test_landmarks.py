@@ -169,7 +169,8 @@ def test_cli(mixed, tmp_path):
                                           "--commons-api", url, "--wikidata-api", url])
     assert result.exit_code == 0, result.output
     assert "resolved" in result.output and "bad_category" in result.output
-    result = CliRunner().invoke(app, ["landmarks", "resolve", str(tmp_path / "none.csv"), "--out", str(tmp_path / "c.csv")])
+    arguments = ["landmarks", "resolve", str(tmp_path / "none.csv"), "--out", str(tmp_path / "c.csv")]
+    result = CliRunner().invoke(app, arguments)
     assert result.exit_code == 2 and "no such file" in result.output
 
 

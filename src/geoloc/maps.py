@@ -66,7 +66,8 @@ for (const photo of photos) {
     + ` (${Math.round(photo.error_km)} km off)`; }
   L.circle(where, {radius: photo.radius_km * 1000, color: "#3366cc", weight: 1, fillOpacity: 0.08}).addTo(map);
   photo.alternatives.forEach((alt) => L.circleMarker([alt.lat, alt.lon], {radius: 4, color: "#3366cc", weight: 1,
-    fillOpacity: 0.4}).bindPopup(`${text(photo.image)}: alternative<br>${text(alt.place)}<br>p = ${alt.prob.toFixed(3)}`)
+    fillOpacity: 0.4})
+    .bindPopup(`${text(photo.image)}: alternative<br>${text(alt.place)}<br>p = ${alt.prob.toFixed(3)}`)
     .addTo(map));
   L.circleMarker(where, {radius: 7, color: "#1f3d99", fillColor: "#3366cc", fillOpacity: 0.9}).bindPopup(popup)
     .addTo(map);

@@ -94,7 +94,9 @@ class Cache:
         self.connection.execute("PRAGMA journal_mode=WAL")
         self.connection.execute(
             "CREATE TABLE IF NOT EXISTS pages (title TEXT PRIMARY KEY, status TEXT, lat REAL, lon REAL, item TEXT)")
-        self.connection.execute("CREATE TABLE IF NOT EXISTS items (item TEXT PRIMARY KEY, status TEXT, lat REAL, lon REAL)")
+        self.connection.execute(
+            "CREATE TABLE IF NOT EXISTS items (item TEXT PRIMARY KEY, status TEXT, lat REAL, lon REAL)"
+        )
         self.connection.commit()
 
     def missing(self, table: str, key: str, wanted: Iterable[str]) -> list[str]:

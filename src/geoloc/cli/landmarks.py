@@ -18,7 +18,9 @@ landmarks_app = typer.Typer(help="Landmark coordinates for Google Landmarks v2."
 def resolve_command(
     categories_csv: Path = typer.Argument(..., help="landmark_id,category (GLDv2's train_label_to_category.csv)."),
     out: Path = typer.Option(..., "--out", help="Output: landmark_id,lat,lon for every resolved landmark."),
-    cache: Path | None = typer.Option(None, "--cache", help="SQLite cache of API answers (default: OUT with .cache.sqlite)."),
+    cache: Path | None = typer.Option(
+        None, "--cache", help="SQLite cache of API answers (default: OUT with .cache.sqlite)."
+    ),
     unresolved: Path | None = typer.Option(None, "--unresolved", help="Unresolved landmarks with their reason "
                                            "(default: OUT's name + .unresolved.csv)."),
     commons_api: str = typer.Option(COMMONS_API, "--commons-api", help="MediaWiki action API of Commons."),

@@ -148,7 +148,9 @@ class _TarInfoOnly(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> type:
         if (module, name) == ("tarfile", "TarInfo"):
             return tarfile.TarInfo
-        raise ArchiveError(f"refusing to load {module}.{name} from a tar index pickle (only tarfile.TarInfo is allowed)")
+        raise ArchiveError(
+            f"refusing to load {module}.{name} from a tar index pickle (only tarfile.TarInfo is allowed)"
+        )
 
 
 def load_tar_index_pickle(path: Path, container: str) -> pl.DataFrame:
@@ -214,7 +216,9 @@ class ImageStore:
             usable = index.filter(pl.col("problem").is_null())
             self._locations = {
                 (container, member): (offset, length)
-                for container, member, offset, length in usable.select("container", "member", "offset", "length").iter_rows()
+                for container, member, offset, length in usable.select(
+                    "container", "member", "offset", "length"
+                ).iter_rows()
             }
 
     def read_bytes(self, uri: str) -> bytes:
