@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import tempfile
 from pathlib import Path
 
@@ -107,3 +108,17 @@ def describe_ids(ids: pl.Series, limit: int = 5) -> str:
     shown = ", ".join(repr(value) for value in ids.head(limit).to_list())
     more = len(ids) - limit
     return shown + (f" and {more} more" if more > 0 else "")
+
+
+def open_answer_cache(path: Path, *tables: str) -> sqlite3.Connection:
+    """An SQLite file of answers already paid for (API calls), created with `tables` (CREATE statements).
+
+    WAL journaling: every committed answer survives a kill -9, and a reader may look while a run writes.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    connection = sqlite3.connect(path)
+    connection.execute("PRAGMA journal_mode=WAL")
+    for statement in tables:
+        connection.execute(statement)
+    connection.commit()
+    return connection

@@ -15,7 +15,6 @@ import base64
 import hashlib
 import io
 import os
-import sqlite3
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ import polars as pl
 from PIL import Image, UnidentifiedImageError
 
 from geoloc.candidates.coordinates import parse_coordinates
+from geoloc.tables import open_answer_cache
 
 API_KEY_VARIABLES = ("GEOLOC_API_KEY", "OPENAI_API_KEY")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".tif", ".tiff", ".bmp", ".heic", ".heif"}
@@ -114,11 +114,8 @@ class AnswerCache:
     """Answers on disk (SQLite), keyed by everything that shapes them. Errors are not cached."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, answer TEXT NOT NULL)"
+        self._db = open_answer_cache(
+            path, "CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, answer TEXT NOT NULL)"
         )
 
     @staticmethod

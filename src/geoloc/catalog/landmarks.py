@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import sqlite3
 from collections.abc import Iterable, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ import polars as pl
 from geoloc import __version__
 from geoloc.catalog.build import coordinate_reasons
 from geoloc.catalog.work import progress_bar
-from geoloc.tables import read_table, select_layout, write_table
+from geoloc.tables import open_answer_cache, read_table, select_layout, write_table
 
 COMMONS_API = "https://commons.wikimedia.org/w/api.php"
 WIKIDATA_API = "https://www.wikidata.org/w/api.php"
@@ -89,15 +88,11 @@ class Cache:
     """Answers keyed by the title or item we asked for; committed batch by batch."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.connection = sqlite3.connect(path)
-        self.connection.execute("PRAGMA journal_mode=WAL")
-        self.connection.execute(
-            "CREATE TABLE IF NOT EXISTS pages (title TEXT PRIMARY KEY, status TEXT, lat REAL, lon REAL, item TEXT)")
-        self.connection.execute(
-            "CREATE TABLE IF NOT EXISTS items (item TEXT PRIMARY KEY, status TEXT, lat REAL, lon REAL)"
+        self.connection = open_answer_cache(
+            path,
+            "CREATE TABLE IF NOT EXISTS pages (title TEXT PRIMARY KEY, status TEXT, lat REAL, lon REAL, item TEXT)",
+            "CREATE TABLE IF NOT EXISTS items (item TEXT PRIMARY KEY, status TEXT, lat REAL, lon REAL)",
         )
-        self.connection.commit()
 
     def missing(self, table: str, key: str, wanted: Iterable[str]) -> list[str]:
         known = {row[0] for row in self.connection.execute(f"SELECT {key} FROM {table}")}
