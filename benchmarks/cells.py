@@ -5,16 +5,19 @@ The points look like real photo locations: the 100K real photo locations shipped
 the spots with a heavy tail (most spots hold one photo, a few hold thousands, as
 landmarks do), about 36% distinct, rounded to 6 decimals as geotags are.
 
-- ours: collapsing identical coordinates, HDBSCAN on unit vectors (fast_hdbscan, all
-  cores) with labels as one point per photo, and the coarser levels (3 levels), as
-  `geoloc cells build` computes them (files are not written). numba's one-off
-  compilation is done on a small warm-up set first and not counted.
+- ours: collapsing identical coordinates, HDBSCAN on unit vectors (fast_hdbscan's
+  parallel Boruvka, photo-weighted condensed tree) with labels as one point per photo,
+  and the coarser levels (3 levels), as `geoloc cells build` computes them (files are
+  not written). numba's one-off compilation is done on a small warm-up set first and
+  not counted.
 - the data document's method: hdbscan with algorithm='prims_kdtree',
   approx_min_span_tree=True, min_cluster_size=5, min_samples=2 on the distinct
   lat/lon degrees (`pip install -e ".[bench]"` for hdbscan).
 
-Prints one JSON line: {"points", "distinct", "ours_s", "seed_method_s", "speedup", "ours_peak_mb"};
-ours_peak_mb is the process's peak resident memory after our run (points included).
+Prints one JSON line: {"points", "distinct", "ours_s", "seed_method_s", "speedup", "ours_peak_mb"}, plus
+"cells" (level 0), "ours_cpu_s" (CPU seconds of our run, all threads) and "load" (the machine's 1-minute load
+average at the end: other work on the machine slows the wall-clock figures); ours_peak_mb is the process's
+peak resident memory after our run (points included).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import resource
 import time
 from pathlib import Path
@@ -92,9 +96,9 @@ def main() -> None:
     warm_lat, warm_lon = photo_locations(2_000, args.seed + 1)
     ours(warm_lat, warm_lon)
     lat, lon = photo_locations(args.points, args.seed)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     distinct, cells = ours(lat, lon)
-    ours_s = time.perf_counter() - start
+    ours_s, ours_cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     seed_s = None
     if not args.skip_seed_method:
@@ -109,6 +113,8 @@ def main() -> None:
         "speedup": None if seed_s is None else round(seed_s / ours_s, 1),
         "ours_peak_mb": round(peak_mb),
         "cells": cells,
+        "ours_cpu_s": round(ours_cpu_s, 1),
+        "load": round(os.getloadavg()[0], 1),
     }))
 
 

@@ -126,7 +126,7 @@ def test_centroids_are_spherical_means_with_mean_great_circle_spread(built):
     coords = pl.read_parquet(folder / "hierarchical_clustered_coords.parquet")
     centroids, parquet = read_both(folder, "hierarchical_cluster_centroids")
     assert centroids.shape == parquet.shape
-    for level, column in enumerate(CLUSTERS):
+    for column in CLUSTERS:
         rows = parquet.filter(pl.col(column).is_not_null())
         others = [name for name in CLUSTERS if name != column]
         assert rows.select(others).null_count().sum_horizontal().item() == len(rows) * len(others), "sparse"

@@ -17,7 +17,7 @@ from numpy.typing import NDArray
 from geoloc.geo import coordinate_status
 from geoloc.tables import write_table, write_text
 
-from .clustering import NOISE, assign_noise_to_nearest, collapse_coordinates, copies_needed, hdbscan_distinct
+from .clustering import NOISE, assign_noise_to_nearest, collapse_coordinates, hdbscan_distinct
 from .hierarchy import MAX_LEVELS, centroids_and_spread, coarser_levels
 
 CATALOG_FILE = "catalog.parquet"
@@ -217,10 +217,9 @@ def _description(options: CellsOptions, summary: CellsSummary, levels: list[NDAr
     return {
         "parameters": asdict(options),
         "algorithm": {
-            "clustering": "HDBSCAN (fast_hdbscan, Boruvka KD-tree) on 3-D unit vectors, excess of mass",
-            "collapse": f"identical coordinates collapsed; each repeated at most "
-                        f"{copies_needed(options.min_cluster_size, options.min_samples)} times, labels as one point "
-                        f"per photo",
+            "clustering": "HDBSCAN on 3-D unit vectors (fast_hdbscan's parallel Boruvka MST), excess of mass",
+            "collapse": "identical coordinates collapsed into one point weighted by its photos; labels as one "
+                        "point per photo (geoloc.cells.hdbscan_weighted)",
             "hierarchy": "size-weighted spherical k-means of the finer level's centroids, ~n^0.75, n^0.5, ... cells",
             "centroid": "spherical mean of the member photos; avg_dist = their mean great-circle distance, km",
             "assign": ASSIGN_METHOD,

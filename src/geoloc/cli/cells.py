@@ -70,7 +70,7 @@ def assign_command(
         for column in (lat_column, lon_column):
             if column not in table.columns:
                 raise TableError(f"{points}: no column {column!r}; found {', '.join(table.columns) or 'none'}")
-            table = as_float_column(table, column, lat_column, points)
+            table = as_float_column(table, column, table.columns[0], points)
         assigned = index.assign(table[lat_column].to_numpy(), table[lon_column].to_numpy(), max_distance_km)
         table = table.with_columns(pl.Series(f"cluster_{level}", assigned[:, level]) for level in range(index.levels))
         write_table(table, out)
