@@ -236,7 +236,7 @@ def weighted_hdbscan(points: NDArray[np.float64], weights: NDArray[np.int64], mi
     `weights` times; see the module doc."""
     n = len(points)
     labels = np.full(n, -1, dtype=np.int64)
-    if n < 2 or int(weights.sum()) < min_cluster_size:
+    if n < 2 or int(weights.sum()) < max(min_cluster_size, min_samples + 1):
         return labels
     mst, core = mutual_reachability_mst(points, weights, min_samples)
     order = np.lexsort((mst[:, 1], mst[:, 0], mst[:, 2]))
