@@ -75,7 +75,7 @@ class _IndexRows:
         return pl.DataFrame(self.rows, schema=INDEX_SCHEMA)
 
 
-def index_shard(path: Path, name: str | None = None, check_images: bool = True) -> pl.DataFrame:
+def index_shard(path: Path | str, name: str | None = None, check_images: bool = True) -> pl.DataFrame:
     """Index a shard of MessagePack maps with `id` and `image` (bytes) in one streaming pass.
 
     With `check_images` each image is also hashed and its header sniffed (what the
@@ -83,6 +83,7 @@ def index_shard(path: Path, name: str | None = None, check_images: bool = True) 
     A truncated last record, or bytes that stop being MessagePack, lose what they cover
     only: they appear as one CORRUPT_IMAGE row named `@<offset>`, the records before stay.
     """
+    path = Path(path)
     rows = _IndexRows.empty(name or path.name)
     with path.open("rb") as handle:
         if path.stat().st_size == 0:
@@ -148,7 +149,8 @@ class _TarInfoOnly(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> type:
         if (module, name) == ("tarfile", "TarInfo"):
             return tarfile.TarInfo
-        raise ArchiveError(f"refusing to load {module}.{name} from a tar index pickle (only tarfile.TarInfo is allowed)")
+        raise ArchiveError(f"refusing to load {module}.{name} from a tar index pickle "
+                           "(only tarfile.TarInfo is allowed)")
 
 
 def load_tar_index_pickle(path: Path, container: str) -> pl.DataFrame:
@@ -214,7 +216,8 @@ class ImageStore:
             usable = index.filter(pl.col("problem").is_null())
             self._locations = {
                 (container, member): (offset, length)
-                for container, member, offset, length in usable.select("container", "member", "offset", "length").iter_rows()
+                for container, member, offset, length
+                in usable.select("container", "member", "offset", "length").iter_rows()
             }
 
     def read_bytes(self, uri: str) -> bytes:
