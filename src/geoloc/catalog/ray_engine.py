@@ -18,7 +18,7 @@ import numpy as np
 import polars as pl
 
 from geoloc.catalog.work import Task
-from geoloc.cluster import connect, unique_rows
+from geoloc.cluster import connect, import_ray, unique_rows
 
 
 def _run_tasks(batch: dict[str, np.ndarray], functions: Sequence[Callable[..., pl.DataFrame]]) -> dict[str, list]:
@@ -35,6 +35,7 @@ class RayWorkers:
     """An Executor that runs tasks as Ray Data tasks, one task per block (connects on first use)."""
 
     def __init__(self, address: str | None = None) -> None:
+        import_ray()  # a missing Ray is reported before any work starts
         self.address = address
 
     def run(self, tasks: Sequence[Task]) -> Iterator[tuple[int, pl.DataFrame]]:

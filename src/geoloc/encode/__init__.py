@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from geoloc.encode.backbone import Backbone
 from geoloc.tables import write_table
@@ -64,6 +64,8 @@ def prepare_photo(read_bytes: ReadBytes, location: tuple[str, str],
         with Image.open(io.BytesIO(read_bytes(*location))) as image:
             image.load()
             return to_pixels([image])[0], None
+    except UnidentifiedImageError:  # Pillow's message names the in-memory buffer's address, different every run
+        return None, "UnidentifiedImageError: cannot identify image file"
     except UNREADABLE as error:
         return None, f"{error.__class__.__name__}: {error}"
 
