@@ -9,6 +9,8 @@ are left out.
   (`photo_kb` each) with one local worker process.
 - `scan_files_per_s_per_ray_cpu`: the same build on a local Ray of `ray_cpus` CPUs,
   divided by the CPUs: what one CPU worker of a cluster scans.
+- `prepare_photos_per_s_per_core`: photos read from the catalog, decoded and
+  preprocessed for the model (the CPU side of embedding), one thread.
 - `embed_photos_per_s_local`: `geoloc embed` of those photos with a CLIP vision tower
   of the chosen size (random weights, built here: no download), one DataLoader worker.
 - `embed_photos_per_s_per_ray_actor`: the same on Ray with one actor (on a GPU when
@@ -18,6 +20,7 @@ are left out.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import tempfile
@@ -35,8 +38,8 @@ from datawriters import write_files  # noqa: E402
 from ingest import photos  # noqa: E402
 
 from geoloc.catalog import BuildOptions, build_catalog  # noqa: E402
-from geoloc.encode import CatalogImages, embed_table  # noqa: E402
-from geoloc.encode.backbone import load_backbone  # noqa: E402
+from geoloc.encode import CatalogImages, embed_table, prepare_photo  # noqa: E402
+from geoloc.encode.backbone import load_backbone, pixel_values  # noqa: E402
 
 VISION = {
     "b32": {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12,
@@ -131,6 +134,14 @@ def main() -> None:
         catalog = folders["local", args.files]
         table = pl.read_parquet(catalog / "catalog.parquet").select("image_id", "uri", "source")
         backbone = load_backbone(clip)
+        read_bytes, to_pixels = CatalogImages(catalog), functools.partial(pixel_values, backbone.processor)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        start_prepare = time.perf_counter()
+        for source, uri in table.head(500).select("source", "uri").iter_rows():
+            prepare_photo(read_bytes, (source, uri), to_pixels)
+        prepare_rate = min(500, table.height) / (time.perf_counter() - start_prepare)
+        torch.set_num_threads(threads)
 
         def embed_local(count: int, tag: str) -> object:
             return embed_table(table.head(count), CatalogImages(catalog), backbone, scratch / f"local-{tag}",
@@ -159,6 +170,7 @@ def main() -> None:
         "vision": args.vision,
         "batch_size": args.batch_size,
         "photos": args.photos,
+        "prepare_photos_per_s_per_core": round(prepare_rate),
         "embed_photos_per_s_local": round(embed_local_rate, 1),
         "embed_local_overhead_s": round(embed_local_overhead, 2),
         "embed_photos_per_s_per_ray_actor": round(embed_ray_rate, 1),

@@ -111,7 +111,7 @@ def test_embeddings_on_ray_equal_local_ones_and_survive_a_killed_task_and_actor(
     assert names == sorted(p.name for p in on_ray.glob("part-*.parquet")) and len(names) == 3
     assert (on_ray / "meta.json").read_text() == (local / "meta.json").read_text()
     for name in names:
-        assert pl.read_parquet(on_ray / name).equals(pl.read_parquet(local / name)), name
+        assert (on_ray / name).read_bytes() == (local / name).read_bytes(), name
     _, ids, vectors = read_embeddings(on_ray)
     assert ids.is_unique().all() and ids.to_list() == items["image_id"].to_list()
     np.testing.assert_array_equal(vectors, read_embeddings(local)[2])

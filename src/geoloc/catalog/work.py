@@ -1,8 +1,10 @@
 """Resumable parallel work: tasks whose results are cached as Parquet files as they finish.
 
 A killed run loses only the tasks in flight; the next run reads the finished ones from
-the cache and does the rest. Workers are spawned (not forked) processes, so the
-parent's threads (polars, rich) are never copied into them.
+the cache and does the rest. Tasks run on an Executor: Workers here, spawned (not
+forked) processes, so the parent's threads (polars, rich) are never copied into them;
+or RayWorkers (geoloc.catalog.ray_engine) on a Ray cluster. Either way the frames come
+back to this process, which writes the cache.
 """
 
 from __future__ import annotations
