@@ -131,11 +131,9 @@ class EmbedSummary:
     parts_skipped: int
 
 
-Locations = list[tuple[str, str]]
-"""(source, uri) of each photo of a part, in row order."""
-
-ComputeParts = Callable[[list[tuple[int, Locations]]], Iterator[tuple[int, np.ndarray, list[str | None]]]]
-"""An engine: for the (part number, locations) it is given, (part number, vectors, errors), in any order."""
+ComputeParts = Callable[[list[tuple[int, pl.DataFrame]]], Iterator[tuple[int, np.ndarray, list[str | None]]]]
+"""An engine: for the (part number, rows with source and uri) it is given, (part number, vectors, errors), in any
+order."""
 
 
 def _fingerprint(ids: pl.Series) -> str:
@@ -187,9 +185,7 @@ def embed_parts(
         failed += len(done) - done["error"].null_count()
         skipped += 1
         on_progress(len(chunk))
-    pending = [(number, list(zip(chunk["source"].to_list(), chunk["uri"].to_list())))
-               for number, chunk in chunks.items()]
-    for number, vectors, problems in compute(pending):
+    for number, vectors, problems in compute(list(chunks.items())):
         table = pl.DataFrame({
             "image_id": chunks[number]["image_id"],
             "embedding": pl.Series(vectors, dtype=pl.Array(pl.Float32, dim)),
@@ -213,8 +209,9 @@ def embed_table(
 ) -> EmbedSummary:
     """Embed every (image_id, uri, source) row into `out` on this machine, in DataLoader workers (resumable)."""
 
-    def compute(pending: list[tuple[int, Locations]]) -> Iterator[tuple[int, np.ndarray, list[str | None]]]:
-        for number, locations in pending:
+    def compute(pending: list[tuple[int, pl.DataFrame]]) -> Iterator[tuple[int, np.ndarray, list[str | None]]]:
+        for number, chunk in pending:
+            locations = list(zip(chunk["source"].to_list(), chunk["uri"].to_list()))
             yield number, *embed_batches(locations, read_bytes, backbone, batch_size, workers, on_progress)
 
     return embed_parts(items, backbone.name, backbone.dim, out, compute, chunk_rows, on_progress)

@@ -17,14 +17,14 @@ import io
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 import torch
 
 from geoloc.cluster import cluster_gpus, connect, import_ray, unique_rows
-from geoloc.encode import EmbedSummary, Locations, ReadBytes, embed_parts, embed_prepared, prepare_photo
+from geoloc.encode import EmbedSummary, ReadBytes, embed_parts, embed_prepared, prepare_photo
 from geoloc.encode.backbone import Backbone, backbone_dim, load_backbone, load_image_processor, pixel_values
 
 BATCHES_PER_BLOCK = 16
@@ -51,8 +51,8 @@ def _prepare(batch: dict[str, np.ndarray], read_bytes: ReadBytes, backbone: str)
     """CPU stage: each row's photos read and preprocessed; the readable ones stacked as npy."""
     to_pixels = functools.partial(pixel_values, _processor(backbone))
     stacked, errors = [], []
-    for text in batch["locations"]:
-        prepared = [prepare_photo(read_bytes, (source, uri), to_pixels) for source, uri in json.loads(text)]
+    for sources, uris in zip(batch["sources"], batch["uris"]):
+        prepared = [prepare_photo(read_bytes, location, to_pixels) for location in zip(sources, uris)]
         good = [pixels for pixels, _ in prepared if pixels is not None]
         stacked.append(_to_npy(torch.stack(good).numpy()) if good else b"")
         errors.append(json.dumps([problem for _, problem in prepared]))
@@ -75,11 +75,16 @@ class _Embedder:
                 "errors": list(batch["errors"])}
 
 
-def _batches(pending: list[tuple[int, Locations]], batch_size: int) -> list[dict[str, Any]]:
-    return [
-        {"part": number, "start": start, "locations": json.dumps(locations[start:start + batch_size])}
-        for number, locations in pending for start in range(0, len(locations), batch_size)
-    ]
+def _batches(pending: list[tuple[int, pl.DataFrame]], batch_size: int) -> list[pa.Table]:
+    """One row per batch (part, start, sources, uris), built column-wise; BATCHES_PER_BLOCK rows a table."""
+    rows = pl.concat([
+        chunk.select("source", "uri").with_row_index("start").with_columns(
+            pl.lit(number, dtype=pl.Int64).alias("part"), (pl.col("start") // batch_size * batch_size).cast(pl.Int64))
+        for number, chunk in pending
+    ])
+    table = rows.group_by("part", "start", maintain_order=True).agg(
+        pl.col("source").alias("sources"), pl.col("uri").alias("uris")).to_arrow()
+    return [table.slice(offset, BATCHES_PER_BLOCK) for offset in range(0, table.num_rows, BATCHES_PER_BLOCK)]
 
 
 def embed_table_ray(
@@ -106,19 +111,18 @@ def embed_table_ray(
     import_ray()  # a missing Ray is reported before any work starts
     load = load or functools.partial(load_backbone, backbone, device, dtype)
 
-    def compute(pending: list[tuple[int, Locations]]) -> Iterator[tuple[int, np.ndarray, list[str | None]]]:
-        rows = _batches(pending, batch_size)
-        if not rows:
+    def compute(pending: list[tuple[int, pl.DataFrame]]) -> Iterator[tuple[int, np.ndarray, list[str | None]]]:
+        if not pending:
             return
         ray = connect(address)
         gpus = gpus_per_actor if gpus_per_actor is not None else (1.0 if cluster_gpus() else 0.0)
         dataset = (
-            ray.data.from_items(rows, override_num_blocks=-(-len(rows) // BATCHES_PER_BLOCK))
+            ray.data.from_arrow(_batches(pending, batch_size))
             .map_batches(_prepare, fn_args=(read_bytes, backbone), batch_size=1)
             .map_batches(_Embedder, fn_constructor_args=(load,), batch_size=1, num_gpus=gpus,
                          compute=ray.data.ActorPoolStrategy(size=actors))
         )
-        sizes = {number: len(locations) for number, locations in pending}
+        sizes = {number: len(chunk) for number, chunk in pending}
         vectors: dict[int, np.ndarray] = {}  # only the parts with batches in flight
         problems: dict[int, list[str | None]] = {}
         filled = dict.fromkeys(sizes, 0)
