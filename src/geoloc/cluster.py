@@ -64,6 +64,7 @@ def connect(address: str | None = None) -> Any:
     context.enable_progress_bars = False
     context.print_on_execution_start = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # its "bars disabled" notice
     return ray
 
 
