@@ -116,6 +116,7 @@ def _read_source(kind: str, path: Path, options: BuildOptions, workers: Executor
     """One source's candidates; its root (and member index, if any) recorded for open_store."""
     if not path.exists():
         raise CatalogError(f"--source {kind}={path}: no such file or folder")
+    path = path.resolve()  # tasks may run on other machines, whose working folder is not ours
     rows = READERS[kind](path, options, workers)
     root = path if path.is_dir() else (options.csv_image_root or path.parent)
     described[kind] = {"root": str(root.resolve())}

@@ -181,7 +181,7 @@ def read_csv_source(path: Path, options: BuildOptions, workers: Executor) -> Sou
     layout = {options.csv_id_column: "uri", options.csv_lat_column: "lat", options.csv_lon_column: "lon"}
     frame = select_layout(read_table(path), path, [layout]).with_columns(pl.col("uri").alias("image_id"))
     frame = _coordinates(frame, path)
-    image_root = options.csv_image_root or path.parent
+    image_root = (options.csv_image_root or path.parent).resolve()
     scanned = scan_files(image_root, frame["uri"].unique(maintain_order=True).to_list(), False,
                          options.work_dir / "csv-files", workers, "checking images (csv)", options.chunk_files)
     joined = frame.join(scanned.select("uri", "content_hash", "problem", pl.col("detail").alias("_detail")),
