@@ -110,6 +110,7 @@ def embed_table_ray(
     """
     import_ray()  # a missing Ray is reported before any work starts
     load = load or functools.partial(load_backbone, backbone, device, dtype)
+    dim = backbone_dim(backbone)
 
     def compute(pending: list[tuple[int, pl.DataFrame]]) -> Iterator[tuple[int, np.ndarray, list[str | None]]]:
         if not pending:
@@ -139,5 +140,4 @@ def embed_table_ray(
             if filled[number] == sizes[number]:
                 yield number, vectors.pop(number), problems.pop(number)
 
-    dim = backbone_dim(backbone)
     return embed_parts(items, backbone, dim, out, compute, chunk_rows, on_progress)
