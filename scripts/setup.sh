@@ -2,7 +2,8 @@
 # Set up geoloc in a virtual environment: .venv in the repository, or $GEOLOC_VENV.
 #
 #   scripts/setup.sh            geoloc with its model stack (torch, torchvision, transformers, geoclip)
-#   scripts/setup.sh --dev      the same plus the test tools, and Chromium for the browser tests
+#   scripts/setup.sh --dev      the same plus the test tools, Ray (the ray extra, for the Ray engine
+#                               tests) and Chromium for the browser tests
 #                               (Debian's chromium package, installed with apt-get when run as root)
 #
 # PyTorch: if the environment already imports torch and torchvision (say, a CUDA build you
@@ -19,8 +20,8 @@ extras="models"
 
 for arg in "$@"; do
   case "$arg" in
-    --dev) extras="models,dev" ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    --dev) extras="models,dev,ray" ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "setup.sh: unknown option $arg (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -46,7 +47,7 @@ fi
 
 echo "==> installing geoloc[$extras]"
 "${pip[@]}" --editable "$root[$extras]"
-if [ "$extras" = "models,dev" ] && ! command -v chromium >/dev/null 2>&1; then
+if [ "$extras" = "models,dev,ray" ] && ! command -v chromium >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "==> installing Chromium for the browser tests (apt-get)"
     apt-get update -qq >/dev/null

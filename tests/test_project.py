@@ -23,6 +23,7 @@ def test_readme_quick_start_has_two_commands_and_ci_runs_the_test_one():
     setup_and_run, setup_and_test = commands
     assert setup_and_run.startswith("bash scripts/setup.sh && ")
     assert "pytest" in setup_and_test
+    assert setup_and_test.endswith("pytest -m ray"), "the tests marked ray (skipped by default) must run once"
     ci_script = (ROOT / ".ci" / "run").read_text().splitlines()
     assert setup_and_test in ci_script
 

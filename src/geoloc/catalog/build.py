@@ -10,7 +10,8 @@ import numpy as np
 import polars as pl
 
 from geoloc.catalog.sources import READERS, BuildOptions, CatalogError
-from geoloc.catalog.work import Workers
+from geoloc.catalog.work import Executor, Workers
+from geoloc.cluster import check_engine
 from geoloc.geo import CoordinateStatus, coordinate_status
 from geoloc.images import ImageStore
 from geoloc.tables import read_table, write_table
@@ -101,11 +102,21 @@ def combine(candidates: list[pl.DataFrame]) -> tuple[pl.DataFrame, pl.DataFrame]
     return catalog, quarantine
 
 
-def _read_source(kind: str, path: Path, options: BuildOptions, workers: Workers, out: Path,
+def executor(options: BuildOptions) -> Executor:
+    """Where the scans run: this machine's worker processes, or Ray (imported only when asked for)."""
+    if check_engine(options.engine) == "ray":
+        from geoloc.catalog.ray_engine import RayWorkers
+
+        return RayWorkers(options.ray_address)
+    return Workers(options.workers)
+
+
+def _read_source(kind: str, path: Path, options: BuildOptions, workers: Executor, out: Path,
                  described: dict[str, dict[str, str]]) -> pl.DataFrame:
     """One source's candidates; its root (and member index, if any) recorded for open_store."""
     if not path.exists():
         raise CatalogError(f"--source {kind}={path}: no such file or folder")
+    path = path.resolve()  # tasks may run on other machines, whose working folder is not ours
     rows = READERS[kind](path, options, workers)
     root = path if path.is_dir() else (options.csv_image_root or path.parent)
     described[kind] = {"root": str(root.resolve())}
@@ -130,7 +141,7 @@ def build_catalog(sources: list[tuple[str, Path]], out: Path, options: BuildOpti
         raise CatalogError("no --source given")
     options = options or BuildOptions(work_dir=out / WORK_DIR)
     candidates, described = [], {}
-    with Workers(options.workers) as workers:
+    with executor(options) as workers:
         for kind, path in sources:
             candidates.append(_read_source(kind, path, options, workers, out, described))
     catalog, quarantine = combine(candidates)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import polars as pl
 
-from geoloc.catalog.work import Task, Workers, cache_key, run_cached
+from geoloc.catalog.work import Executor, Task, cache_key, run_cached
 from geoloc.images import CORRUPT_IMAGE, content_hash, read_header
 
 MISSING_IMAGE = "missing_image"
@@ -49,7 +49,7 @@ def inspect_files(root: str, uris: Sequence[str], want_gps: bool) -> pl.DataFram
     return pl.DataFrame(columns, schema=SCAN_SCHEMA)
 
 
-def scan_files(root: Path, uris: Sequence[str], want_gps: bool, cache_dir: Path, workers: Workers, label: str,
+def scan_files(root: Path, uris: Sequence[str], want_gps: bool, cache_dir: Path, workers: Executor, label: str,
                chunk_files: int = CHUNK_FILES) -> pl.DataFrame:
     """inspect_files over all `uris` in resumable chunks spread over the workers."""
     chunks = [list(uris[start:start + chunk_files]) for start in range(0, len(uris), chunk_files)]

@@ -14,7 +14,7 @@ from pathlib import Path
 import polars as pl
 
 from geoloc.catalog.scan import CHUNK_FILES, IMAGE_SUFFIXES, MISSING_IMAGE, list_files, scan_files
-from geoloc.catalog.work import Task, Workers, cache_key, run_cached
+from geoloc.catalog.work import Executor, Task, cache_key, run_cached
 from geoloc.images import CORRUPT_IMAGE, MEMBER_SEPARATOR, index_shard
 from geoloc.tables import as_float_column, read_table, select_layout
 
@@ -39,7 +39,11 @@ class BuildOptions:
 
     work_dir: Path
     workers: int = 2
-    """Processes that scan files and shards."""
+    """Processes that scan files and shards (local engine)."""
+    engine: str = "local"
+    """`local` (a process pool on this machine) or `ray` (Ray Data tasks on a Ray cluster)."""
+    ray_address: str | None = None
+    """The Ray cluster for the ray engine (`auto`, `ray://HEAD:10001`); None starts a local Ray."""
     chunk_files: int = CHUNK_FILES
     landmark_coords: Path | None = None
     csv_id_column: str = "path"
@@ -76,18 +80,20 @@ def _single_csv(folder: Path) -> Path:
     tables = sorted(folder.glob("*.csv"))
     if len(tables) != 1:
         found = ", ".join(p.name for p in tables) or "none"
-        raise CatalogError(f"{folder}: expected exactly one metadata CSV (IMG_ID, LAT, LON) beside the shards; found {found}")
+        raise CatalogError(f"{folder}: expected exactly one metadata CSV (IMG_ID, LAT, LON) beside the shards; "
+                           f"found {found}")
     return tables[0]
 
 
-def read_mp16(root: Path, options: BuildOptions, workers: Workers) -> SourceRows:
+def read_mp16(root: Path, options: BuildOptions, workers: Executor) -> SourceRows:
     """`shard_*.msg` MessagePack shards of {id, image} records plus one metadata CSV (IMG_ID, LAT, LON, ...)."""
     shards = sorted(root.glob("shard_*.msg"))
     if not shards:
         raise CatalogError(f"{root}: no shard_*.msg files (MP-16 layout: shard_*.msg and a metadata CSV)")
     metadata_path = _single_csv(root)
     tasks = [
-        Task(cache_key(shard.resolve(), shard.stat().st_size, shard.stat().st_mtime_ns), index_shard, (shard, shard.name))
+        Task(cache_key(shard.resolve(), shard.stat().st_size, shard.stat().st_mtime_ns), index_shard,
+             (str(shard), shard.name))
         for shard in shards
     ]
     index = pl.concat(run_cached(tasks, options.work_dir / "mp16-shards", workers, "indexing MP-16 shards"))
@@ -120,13 +126,14 @@ def _landmark_coordinates(options: BuildOptions) -> pl.DataFrame:
     return coords.unique("landmark_id", keep="first", maintain_order=True).with_columns(pl.lit(True).alias("_resolved"))
 
 
-def read_gldv2(root: Path, options: BuildOptions, workers: Workers) -> SourceRows:
+def read_gldv2(root: Path, options: BuildOptions, workers: Executor) -> SourceRows:
     """train.csv (id, url, landmark_id), images at train/<id[0]>/<id[1]>/<id[2]>/<id>.jpg, coordinates per landmark."""
     train_path = root / "train.csv"
     train = select_layout(read_table(train_path), train_path, GLDV2_TRAIN_LAYOUTS)
     coords = _landmark_coordinates(options)
     train = train.with_columns(
-        pl.format("train/{}/{}/{}/{}.jpg", *(pl.col("image_id").str.slice(i, 1) for i in range(3)), "image_id").alias("uri")
+        pl.format("train/{}/{}/{}/{}.jpg", *(pl.col("image_id").str.slice(i, 1) for i in range(3)), "image_id")
+        .alias("uri")
     )
     scanned = scan_files(root, train["uri"].to_list(), False, options.work_dir / "gldv2-files", workers,
                          "checking GLDv2 images", options.chunk_files)
@@ -137,21 +144,23 @@ def read_gldv2(root: Path, options: BuildOptions, workers: Workers) -> SourceRow
     )
     reason, detail = _first_reason(
         (pl.col("problem").is_not_null(), pl.col("problem"), pl.col("_detail")),
-        (pl.col("_resolved").is_null(), UNRESOLVED_LANDMARK, pl.format("no coordinates for landmark {}", "landmark_id")),
+        (pl.col("_resolved").is_null(), UNRESOLVED_LANDMARK,
+         pl.format("no coordinates for landmark {}", "landmark_id")),
     )
     return SourceRows(joined.with_columns(reason, detail).drop("problem", "_detail", "_resolved"))
 
 
-def _exif_candidates(root: Path, uris: list[str], options: BuildOptions, workers: Workers, kind: str) -> SourceRows:
+def _exif_candidates(root: Path, uris: list[str], options: BuildOptions, workers: Executor, kind: str) -> SourceRows:
     scanned = scan_files(root, uris, True, options.work_dir / f"{kind}-files", workers,
                          f"reading EXIF ({kind})", options.chunk_files)
     is_gps_problem = pl.col("problem").is_not_null() & (pl.col("problem") != CORRUPT_IMAGE)
     reason = pl.when(is_gps_problem).then(pl.lit(NO_GPS)).otherwise(pl.col("problem")).alias("reason")
     detail = pl.when(is_gps_problem).then(pl.col("problem") + ": " + pl.col("detail")).otherwise(pl.col("detail"))
-    return SourceRows(scanned.with_columns(pl.col("uri").alias("image_id"), reason, detail.alias("detail")).drop("problem"))
+    candidates = scanned.with_columns(pl.col("uri").alias("image_id"), reason, detail.alias("detail"))
+    return SourceRows(candidates.drop("problem"))
 
 
-def read_wwgeotag(root: Path, options: BuildOptions, workers: Workers) -> SourceRows:
+def read_wwgeotag(root: Path, options: BuildOptions, workers: Executor) -> SourceRows:
     """The extracted world-wide geotag set: every file in the numbered folders; GPS from EXIF."""
     folders = sorted(p for p in root.iterdir() if p.is_dir() and p.name.isdigit())
     if not folders:
@@ -160,19 +169,19 @@ def read_wwgeotag(root: Path, options: BuildOptions, workers: Workers) -> Source
     return _exif_candidates(root, uris, options, workers, "wwgeotag")
 
 
-def read_photos(root: Path, options: BuildOptions, workers: Workers) -> SourceRows:
+def read_photos(root: Path, options: BuildOptions, workers: Executor) -> SourceRows:
     """Any folder of photos (JPEG, PNG, TIFF, HEIC by suffix, at any depth); GPS from EXIF."""
     if not root.is_dir():
         raise CatalogError(f"{root}: not a folder")
     return _exif_candidates(root, list_files(root, IMAGE_SUFFIXES), options, workers, "photos")
 
 
-def read_csv_source(path: Path, options: BuildOptions, workers: Workers) -> SourceRows:
+def read_csv_source(path: Path, options: BuildOptions, workers: Executor) -> SourceRows:
     """Any table (CSV or Parquet) with path, lat and lon columns named by options; images relative to its folder."""
     layout = {options.csv_id_column: "uri", options.csv_lat_column: "lat", options.csv_lon_column: "lon"}
     frame = select_layout(read_table(path), path, [layout]).with_columns(pl.col("uri").alias("image_id"))
     frame = _coordinates(frame, path)
-    image_root = options.csv_image_root or path.parent
+    image_root = (options.csv_image_root or path.parent).resolve()
     scanned = scan_files(image_root, frame["uri"].unique(maintain_order=True).to_list(), False,
                          options.work_dir / "csv-files", workers, "checking images (csv)", options.chunk_files)
     joined = frame.join(scanned.select("uri", "content_hash", "problem", pl.col("detail").alias("_detail")),

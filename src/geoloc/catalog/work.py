@@ -1,8 +1,10 @@
 """Resumable parallel work: tasks whose results are cached as Parquet files as they finish.
 
 A killed run loses only the tasks in flight; the next run reads the finished ones from
-the cache and does the rest. Workers are spawned (not forked) processes, so the
-parent's threads (polars, rich) are never copied into them.
+the cache and does the rest. Tasks run on an Executor: Workers here, spawned (not
+forked) processes, so the parent's threads (polars, rich) are never copied into them;
+or RayWorkers (geoloc.catalog.ray_engine) on a Ray cluster. Either way the frames come
+back to this process, which writes the cache.
 """
 
 from __future__ import annotations
@@ -12,11 +14,11 @@ import importlib
 import multiprocessing
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import polars as pl
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -52,6 +54,18 @@ def _import(modules: tuple[str, ...]) -> int:
     return os.getpid()
 
 
+class Executor(Protocol):
+    """Runs tasks somewhere: this machine's processes (Workers) or a Ray cluster (geoloc.catalog.ray_engine)."""
+
+    def run(self, tasks: Sequence[Task]) -> Iterator[tuple[int, pl.DataFrame]]:
+        """(position in `tasks`, frame) for each task, once each, in the order they finish."""
+        ...
+
+    def __enter__(self) -> Executor: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
 class Workers:
     """Spawned worker processes shared by every step of a run, started once, on first need."""
 
@@ -73,6 +87,16 @@ class Workers:
         if pool is not None:
             list(pool.map(_import, [modules] * self.count))
 
+    def run(self, tasks: Sequence[Task]) -> Iterator[tuple[int, pl.DataFrame]]:
+        pool = self.pool() if len(tasks) > 1 else None
+        if pool is None:
+            for position, task in enumerate(tasks):
+                yield position, task.function(*task.arguments)
+            return
+        futures = {pool.submit(task.function, *task.arguments): position for position, task in enumerate(tasks)}
+        for future in as_completed(futures):
+            yield futures[future], future.result()
+
     def __enter__(self) -> Workers:
         return self
 
@@ -82,7 +106,7 @@ class Workers:
             self._pool = None
 
 
-def run_cached(tasks: Sequence[Task], cache_dir: Path, workers: Workers, label: str) -> list[pl.DataFrame]:
+def run_cached(tasks: Sequence[Task], cache_dir: Path, workers: Executor, label: str) -> list[pl.DataFrame]:
     """The tasks' frames in task order, computing only those not yet in `cache_dir`."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     paths = [cache_dir / f"{task.key}.parquet" for task in tasks]
@@ -90,18 +114,8 @@ def run_cached(tasks: Sequence[Task], cache_dir: Path, workers: Workers, label: 
     todo = [i for i, result in enumerate(results) if result is None]
     with progress_bar() as progress:
         bar = progress.add_task(label, total=len(tasks), completed=len(tasks) - len(todo))
-
-        def finish(i: int, frame: pl.DataFrame) -> None:
-            write_table(frame, paths[i])
-            results[i] = frame
+        for position, frame in workers.run([tasks[i] for i in todo]):
+            write_table(frame, paths[todo[position]])
+            results[todo[position]] = frame
             progress.advance(bar)
-
-        pool = workers.pool() if len(todo) > 1 else None
-        if pool is None:
-            for i in todo:
-                finish(i, tasks[i].function(*tasks[i].arguments))
-        else:
-            futures = {pool.submit(tasks[i].function, *tasks[i].arguments): i for i in todo}
-            for future in as_completed(futures):
-                finish(futures[future], future.result())
     return [result for result in results if result is not None]

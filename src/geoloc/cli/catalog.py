@@ -10,6 +10,7 @@ from rich.table import Table
 
 from geoloc.catalog import QUARANTINE_REASONS, BuildOptions, BuildSummary, CatalogError, build_catalog, parse_source
 from geoloc.cli.common import clean_errors, console
+from geoloc.cluster import ClusterError, check_engine
 from geoloc.images import ArchiveError
 from geoloc.tables import TableError
 
@@ -35,19 +36,28 @@ def print_summary(summary: BuildSummary) -> None:
 
 @catalog_app.command("build")
 def build_command(
-    sources: list[str] = typer.Option(..., "--source", help="KIND=PATH, KIND one of mp16, gldv2, wwgeotag, photos, csv; repeatable."),
-    out: Path = typer.Option(..., "--out", help="Output folder: catalog.parquet, quarantine.parquet, path_to_coords.csv."),
+    sources: list[str] = typer.Option(..., "--source", help="KIND=PATH, KIND one of mp16, gldv2, wwgeotag, photos, "
+                                      "csv; repeatable."),
+    out: Path = typer.Option(..., "--out", help="Output folder: catalog.parquet, quarantine.parquet, "
+                             "path_to_coords.csv."),
     landmark_coords: Path | None = typer.Option(None, "--landmark-coords", help="landmark_id,lat,lon (for gldv2)."),
-    workers: int = typer.Option(os.cpu_count() or 1, "--workers", min=1, help="Processes that scan files and shards."),
+    workers: int = typer.Option(os.cpu_count() or 1, "--workers", min=1,
+                                help="Processes that scan files and shards (local engine)."),
+    engine: str = typer.Option("local", "--engine", help="local (processes on this machine) or ray (a Ray cluster; "
+                               "pip install 'geoloc[ray]')."),
+    ray_address: str | None = typer.Option(None, "--ray-address", help="ray engine: the cluster (auto, "
+                                           "ray://HEAD:10001); default: start a local Ray."),
     csv_path_column: str = typer.Option("path", "--csv-path-column", help="csv source: column with the image path."),
     csv_lat_column: str = typer.Option("lat", "--csv-lat-column", help="csv source: latitude column."),
     csv_lon_column: str = typer.Option("lon", "--csv-lon-column", help="csv source: longitude column."),
-    csv_image_root: Path | None = typer.Option(None, "--csv-image-root", help="csv source: folder the paths are relative to (default: the table's folder)."),
+    csv_image_root: Path | None = typer.Option(None, "--csv-image-root", help="csv source: folder the paths are "
+                                               "relative to (default: the table's folder)."),
 ) -> None:
     """Read every source, refuse bad rows with a reason, dedupe, and write the catalog (resumable)."""
-    with clean_errors(CatalogError, TableError, ArchiveError):
+    with clean_errors(CatalogError, TableError, ArchiveError, ClusterError):
         options = BuildOptions(
-            work_dir=out / ".work", workers=workers, landmark_coords=landmark_coords,
+            work_dir=out / ".work", workers=workers, engine=check_engine(engine), ray_address=ray_address,
+            landmark_coords=landmark_coords,
             csv_id_column=csv_path_column, csv_lat_column=csv_lat_column, csv_lon_column=csv_lon_column,
             csv_image_root=csv_image_root,
         )

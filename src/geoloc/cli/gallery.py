@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import typer
@@ -18,26 +19,41 @@ def embed_command(
     out: Path = typer.Option(..., "--out", help="Embeddings folder (resumable: run again to finish)."),
     backbone: str = typer.Option("openai/clip-vit-large-patch14", "--backbone",
                                  help="CLIP or any Hugging Face vision model: a hub id or a local folder."),
-    batch_size: int = typer.Option(64, "--batch-size", min=1),
-    workers: int = typer.Option(2, "--workers", min=0, help="DataLoader processes reading and decoding photos."),
+    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Photos per forward pass."),
+    workers: int = typer.Option(2, "--workers", min=0, help="local engine: DataLoader processes reading and "
+                                "decoding photos."),
     chunk_rows: int = typer.Option(50_000, "--chunk-rows", min=1, help="Photos per part file (resume unit)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 ..."),
     dtype: str = typer.Option("auto", "--dtype", help="auto (fp32 on CPU, bf16/fp16 on GPU), float32, float16, "
                               "bfloat16."),
+    engine: str = typer.Option("local", "--engine", help="local (this machine) or ray (CPU tasks decode, GPU actors "
+                               "embed; pip install 'geoloc[ray]')."),
+    ray_address: str | None = typer.Option(None, "--ray-address", help="ray engine: the cluster (auto, "
+                                           "ray://HEAD:10001); default: start a local Ray."),
+    actors: int = typer.Option(1, "--actors", min=1, help="ray engine: embedding actors, each holding the model."),
+    gpus_per_actor: float | None = typer.Option(None, "--gpus-per-actor", min=0, help="ray engine: GPUs per actor "
+                                                "(default: 1 if the cluster has GPUs, else 0)."),
 ) -> None:
     """Embed every photo of the catalog with a frozen backbone."""
     from geoloc.catalog import CatalogError
+    from geoloc.cluster import ClusterError, check_engine
     from geoloc.encode import CatalogImages, EmbeddingsError, embed_table
     from geoloc.encode.backbone import BackboneUnavailable, load_backbone
 
-    with clean_errors(BackboneUnavailable, EmbeddingsError, CatalogError, TableError, FileNotFoundError):
+    with clean_errors(BackboneUnavailable, EmbeddingsError, CatalogError, TableError, FileNotFoundError, ClusterError):
         items = read_table(catalog / "catalog.parquet").select("image_id", "uri", "source")
-        model = load_backbone(backbone, device=device, dtype=dtype)
+        if check_engine(engine) == "ray":
+            from geoloc.encode.ray_engine import embed_table_ray
+
+            run = functools.partial(embed_table_ray, items, CatalogImages(catalog.resolve()), backbone, out,
+                                    actors=actors, gpus_per_actor=gpus_per_actor, device=device, dtype=dtype,
+                                    address=ray_address)
+        else:
+            model = load_backbone(backbone, device=device, dtype=dtype)
+            run = functools.partial(embed_table, items, CatalogImages(catalog), model, out, workers=workers)
         with progress_bar("embedding") as progress:
             task = progress.add_task("photos", total=len(items))
-            summary = embed_table(items, CatalogImages(catalog), model, out, batch_size=batch_size,
-                                  chunk_rows=chunk_rows, workers=workers,
-                                  on_progress=lambda n: progress.advance(task, n))
+            summary = run(batch_size=batch_size, chunk_rows=chunk_rows, on_progress=lambda n: progress.advance(task, n))
     console.print(f"{summary.embedded:,} photo(s) embedded, {summary.failed:,} unreadable (see the error column), "
                   f"{summary.parts_skipped} part(s) already done -> {out}")
 

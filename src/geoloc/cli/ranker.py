@@ -84,6 +84,8 @@ def train_command(
 
     with clean_errors(TableError, ModelLoadError, ValueError, FileNotFoundError):
         result = train(TrainConfig.from_yaml(config), say=lambda line: console.print(line, highlight=False))
+    if not result.main_process:  # one report per run, not one per GPU
+        return
     console.print(f"trained on {result.rows} queries -> {result.adapter}")
     if result.too_short_rows:
         errors.print(f"[yellow]warning:[/] {result.too_short_rows} row(s) skipped: fewer references than a group "

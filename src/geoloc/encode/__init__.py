@@ -14,14 +14,14 @@ import hashlib
 import io
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from geoloc.encode.backbone import Backbone
 from geoloc.tables import write_table
@@ -57,8 +57,30 @@ class CatalogImages:
         return self.stores[source].read_bytes(uri)
 
 
+def prepare_photo(read_bytes: ReadBytes, location: tuple[str, str],
+                  to_pixels: Callable[[list[Image.Image]], torch.Tensor]) -> tuple[torch.Tensor | None, str | None]:
+    """One photo read, decoded and preprocessed; a failure becomes its reason, not an exception."""
+    try:
+        with Image.open(io.BytesIO(read_bytes(*location))) as image:
+            image.load()
+            return to_pixels([image])[0], None
+    except UnidentifiedImageError:  # Pillow's message names the in-memory buffer's address, different every run
+        return None, "UnidentifiedImageError: cannot identify image file"
+    except UNREADABLE as error:
+        return None, f"{error.__class__.__name__}: {error}"
+
+
+def embed_prepared(backbone: Backbone, pixels: list[torch.Tensor | None]) -> np.ndarray:
+    """Normalized embeddings of one batch of prepared photos (rows, dim); NaN rows where a photo failed."""
+    vectors = np.full((len(pixels), backbone.dim), np.nan, dtype=np.float32)
+    good = [row for row, values in enumerate(pixels) if values is not None]
+    if good:
+        vectors[good] = backbone.embed_pixels(torch.stack([pixels[row] for row in good]))
+    return vectors
+
+
 class _Photos(torch.utils.data.Dataset):
-    """Reads and preprocesses one photo per item; failures become a reason, not an exception."""
+    """Reads and preprocesses one photo per item (in DataLoader workers)."""
 
     def __init__(self, locations: list[tuple[str, str]], read_bytes: ReadBytes, backbone: Backbone) -> None:
         self.locations, self.read_bytes, self.backbone = locations, read_bytes, backbone
@@ -67,12 +89,7 @@ class _Photos(torch.utils.data.Dataset):
         return len(self.locations)
 
     def __getitem__(self, item: int) -> tuple[int, torch.Tensor | None, str | None]:
-        try:
-            with Image.open(io.BytesIO(self.read_bytes(*self.locations[item]))) as image:
-                image.load()
-                return item, self.backbone.pixel_values([image])[0], None
-        except UNREADABLE as error:
-            return item, None, f"{error.__class__.__name__}: {error}"
+        return item, *prepare_photo(self.read_bytes, self.locations[item], self.backbone.pixel_values)
 
 
 def _collate(batch: list) -> list:
@@ -87,20 +104,21 @@ def embed_batches(
     workers: int = 0,
     on_progress: Callable[[int], None] = lambda done: None,
 ) -> tuple[np.ndarray, list[str | None]]:
-    """Normalized embeddings (rows, dim; NaN rows for failures) and one error (or None) per photo."""
+    """Normalized embeddings (rows, dim; NaN rows for failures) and one error (or None) per photo.
+
+    Batches are `batch_size` consecutive photos; the Ray engine cuts the same batches,
+    so both give the same vectors.
+    """
     loader = torch.utils.data.DataLoader(
         _Photos(locations, read_bytes, backbone), batch_size=batch_size, num_workers=workers, collate_fn=_collate
     )
     vectors = np.full((len(locations), backbone.dim), np.nan, dtype=np.float32)
     problems: list[str | None] = [None] * len(locations)
     for batch in loader:
-        good = [(item, pixels) for item, pixels, _ in batch if pixels is not None]
+        rows = [item for item, _, _ in batch]
+        vectors[rows] = embed_prepared(backbone, [pixels for _, pixels, _ in batch])
         for item, _, problem in batch:
             problems[item] = problem
-        if good:
-            rows = [item for item, _ in good]
-            features = backbone.features(torch.stack([pixels for _, pixels in good]))
-            vectors[rows] = torch.nn.functional.normalize(features, dim=-1).numpy()
         on_progress(len(batch))
     return vectors, problems
 
@@ -113,8 +131,70 @@ class EmbedSummary:
     parts_skipped: int
 
 
+ComputeParts = Callable[[list[tuple[int, pl.DataFrame]]], Iterator[tuple[int, np.ndarray, list[str | None]]]]
+"""An engine: for the (part number, rows with source and uri) it is given, (part number, vectors, errors), in any
+order."""
+
+
 def _fingerprint(ids: pl.Series) -> str:
     return hashlib.sha256(ids.hash(seed=0).to_numpy().tobytes()).hexdigest()[:32]
+
+
+def _check_meta(out: Path, meta: dict) -> None:
+    """Write meta.json, or refuse a folder holding another run's embeddings."""
+    out.mkdir(parents=True, exist_ok=True)
+    meta_path = out / "meta.json"
+    if meta_path.is_file():
+        previous = json.loads(meta_path.read_text())
+        if previous != meta:
+            changed = sorted(key for key in meta if previous.get(key) != meta[key])
+            raise EmbeddingsError(f"{out} holds another run's embeddings (different {', '.join(changed)}); "
+                                  "use a new --out folder or delete this one")
+    else:
+        partial = out / f".meta.json.{os.getpid()}.part"
+        partial.write_text(json.dumps(meta, indent=2))
+        os.replace(partial, meta_path)
+
+
+def embed_parts(
+    items: pl.DataFrame,
+    backbone: str,
+    dim: int,
+    out: Path,
+    compute: ComputeParts,
+    chunk_rows: int = 50_000,
+    on_progress: Callable[[int], None] = lambda done: None,
+) -> EmbedSummary:
+    """Every (image_id, uri, source) row into `out`, part by part, the parts a previous run finished skipped.
+
+    `compute` embeds the missing parts (here, or on a Ray cluster); each part is
+    written atomically by this function as soon as it comes back.
+    """
+    _check_meta(out, {"backbone": backbone, "dim": dim, "rows": len(items), "chunk_rows": chunk_rows,
+                      "ids": _fingerprint(items["image_id"])})
+    embedded = failed = skipped = 0
+    chunks: dict[int, pl.DataFrame] = {}
+    for number, start in enumerate(range(0, len(items), chunk_rows)):
+        chunk = items.slice(start, chunk_rows)
+        part = out / f"part-{number:05d}.parquet"
+        if not part.is_file():
+            chunks[number] = chunk
+            continue
+        done = pl.read_parquet(part, columns=["error"])
+        embedded += done["error"].null_count()
+        failed += len(done) - done["error"].null_count()
+        skipped += 1
+        on_progress(len(chunk))
+    for number, vectors, problems in compute(list(chunks.items())):
+        table = pl.DataFrame({
+            "image_id": chunks[number]["image_id"],
+            "embedding": pl.Series(vectors, dtype=pl.Array(pl.Float32, dim)),
+            "error": pl.Series(problems, dtype=pl.Utf8),
+        }).with_columns(pl.when(pl.col("error").is_null()).then(pl.col("embedding")).alias("embedding"))
+        write_table(table, out / f"part-{number:05d}.parquet")
+        failed += sum(problem is not None for problem in problems)
+        embedded += len(problems) - sum(problem is not None for problem in problems)
+    return EmbedSummary(rows=len(items), embedded=embedded, failed=failed, parts_skipped=skipped)
 
 
 def embed_table(
@@ -127,43 +207,14 @@ def embed_table(
     workers: int = 0,
     on_progress: Callable[[int], None] = lambda done: None,
 ) -> EmbedSummary:
-    """Embed every (image_id, uri, source) row into `out`, skipping the parts a previous run finished."""
-    out.mkdir(parents=True, exist_ok=True)
-    meta = {"backbone": backbone.name, "dim": backbone.dim, "rows": len(items), "chunk_rows": chunk_rows,
-            "ids": _fingerprint(items["image_id"])}
-    meta_path = out / "meta.json"
-    if meta_path.is_file():
-        previous = json.loads(meta_path.read_text())
-        if previous != meta:
-            changed = sorted(key for key in meta if previous.get(key) != meta[key])
-            raise EmbeddingsError(f"{out} holds another run's embeddings (different {', '.join(changed)}); "
-                                  "use a new --out folder or delete this one")
-    else:
-        partial = out / f".meta.json.{os.getpid()}.part"
-        partial.write_text(json.dumps(meta, indent=2))
-        os.replace(partial, meta_path)
-    embedded = failed = skipped = 0
-    for number, start in enumerate(range(0, len(items), chunk_rows)):
-        part = out / f"part-{number:05d}.parquet"
-        chunk = items.slice(start, chunk_rows)
-        if part.is_file():
-            done = pl.read_parquet(part, columns=["error"])
-            embedded += done["error"].null_count()
-            failed += len(done) - done["error"].null_count()
-            skipped += 1
-            on_progress(len(chunk))
-            continue
-        locations = list(zip(chunk["source"].to_list(), chunk["uri"].to_list()))
-        vectors, problems = embed_batches(locations, read_bytes, backbone, batch_size, workers, on_progress)
-        table = pl.DataFrame({
-            "image_id": chunk["image_id"],
-            "embedding": pl.Series(vectors, dtype=pl.Array(pl.Float32, backbone.dim)),
-            "error": pl.Series(problems, dtype=pl.Utf8),
-        }).with_columns(pl.when(pl.col("error").is_null()).then(pl.col("embedding")).alias("embedding"))
-        write_table(table, part)
-        failed += sum(problem is not None for problem in problems)
-        embedded += len(chunk) - sum(problem is not None for problem in problems)
-    return EmbedSummary(rows=len(items), embedded=embedded, failed=failed, parts_skipped=skipped)
+    """Embed every (image_id, uri, source) row into `out` on this machine, in DataLoader workers (resumable)."""
+
+    def compute(pending: list[tuple[int, pl.DataFrame]]) -> Iterator[tuple[int, np.ndarray, list[str | None]]]:
+        for number, chunk in pending:
+            locations = list(zip(chunk["source"].to_list(), chunk["uri"].to_list()))
+            yield number, *embed_batches(locations, read_bytes, backbone, batch_size, workers, on_progress)
+
+    return embed_parts(items, backbone.name, backbone.dim, out, compute, chunk_rows, on_progress)
 
 
 def read_embeddings(folder: Path) -> tuple[dict, pl.Series, np.ndarray]:

@@ -73,8 +73,7 @@ class Backbone:
     dtype: torch.dtype
 
     def pixel_values(self, images: list[Image.Image]) -> torch.Tensor:
-        rgb = [image.convert("RGB") for image in images]
-        return self.processor(images=rgb, return_tensors="pt")["pixel_values"]
+        return pixel_values(self.processor, images)
 
     @torch.inference_mode()
     def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -89,10 +88,45 @@ class Backbone:
             features = output.last_hidden_state.mean(dim=1)
         return features.float().cpu()
 
+    def embed_pixels(self, pixel_values: torch.Tensor) -> np.ndarray:
+        """L2-normalized float32 embeddings of preprocessed images, one row per image."""
+        return torch.nn.functional.normalize(self.features(pixel_values), dim=-1).numpy()
+
     def embed(self, images: list[Image.Image]) -> np.ndarray:
         """L2-normalized float32 embeddings, one row per image."""
-        features = self.features(self.pixel_values(images))
-        return torch.nn.functional.normalize(features, dim=-1).numpy()
+        return self.embed_pixels(self.pixel_values(images))
+
+
+def pixel_values(processor: object, images: list[Image.Image]) -> torch.Tensor:
+    """The model's input for RGB copies of `images`, through its Hugging Face image processor."""
+    rgb = [image.convert("RGB") for image in images]
+    return processor(images=rgb, return_tensors="pt")["pixel_values"]
+
+
+def load_image_processor(name: str) -> object:
+    """Only the preprocessing of a backbone (no weights): what CPU workers need to prepare photos."""
+    from transformers import AutoImageProcessor
+
+    try:
+        return AutoImageProcessor.from_pretrained(name)
+    except OSError as error:
+        raise _unavailable(name, error) from error
+
+
+def _dim(config: object) -> int:
+    if config.model_type == "clip":
+        return int(config.projection_dim)
+    return int(getattr(config, "vision_config", config).hidden_size)
+
+
+def backbone_dim(name: str) -> int:
+    """The embedding size of a backbone, from its config alone."""
+    from transformers import AutoConfig
+
+    try:
+        return _dim(AutoConfig.from_pretrained(name))
+    except OSError as error:
+        raise _unavailable(name, error) from error
 
 
 def load_backbone(name: str, device: str = "auto", dtype: str = "auto") -> Backbone:
@@ -118,9 +152,5 @@ def load_backbone(name: str, device: str = "auto", dtype: str = "auto") -> Backb
     except OSError as error:
         raise _unavailable(name, error) from error
     model = model.to(target).eval()
-    if is_clip:
-        dim = config.projection_dim
-    else:
-        dim = getattr(config, "vision_config", config).hidden_size
-    return Backbone(name=name, model=model, processor=processor, is_clip=is_clip, dim=int(dim),
+    return Backbone(name=name, model=model, processor=processor, is_clip=is_clip, dim=_dim(config),
                     device=target, dtype=torch_dtype)

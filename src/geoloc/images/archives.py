@@ -75,7 +75,7 @@ class _IndexRows:
         return pl.DataFrame(self.rows, schema=INDEX_SCHEMA)
 
 
-def index_shard(path: Path, name: str | None = None, check_images: bool = True) -> pl.DataFrame:
+def index_shard(path: Path | str, name: str | None = None, check_images: bool = True) -> pl.DataFrame:
     """Index a shard of MessagePack maps with `id` and `image` (bytes) in one streaming pass.
 
     With `check_images` each image is also hashed and its header sniffed (what the
@@ -83,6 +83,7 @@ def index_shard(path: Path, name: str | None = None, check_images: bool = True) 
     A truncated last record, or bytes that stop being MessagePack, lose what they cover
     only: they appear as one CORRUPT_IMAGE row named `@<offset>`, the records before stay.
     """
+    path = Path(path)
     rows = _IndexRows.empty(name or path.name)
     with path.open("rb") as handle:
         if path.stat().st_size == 0:

@@ -174,6 +174,8 @@ class TrainingResult:
     """Rows skipped because they have fewer references than a group (and its negatives) needs."""
     losses: list[float]
     """The training loss at each logging step."""
+    main_process: bool = True
+    """False in every process but the first of a multi-GPU run (accelerate launch, deepspeed, torchrun)."""
 
 
 def effective_batch_size(arguments) -> int:
@@ -225,4 +227,4 @@ def train(
     if trainer.is_world_process_zero():
         save_adapter(trainer.model, adapter)
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    return TrainingResult(adapter, frame.height, too_short, losses)
+    return TrainingResult(adapter, frame.height, too_short, losses, trainer.is_world_process_zero())
