@@ -53,7 +53,8 @@ class ClassifierSettings:
 
 def read_cell_table(cells_dir: Path) -> CellTable:
     """Centroids per level and each finest cell's ancestors, from a `geoloc cells build` folder."""
-    paths = [cells_dir / f"{stem}.parquet" for stem in ("hierarchical_cluster_centroids", "hierarchical_clustered_coords")]
+    stems = ("hierarchical_cluster_centroids", "hierarchical_clustered_coords")
+    paths = [cells_dir / f"{stem}.parquet" for stem in stems]
     for path in paths:
         if not path.is_file():
             raise ClassifierError(f"{path}: no such file (is {cells_dir} the output of `geoloc cells build`?)")
@@ -178,7 +179,7 @@ def predict_cells(
     cells, scores, xyz = [], [], []
     for start in range(0, len(vectors), batch_size):
         chunk = np.ascontiguousarray(vectors[start:start + batch_size], dtype=np.float32)
-        log_scores = top_down_scores(model(torch.from_numpy(chunk)), ancestors)
+        log_scores = top_down_scores(model(torch.tensor(chunk)), ancestors)
         best_scores, best = torch.topk(log_scores, top_k, dim=1)
         best = best.numpy()
         place = centroid_xyz[best]

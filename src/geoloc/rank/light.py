@@ -224,7 +224,8 @@ def build_groups(frame: pl.DataFrame, lookups: Lookups, group_size: int | None =
         _, ids, text_vectors = read_embeddings(lookups.text_embeddings)
         text_rows = _rows_of(frame["text"].replace("", None), ids)
     sources = frame["source"].replace_strict({name: i for i, name in enumerate(SOURCES)}, default=0).to_numpy()
-    score = frame["score"].cast(pl.Float64, strict=False).to_numpy() if "score" in frame.columns else np.full(frame.height, np.nan)
+    score = (frame["score"].cast(pl.Float64, strict=False).to_numpy() if "score" in frame.columns
+             else np.full(frame.height, np.nan))
     scalars = np.zeros((frame.height, SCALARS), np.float32)
     scalars[np.arange(frame.height), sources] = 1.0
     scalars[:, len(SOURCES)] = np.log1p(frame["rank"].cast(pl.Float64).to_numpy())
@@ -233,15 +234,15 @@ def build_groups(frame: pl.DataFrame, lookups: Lookups, group_size: int | None =
     lat, lon = frame["lat"].to_numpy(), frame["lon"].to_numpy()
     groups = Groups(
         query_ids=query_ids.to_numpy().astype(object),
-        query=torch.from_numpy(np.ascontiguousarray(query_vectors, np.float32)),
+        query=torch.tensor(query_vectors, dtype=torch.float32),
         xyz=torch.from_numpy(dense(to_unit_vectors(lat, lon).astype(np.float32), 0.0, np.float32)),
         lat=dense(lat, np.nan, np.float64), lon=dense(lon, np.nan, np.float64),
         scalars=torch.from_numpy(dense(scalars, 0.0, np.float32)),
         valid=torch.from_numpy(dense(np.ones(frame.height, bool), False, bool)),
         gallery_rows=torch.from_numpy(dense(gallery_rows, -1, np.int64)),
         text_rows=torch.from_numpy(dense(text_rows, -1, np.int64)),
-        gallery_vectors=torch.from_numpy(np.ascontiguousarray(gallery_vectors, np.float32)),
-        text_vectors=torch.from_numpy(np.ascontiguousarray(text_vectors, np.float32)),
+        gallery_vectors=torch.tensor(gallery_vectors, dtype=torch.float32),
+        text_vectors=torch.tensor(text_vectors, dtype=torch.float32),
     )
     if truth is not None:
         true = pl.DataFrame({"image_id": query_ids}).join(truth, on="image_id", how="left", maintain_order="left")
