@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from geoloc import __version__
-from geoloc.cli import candidates, catalog, classifier, evaluate, gallery, landmarks, predict, ranker, serve
+from geoloc.cli import candidates, catalog, cells, classifier, evaluate, gallery, landmarks, predict, ranker, serve
 
 app = typer.Typer(
     name="geoloc",
@@ -17,6 +17,7 @@ app = typer.Typer(
 evaluate.register(app)
 catalog.register(app)
 landmarks.register(app)
+cells.register(app)
 candidates.register(app)
 predict.register(app, candidates.app)
 gallery.register(app)
