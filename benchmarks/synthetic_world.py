@@ -14,7 +14,12 @@ The generator (it makes no claim about real photos):
   that distance), b_s ~ U(0, 2 pi), A_s ~ N(0, 1) of shape (F, D); the scales are
   weighted 1, 0.9, 0.8, 0.7. Each photo adds Gaussian noise of its own strength,
   log-uniform between 0.15 and 4 times the signal's (some photos say a lot about where
-  they are, some almost nothing), and the result is L2-normalized like CLIP embeddings.
+  they are, some almost nothing), and is L2-normalized.
+- What a photo shows regardless of where (food, people, a car ...): one of 100 random
+  "topics", a point in a random 24-dimensional subspace (plus a little spread), added
+  with a strength drawn uniformly between 0 and 1.5 per photo, then the result is
+  L2-normalized like CLIP embeddings. Cosine similarity confuses two photos of the same
+  topic taken far apart; a ranker trained on true distances can learn to look past it.
 - Cells: `geoloc cells build` on the gallery's catalog. Candidates per query: the 10
   nearest gallery photos by embedding (`geoloc.candidates.retrieval`) and the
   classifier's top 5 cells (`geoloc.classifier`).
@@ -52,10 +57,11 @@ from geoloc.rank.light import LightTrainConfig, Lookups, build_groups, fit_light
 SCALES_KM = (5000.0, 500.0, 50.0, 5.0)
 SCALE_WEIGHTS = (1.0, 0.9, 0.8, 0.7)
 NOISE_RANGE = (0.15, 4.0)
+TOPICS, TOPIC_RANK, TOPIC_STRENGTH = 100, 24, 1.5
 
 
 def world_embeddings(lat: np.ndarray, lon: np.ndarray, dim: int, features: int, seed: int) -> np.ndarray:
-    """Smooth random function of location at several scales, plus per-photo noise of varying strength."""
+    """Smooth random function of location at several scales, per-photo noise of varying strength, and a topic."""
     rng = np.random.default_rng(seed)
     world = np.random.default_rng(seed + 1)  # the function itself: the same for every photo
     xyz = to_unit_vectors(lat, lon)
@@ -68,6 +74,11 @@ def world_embeddings(lat: np.ndarray, lon: np.ndarray, dim: int, features: int, 
     signal /= np.sqrt(sum(w * w for w in SCALE_WEIGHTS))
     strength = np.exp(rng.uniform(*np.log(NOISE_RANGE), size=len(lat)))[:, None]
     vectors = signal + strength * rng.normal(size=signal.shape)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    basis = np.linalg.qr(world.normal(size=(dim, TOPIC_RANK)))[0]
+    centres = world.normal(size=(TOPICS, TOPIC_RANK))
+    topic = centres[rng.integers(0, TOPICS, len(lat))] + 0.3 * rng.normal(size=(len(lat), TOPIC_RANK))
+    vectors += rng.uniform(0.0, TOPIC_STRENGTH, size=(len(lat), 1)) * (topic @ basis.T) / np.sqrt(TOPIC_RANK)
     return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
 
 
@@ -83,8 +94,8 @@ def main() -> None:
     parser.add_argument("--test", type=int, default=10_000, help="test queries")
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--features", type=int, default=256, help="random Fourier features per scale")
-    parser.add_argument("--classifier-epochs", type=int, default=8)
-    parser.add_argument("--ranker-epochs", type=int, default=6)
+    parser.add_argument("--classifier-epochs", type=int, default=5)
+    parser.add_argument("--ranker-epochs", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     started = time.perf_counter()
@@ -112,7 +123,7 @@ def main() -> None:
         cells = build_cells(root / "catalog", root / "cells", CellsOptions(levels=3))
         say(f"cells per level: {cells.cells_per_level} ({cells.seconds:.0f} s)")
         train_classifier(root / "cells", root / "gallery-embeddings", root / "catalog", root / "classifier",
-                         ClassifierSettings(fit=FitSettings(epochs=args.classifier_epochs, batch_size=512,
+                         ClassifierSettings(hidden=256, fit=FitSettings(epochs=args.classifier_epochs, batch_size=512,
                                                             learning_rate=2e-3, seed=args.seed)), say)
         plan = plan_index(gallery_end, args.dim, "flat")
         index = GalleryIndex(build_faiss_index(vectors[splits["gallery"]], plan), gallery, {"dim": args.dim})
@@ -126,6 +137,7 @@ def main() -> None:
 
         truth = pl.DataFrame({"image_id": ids, "lat": lat, "lon": lon})
         config = LightTrainConfig(candidates=root, truth=root, query_embeddings=root, output=root, group_size=15,
+                                  top_k=1, consensus_km=(5.0, 25.0, 100.0, 750.0),
                                   training=FitSettings(epochs=args.ranker_epochs, batch_size=256, learning_rate=2e-3,
                                                        seed=args.seed))
         train_groups, _ = build_groups(candidates("train"), Lookups(root / "train-embeddings",

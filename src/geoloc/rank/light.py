@@ -37,6 +37,8 @@ WEIGHTS_FILE = "light_ranker.safetensors"
 FORMAT = "geoloc-light-ranker/1"
 SCALARS = len(SOURCES) + 3
 """Per candidate: source one-hot, log(1 + rank), generator score (0 when none), has-a-score flag."""
+LOOK_TEMPERATURES = (0.02, 0.05, 0.1)
+"""Softmax temperatures over the query-gallery cosines for the look-weighted group support."""
 
 
 def is_light_ranker(folder: Path) -> bool:
@@ -53,7 +55,7 @@ class LightConfig:
     """Random directions per scale; each gives a cosine and a sine."""
     fourier_sigmas: tuple[float, ...] = (1.0, 4.0, 16.0, 64.0, 256.0, 1024.0)
     """Frequency scales in inverse radians: 1 resolves ~6000 km, 1024 ~6 km."""
-    consensus_km: tuple[float, ...] = (25.0, 200.0, 750.0)
+    consensus_km: tuple[float, ...] = (5.0, 25.0, 100.0, 750.0)
     backbone: str | None = None
     format: str = FORMAT
 
@@ -74,7 +76,7 @@ class LightRanker(torch.nn.Module):
                                          torch.nn.Linear(hidden, hidden))
         self.gallery = torch.nn.Linear(config.dim, hidden)
         self.text = torch.nn.Linear(config.text_dim, hidden) if config.text_dim else None
-        scalars = SCALARS + 2 + 2 * len(config.consensus_km)
+        scalars = SCALARS + 2 + (2 + len(LOOK_TEMPERATURES)) * len(config.consensus_km)
         self.head = torch.nn.Sequential(torch.nn.Linear(5 * hidden + scalars, hidden), torch.nn.GELU(),
                                         torch.nn.Linear(hidden, hidden), torch.nn.GELU(), torch.nn.Linear(hidden, 1))
 
@@ -93,23 +95,34 @@ class LightRanker(torch.nn.Module):
         similarity = (query[:, None, :] * gallery).sum(-1, keepdim=True) * has_gallery
         features = torch.cat([
             projected * place, projected * seen, place, seen, projected.expand_as(place), scalars,
-            similarity, has_gallery, self._consensus(xyz, valid, similarity[..., 0], has_gallery[..., 0]),
+            similarity, has_gallery,
+            self._consensus(query, xyz, valid, gallery, similarity[..., 0], has_gallery[..., 0]),
         ], dim=-1)
         rewards = self.head(features)[..., 0]
         return rewards.masked_fill(~valid, float("-inf"))
 
-    def _consensus(self, xyz: torch.Tensor, valid: torch.Tensor, similarity: torch.Tensor,
-                   has_gallery: torch.Tensor) -> torch.Tensor:
-        """How much of the group lies near each candidate, at each radius: plainly and weighted by gallery look."""
+    def _consensus(self, query: torch.Tensor, xyz: torch.Tensor, valid: torch.Tensor, gallery: torch.Tensor,
+                   similarity: torch.Tensor, has_gallery: torch.Tensor) -> torch.Tensor:
+        """How strongly the group supports each candidate, at each radius.
+
+        Three kinds: the share of the group nearby; the nearby mass of the group weighted by
+        how much each gallery photo looks like the query (softmax of cosine / T, a few T);
+        and the query's cosine with the mean gallery photo nearby, which averages out the
+        gallery photos' own noise.
+        """
         angle = torch.arccos((xyz @ xyz.transpose(1, 2)).clamp(-1.0, 1.0))
         others = valid[:, None, :].to(xyz.dtype)
-        looks = torch.softmax((similarity / 0.05).masked_fill(has_gallery <= 0, float("-inf")), dim=-1)
-        looks = torch.nan_to_num(looks)[:, None, :]
+        hidden = has_gallery <= 0
+        looks = [torch.nan_to_num(torch.softmax((similarity / t).masked_fill(hidden, float("-inf")), dim=-1))[:, None]
+                 for t in LOOK_TEMPERATURES]
         parts = []
         for radius in self.config.consensus_km:
             kernel = torch.exp(-angle * (EARTH_RADIUS_KM / radius))
             parts.append((kernel * others).sum(-1) / others.sum(-1).clamp(min=1.0))
-            parts.append((kernel * looks).sum(-1))
+            parts.extend((kernel * look).sum(-1) for look in looks)
+            nearby = kernel * has_gallery[:, None, :]
+            mean_photo = (nearby @ gallery) / nearby.sum(-1, keepdim=True).clamp(min=1e-6)
+            parts.append((mean_photo * query[:, None, :]).sum(-1))
         return torch.stack(parts, dim=-1)
 
 
@@ -309,13 +322,13 @@ class LightTrainConfig:
     gallery_index: Path | None = None
     text_embeddings: Path | None = None
     group_size: int = 15
-    top_k: int | None = None
+    top_k: int | None = 1
     first_order_weight: float = 0.7
     hidden: int = 128
     fourier_features: int = 32
     fourier_sigmas: tuple[float, ...] = (1.0, 4.0, 16.0, 64.0, 256.0, 1024.0)
-    consensus_km: tuple[float, ...] = (25.0, 200.0, 750.0)
-    training: FitSettings = field(default_factory=lambda: FitSettings(epochs=6, batch_size=256, learning_rate=2e-3))
+    consensus_km: tuple[float, ...] = (5.0, 25.0, 100.0, 750.0)
+    training: FitSettings = field(default_factory=lambda: FitSettings(epochs=4, batch_size=256, learning_rate=2e-3))
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], relative_to: Path = Path(".")) -> LightTrainConfig:
