@@ -417,6 +417,12 @@ def rank_light(frame: pl.DataFrame, model: LightRanker, lookups: Lookups, batch_
         raise TableError(f"the model takes {model.config.dim}-d embeddings, the query embeddings are "
                          f"{groups.query.shape[1]}-d: were they made with another backbone "
                          f"({model.config.backbone})?")
+    texts = groups.text_vectors.shape[1] if bool((groups.text_rows >= 0).any()) else 0
+    if texts and texts != model.config.text_dim:
+        raise TableError(f"the model takes {model.config.text_dim}-d place-text embeddings (0: none), the text "
+                         f"embeddings are {texts}-d")
+    if not texts:  # no place texts: the text branch sees zeros behind an all-false mask
+        groups.text_vectors = torch.zeros((1, max(model.config.text_dim, 1)))
     rewards = score_groups(model, groups, batch_size, progress)
     best = np.argmax(rewards, axis=1)
     rows = np.arange(len(groups))
