@@ -151,3 +151,22 @@ def test_distances_follow_the_truth(world):
     expected = distance_km(groups.lat[:, 0], groups.lon[:, 0], world.lat[part], world.lon[part])
     assert np.allclose(groups.distances[:, 0].numpy(), expected, rtol=1e-5, atol=1e-3)
 
+
+
+def test_place_texts_are_used_when_given_and_optional_when_scoring(world, tmp_path):
+    from geoloc.encode import write_embeddings
+
+    texts = [f"place {k}" for k in range(5)]
+    write_embeddings(tmp_path / "texts", texts, np.random.default_rng(0).normal(size=(5, 12)), "text")
+    frame = pl.read_parquet(world.root / "train-candidates.parquet").with_columns(
+        text=pl.lit("place ") + (pl.col("rank") % 5).cast(pl.Utf8))
+    lookups = Lookups(world.folder("train"), world.folder("gallery"), text_embeddings=tmp_path / "texts")
+    groups, _ = build_groups(frame, lookups, GROUP, world.truth("train"))
+    assert (groups.text_rows >= 0).all()
+    model = fit_light_ranker(groups, _config(world, training=FitSettings(epochs=1, batch_size=64))).model
+    assert model.config.text_dim == 12
+    test = pl.read_parquet(world.root / "test-candidates.parquet")
+    with_texts = rank_light(test.with_columns(text=pl.lit("place 1")), model,
+                            Lookups(world.folder("test"), world.folder("gallery"), text_embeddings=tmp_path / "texts"))
+    without = rank_light(test, model, Lookups(world.folder("test"), world.folder("gallery")))
+    assert with_texts.height == without.height == 500
