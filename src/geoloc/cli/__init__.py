@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from geoloc import __version__
-from geoloc.cli import candidates, catalog, cells, evaluate, gallery, landmarks, predict, ranker, serve
+from geoloc.cli import candidates, catalog, cells, classifier, evaluate, gallery, landmarks, predict, ranker, serve
 
 app = typer.Typer(
     name="geoloc",
@@ -23,6 +23,7 @@ predict.register(app, candidates.app)
 gallery.register(app)
 serve.register(app)
 ranker.register(app)
+classifier.register(app)
 
 
 def _print_version(value: bool) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from geoloc.cli.common import clean_errors, console, errors
+from geoloc.cli.common import clean_errors, console, errors, progress_bar
 from geoloc.images import ArchiveError
 from geoloc.tables import TableError
 
@@ -28,11 +28,12 @@ def _parse_top(values: list[str]) -> dict[str, int]:
 @ranker_app.command("score")
 def score_command(
     candidates: Path = typer.Option(..., "--candidates", help="Candidates table (Parquet or CSV)."),
-    images: Path = typer.Option(..., "--images", help="Folder or uncompressed .tar of the query photos; a "
-                         "query_id is a path in it."),
+    images: Path | None = typer.Option(None, "--images", help="GeoRanker: folder or uncompressed .tar of the query "
+                                       "photos; a query_id is a path in it."),
     images_index: Path | None = typer.Option(None, "--images-index", help="Offset index of an --images tar: "
                                              "tar_index.pkl, or a .parquet (written on first use)."),
-    adapter: Path = typer.Option(..., "--adapter", help="Adapter folder (ours or the published GeoRanker one)."),
+    adapter: Path = typer.Option(..., "--adapter", help="Adapter folder (ours or the published GeoRanker one), or "
+                                 "a light ranker folder (with light_ranker.json)."),
     out: Path = typer.Option(..., "--out", help="Predictions file to write (Parquet or CSV)."),
     base: str | None = typer.Option(None, "--base", help="Base model: hub id or local folder (default: the "
                                     "adapter's own)."),
@@ -46,13 +47,32 @@ def score_command(
     plain: bool = typer.Option(False, "--plain", help="Recompute the shared prompt start for every candidate."),
     dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16."),
     device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda if any)."),
+    query_embeddings: Path | None = typer.Option(None, "--query-embeddings", help="Light ranker: embeddings of the "
+                                                 "query photos, image_id = query_id."),
+    gallery_embeddings: Path | None = typer.Option(None, "--gallery-embeddings", help="Light ranker: embeddings of "
+                                                   "the gallery photos, image_id = ref_uri (or see --gallery-table)."),
+    gallery_table: Path | None = typer.Option(None, "--gallery-table", help="Light ranker: a `geoloc index build` "
+                                              "folder whose gallery.parquet maps ref_uri (uri) to image_id."),
+    text_embeddings: Path | None = typer.Option(None, "--text-embeddings", help="Light ranker: place-text "
+                                                "embeddings, image_id = the candidate's text."),
 ) -> None:
-    """Score every query's candidates and write the best one per query as predictions."""
+    """Score every query's candidates and write the best one per query as predictions.
+
+    With a GeoRanker adapter the photos are read (--images, --gallery); with a light ranker
+    folder their embeddings are (--query-embeddings, --gallery-embeddings, --text-embeddings).
+    """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
+    from geoloc.rank.light import is_light_ranker
     from geoloc.rank.model import ModelLoadError
     from geoloc.rank.ranking import score_file
 
+    if is_light_ranker(adapter):
+        _score_light(candidates, adapter, out, _parse_top(top), query_embeddings, gallery_embeddings, gallery_table,
+                     text_embeddings)
+        return
+    if images is None:
+        raise typer.BadParameter("--images is required to score with a GeoRanker adapter", param_hint="--images")
     with clean_errors(TableError, ModelLoadError, ArchiveError, FileNotFoundError), Progress(
         "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
         console=errors,
@@ -74,11 +94,33 @@ def score_command(
                      highlight=False)
 
 
+def _score_light(candidates: Path, adapter: Path, out: Path, top: dict[str, int], query_embeddings: Path | None,
+                 gallery_embeddings: Path | None, gallery_table: Path | None, text_embeddings: Path | None) -> None:
+    from geoloc.encode import EmbeddingsError
+    from geoloc.rank.light import Lookups, score_light_file
+
+    if query_embeddings is None:
+        raise typer.BadParameter("a light ranker scores from embeddings: pass --query-embeddings",
+                                 param_hint="--query-embeddings")
+    lookups = Lookups(query_embeddings, gallery_embeddings, gallery_table, text_embeddings)
+    with clean_errors(TableError, EmbeddingsError, FileNotFoundError, ValueError), progress_bar("scoring") as bar:
+        task = bar.add_task("scoring", total=None)
+        predicted = score_light_file(candidates, out, adapter, lookups, top,
+                                     progress=lambda done, total: bar.update(task, completed=done, total=total))
+    console.print(f"{predicted} queries predicted -> {out}")
+
+
 @ranker_app.command("train")
 def train_command(
-    config: Path = typer.Option(..., "--config", help="Training settings (YAML); see examples/ranker.yaml."),
+    config: Path = typer.Option(..., "--config", help="Training settings (YAML); see examples/ranker.yaml, or "
+                                "examples/light_ranker.yaml with --light."),
+    light: bool = typer.Option(False, "--light", help="Train the light ranker (embeddings, CPU) instead of "
+                               "GeoRanker's reward model."),
 ) -> None:
-    """Train the reward model's LoRA adapter and value head on GeoRanking data."""
+    """Train the reward model's LoRA adapter and value head on GeoRanking data, or the light ranker."""
+    if light:
+        _train_light(config)
+        return
     from geoloc.rank.model import ModelLoadError
     from geoloc.rank.training import TrainConfig, train
 
@@ -90,6 +132,21 @@ def train_command(
     if result.too_short_rows:
         errors.print(f"[yellow]warning:[/] {result.too_short_rows} row(s) skipped: fewer references than a group "
                      "and its negatives need", highlight=False)
+
+
+def _train_light(config: Path) -> None:
+    from geoloc.encode import EmbeddingsError
+    from geoloc.rank.light import LightTrainConfig, train_light_ranker
+
+    with clean_errors(TableError, EmbeddingsError, ValueError, FileNotFoundError), progress_bar("training") as bar:
+        settings = LightTrainConfig.from_yaml(config)
+        task = bar.add_task("training", total=None)
+        result = train_light_ranker(settings, say=lambda line: errors.print(line, highlight=False),
+                                    progress=lambda done, total: bar.update(task, completed=done, total=total))
+    console.print(f"trained on {result.queries} queries -> {settings.output}")
+    if result.short_groups:
+        errors.print(f"[yellow]warning:[/] {result.short_groups} quer(ies) skipped: fewer candidates than "
+                     "group_size", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

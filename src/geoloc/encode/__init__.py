@@ -231,3 +231,41 @@ def read_embeddings(folder: Path) -> tuple[dict, pl.Series, np.ndarray]:
     table = pl.concat([pl.read_parquet(part) for part in parts]).filter(pl.col("error").is_null())
     vectors = table["embedding"].to_numpy() if len(table) else np.empty((0, meta["dim"]), dtype=np.float32)
     return meta, table["image_id"], np.ascontiguousarray(vectors, dtype=np.float32)
+
+
+def write_embeddings(folder: Path, ids: pl.Series | list[str], vectors: np.ndarray, backbone: str,
+                     chunk_rows: int = 50_000) -> None:
+    """Write vectors made elsewhere (a synthetic world, another tool) in the layout `read_embeddings` reads.
+
+    Parts first, meta.json last, each atomically, so a folder with meta.json is complete.
+    """
+    ids = pl.Series("image_id", ids, dtype=pl.Utf8)
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if vectors.ndim != 2 or len(vectors) != len(ids):
+        raise EmbeddingsError(f"expected one vector per id ({len(ids)}), got an array of shape {vectors.shape}")
+    folder.mkdir(parents=True, exist_ok=True)
+    dim = vectors.shape[1]
+    for number, start in enumerate(range(0, len(ids), chunk_rows)):
+        write_table(pl.DataFrame({
+            "image_id": ids.slice(start, chunk_rows),
+            "embedding": pl.Series(vectors[start:start + chunk_rows], dtype=pl.Array(pl.Float32, dim)),
+            "error": pl.Series([None] * len(ids.slice(start, chunk_rows)), dtype=pl.Utf8),
+        }), folder / f"part-{number:05d}.parquet")
+    meta = {"backbone": backbone, "dim": dim, "rows": len(ids), "chunk_rows": chunk_rows, "ids": _fingerprint(ids)}
+    partial = folder / f".meta.json.{os.getpid()}.part"
+    partial.write_text(json.dumps(meta, indent=2))
+    os.replace(partial, folder / "meta.json")
+
+
+def embeddings_by_id(folder: Path, ids: pl.Series, what: str) -> np.ndarray:
+    """The vectors of `ids` in their order, from an embeddings folder; an error names ids it lacks."""
+    _, known, vectors = read_embeddings(folder)
+    rows = pl.DataFrame({"image_id": known, "row": np.arange(len(known))}).unique("image_id", keep="first")
+    found = pl.DataFrame({"image_id": ids.cast(pl.Utf8)}).join(rows, on="image_id", how="left",
+                                                               maintain_order="left")
+    missing = found.filter(pl.col("row").is_null())["image_id"]
+    if len(missing):
+        from geoloc.tables import describe_ids
+
+        raise EmbeddingsError(f"{folder}: no embedding for {len(missing)} {what}: {describe_ids(missing)}")
+    return vectors[found["row"].to_numpy()]

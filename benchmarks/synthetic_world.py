@@ -1,0 +1,180 @@
+"""A synthetic world where the truth is known: does the classifier learn, and does the light ranker pick better
+candidates than retrieval's first?
+
+The generator (it makes no claim about real photos):
+
+- Locations: the 100K real photo GPS locations shipped in the `geoclip` package (its
+  gallery), shuffled and split into a gallery (with known coordinates: the retrieval
+  gallery and the classifier's training set), training queries (the light ranker's
+  training set) and test queries.
+- A photo's "embedding" is a smooth random function of its location plus noise. The
+  function is a sum over spatial scales (~5000, ~500, ~50 and ~5 km) of random Fourier
+  features of the location's 3-D unit vector x: f_s(x) = A_s cos(W_s x + b_s) / sqrt(F),
+  with W_s ~ N(0, sigma_s^2), sigma_s = Earth radius / scale (so f_s varies over about
+  that distance), b_s ~ U(0, 2 pi), A_s ~ N(0, 1) of shape (F, D); the scales are
+  weighted 1, 0.9, 0.8, 0.7. Each photo adds Gaussian noise of its own strength,
+  log-uniform between 0.15 and 4 times the signal's (some photos say a lot about where
+  they are, some almost nothing), and is L2-normalized.
+- What a photo shows regardless of where (food, people, a car ...): one of 100 random
+  "topics", a point in a random 24-dimensional subspace (plus a little spread), added
+  with a strength drawn uniformly between 0 and 1.5 per photo, then the result is
+  L2-normalized like CLIP embeddings. Cosine similarity confuses two photos of the same
+  topic taken far apart; a ranker trained on true distances can learn to look past it.
+- Cells: `geoloc cells build` on the gallery's catalog. Candidates per query: the 10
+  nearest gallery photos by embedding (`geoloc.candidates.retrieval`) and the
+  classifier's top 5 cells (`geoloc.classifier`).
+
+Prints one JSON line: accuracy at 1 / 25 / 200 / 750 / 2500 km on the test queries for
+`retrieval_top1`, `classifier` (its top cell), `ranker` (the light ranker over the
+retrieval + classifier candidates) and `oracle` (the best candidate), and whether the
+goal holds: the ranker beats retrieval top-1 at 25 and 200 km and closes at least 30%
+of the gap between retrieval top-1 and the oracle at 25 km.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from geoloc.candidates.geoclip import geoclip_gallery
+from geoloc.candidates.retrieval import retrieval_candidates
+from geoloc.cells import CellsOptions, build_cells
+from geoloc.classifier import ClassifierSettings, classifier_candidates, train_classifier
+from geoloc.encode import write_embeddings
+from geoloc.evaluate import metrics_from_distances
+from geoloc.fitting import FitSettings
+from geoloc.geo import EARTH_RADIUS_KM, distance_km, to_unit_vectors
+from geoloc.index import GalleryIndex, build_faiss_index, plan_index
+from geoloc.rank.light import LightTrainConfig, Lookups, build_groups, fit_light_ranker, rank_light
+
+SCALES_KM = (5000.0, 500.0, 50.0, 5.0)
+SCALE_WEIGHTS = (1.0, 0.9, 0.8, 0.7)
+NOISE_RANGE = (0.15, 4.0)
+TOPICS, TOPIC_RANK, TOPIC_STRENGTH = 100, 24, 1.5
+
+
+def world_embeddings(lat: np.ndarray, lon: np.ndarray, dim: int, features: int, seed: int) -> np.ndarray:
+    """Smooth random function of location at several scales, per-photo noise of varying strength, and a topic."""
+    rng = np.random.default_rng(seed)
+    world = np.random.default_rng(seed + 1)  # the function itself: the same for every photo
+    xyz = to_unit_vectors(lat, lon)
+    signal = np.zeros((len(lat), dim))
+    for scale, weight in zip(SCALES_KM, SCALE_WEIGHTS):
+        directions = world.normal(0.0, EARTH_RADIUS_KM / scale, size=(3, features))
+        phases = world.uniform(0.0, 2 * np.pi, size=features)
+        mixing = world.normal(size=(features, dim))
+        signal += weight * (np.cos(xyz @ directions + phases) * np.sqrt(2.0 / features)) @ mixing
+    signal /= np.sqrt(sum(w * w for w in SCALE_WEIGHTS))
+    strength = np.exp(rng.uniform(*np.log(NOISE_RANGE), size=len(lat)))[:, None]
+    vectors = signal + strength * rng.normal(size=signal.shape)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    basis = np.linalg.qr(world.normal(size=(dim, TOPIC_RANK)))[0]
+    centres = world.normal(size=(TOPICS, TOPIC_RANK))
+    topic = centres[rng.integers(0, TOPICS, len(lat))] + 0.3 * rng.normal(size=(len(lat), TOPIC_RANK))
+    vectors += rng.uniform(0.0, TOPIC_STRENGTH, size=(len(lat), 1)) * (topic @ basis.T) / np.sqrt(TOPIC_RANK)
+    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+
+
+def accuracy(distances: np.ndarray) -> dict[str, float]:
+    metrics = metrics_from_distances(distances)
+    return {key: round(value, 4) for key, value in metrics.items() if key.startswith("acc_")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--photos", type=int, default=100_000, help="locations used from the geoclip gallery")
+    parser.add_argument("--gallery-share", type=float, default=0.5)
+    parser.add_argument("--test", type=int, default=10_000, help="test queries")
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--features", type=int, default=256, help="random Fourier features per scale")
+    parser.add_argument("--classifier-epochs", type=int, default=4)
+    parser.add_argument("--ranker-epochs", type=int, default=6)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    started = time.perf_counter()
+    say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+
+    coordinates = geoclip_gallery()[np.random.default_rng(args.seed).permutation(100_000)[:args.photos]]
+    lat, lon = coordinates[:, 0].astype(np.float64), coordinates[:, 1].astype(np.float64)
+    vectors = world_embeddings(lat, lon, args.dim, args.features, args.seed)
+    ids = np.array([f"p{i:06d}" for i in range(len(lat))], dtype=object)
+    gallery_end = int(args.gallery_share * len(lat))
+    train_end = len(lat) - args.test
+    splits = {"gallery": slice(0, gallery_end), "train": slice(gallery_end, train_end), "test": slice(train_end, None)}
+    say(f"world: {len(lat):,} photos, {gallery_end:,} gallery, {train_end - gallery_end:,} training queries, "
+        f"{args.test:,} test queries, {args.dim}-d")
+
+    with tempfile.TemporaryDirectory(prefix="synthetic-world-") as folder:
+        root = Path(folder)
+        gallery = pl.DataFrame({"image_id": ids[splits["gallery"]], "uri": ids[splits["gallery"]],
+                                "lat": lat[splits["gallery"]], "lon": lon[splits["gallery"]], "source": "csv",
+                                "text": None}, schema_overrides={"text": pl.Utf8})
+        (root / "catalog").mkdir()
+        gallery.drop("text").write_parquet(root / "catalog" / "catalog.parquet")
+        for name, part in splits.items():
+            write_embeddings(root / f"{name}-embeddings", ids[part].tolist(), vectors[part], "synthetic-world")
+        cells = build_cells(root / "catalog", root / "cells", CellsOptions(levels=3))
+        say(f"cells per level: {cells.cells_per_level} ({cells.seconds:.0f} s)")
+        train_classifier(root / "cells", root / "gallery-embeddings", root / "catalog", root / "classifier",
+                         ClassifierSettings(hidden=256, fit=FitSettings(epochs=args.classifier_epochs, batch_size=512,
+                                                            learning_rate=2e-3, seed=args.seed)), say)
+        plan = plan_index(gallery_end, args.dim, "flat")
+        index = GalleryIndex(build_faiss_index(vectors[splits["gallery"]], plan), gallery, {"dim": args.dim})
+
+        def candidates(split: str) -> pl.DataFrame:
+            part = splits[split]
+            return pl.concat([
+                retrieval_candidates(index, ids[part].tolist(), vectors[part], 10),
+                classifier_candidates(ids[part].tolist(), vectors[part], root / "classifier", top_k=5),
+            ])
+
+        truth = pl.DataFrame({"image_id": ids, "lat": lat, "lon": lon})
+        config = LightTrainConfig(candidates=root, truth=root, query_embeddings=root, output=root, group_size=15,
+                                  top_k=1, consensus_km=(5.0, 25.0, 100.0, 750.0),
+                                  training=FitSettings(epochs=args.ranker_epochs, batch_size=256, learning_rate=2e-3,
+                                                       seed=args.seed))
+        train_groups, _ = build_groups(candidates("train"), Lookups(root / "train-embeddings",
+                                                                   root / "gallery-embeddings"), 15, truth)
+        ranker = fit_light_ranker(train_groups, config, "synthetic-world", say).model
+        test = candidates("test")
+        predictions = rank_light(test, ranker, Lookups(root / "test-embeddings", root / "gallery-embeddings"))
+
+    test_truth = truth.slice(train_end)
+    joined = test.join(test_truth.rename({"lat": "true_lat", "lon": "true_lon"}), left_on="query_id",
+                       right_on="image_id")
+    distance = joined.with_columns(km=distance_km(joined["lat"], joined["lon"], joined["true_lat"], joined["true_lon"]))
+
+    def per_query(frame: pl.DataFrame) -> np.ndarray:
+        """One distance per test query, in truth order, NaN where the frame has none."""
+        found = test_truth.join(frame.rename({"query_id": "image_id"}), on="image_id", how="left",
+                                maintain_order="left")
+        return found["km"].fill_null(np.nan).to_numpy()
+
+    first = lambda source: distance.filter((pl.col("source") == source) & (pl.col("rank") == 0))  # noqa: E731
+    ranked = test_truth.join(predictions, on="image_id", how="left", suffix="_pred", maintain_order="left")
+    ranker_km = distance_km(ranked["lat"], ranked["lon"], ranked["lat_pred"], ranked["lon_pred"])
+    figures = {
+        "retrieval_top1": accuracy(per_query(first("retrieval").select("query_id", "km"))),
+        "classifier": accuracy(per_query(first("classifier").select("query_id", "km"))),
+        "ranker": accuracy(ranker_km),
+        "oracle": accuracy(per_query(distance.group_by("query_id").agg(pl.col("km").min()))),
+    }
+    retrieval, best, ours = (figures[name] for name in ("retrieval_top1", "oracle", "ranker"))
+    gap = best["acc_25km"] - retrieval["acc_25km"]
+    closed = (ours["acc_25km"] - retrieval["acc_25km"]) / gap if gap > 0 else 0.0
+    figures["gap_closed_25km"] = round(closed, 3)
+    figures["goal_met"] = bool(ours["acc_25km"] > retrieval["acc_25km"] and ours["acc_200km"] > retrieval["acc_200km"]
+                               and closed >= 0.3)
+    figures["seconds"] = round(time.perf_counter() - started, 1)
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
