@@ -258,8 +258,8 @@ def test_the_batch_map_opens_offline_without_console_errors(browser, tmp_path):
     problems = []
     page.on("console", lambda message: message.type == "error" and problems.append(message.text))
     page.on("pageerror", lambda error: problems.append(str(error)))
-    page.goto(path.as_uri(), wait_until="load")
-    page.wait_for_selector(".leaflet-interactive", timeout=10_000)
+    page.goto(path.as_uri(), wait_until="domcontentloaded", timeout=60_000)  # generous: CI machines may be loaded
+    page.wait_for_selector(".leaflet-interactive", timeout=60_000)
     assert page.locator("path.leaflet-interactive").count() >= 5
     page.screenshot(path=str(tmp_path / "map.png"))
     assert problems == []
