@@ -41,6 +41,8 @@ import numba
 import numpy as np
 from numpy.typing import NDArray
 
+CERTIFYING_NEIGHBOURS = 16  # nearest distinct points listed per point for the Boruvka edges
+
 
 def core_distances(neighbour_distances: NDArray, neighbours: NDArray, weights: NDArray[np.int64],
                    min_samples: int) -> NDArray[np.float64]:
@@ -59,39 +61,202 @@ def core_distances(neighbour_distances: NDArray, neighbours: NDArray, weights: N
 def mutual_reachability_mst(points: NDArray[np.float64], weights: NDArray[np.int64], min_samples: int
                             ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Edges (i, j, distance) of a minimum spanning tree of photo-weighted mutual reachability, and the core
-    distances; fast_hdbscan's parallel Boruvka with our core distances (squared, as it works internally)."""
-    from fast_hdbscan.boruvka import (
-        boruvka_tree_query,
-        initialize_boruvka_from_knn,
-        merge_components,
-        update_component_vectors,
-    )
-    from fast_hdbscan.disjoint_set import ds_rank_create
+    distances; Boruvka whose edges come from one kNN query, the KD-tree searched only where it cannot certify
+    them (squared distances, float32, as fast_hdbscan's tree works)."""
     from fast_hdbscan.numba_kdtree import build_kdtree, parallel_tree_query
 
     tree = build_kdtree(points)
     n = tree.data.shape[0]
-    squared, neighbours = parallel_tree_query(tree, tree.data, k=min(min_samples + 1, n), output_rdist=True)
-    core = core_distances(squared, neighbours, weights, min_samples).astype(np.float32)
-    beyond_core = squared > core[:, None]
-    neighbours = np.where(beyond_core, np.arange(n, dtype=neighbours.dtype)[:, None], neighbours)
-    components = ds_rank_create(n)
-    point_components = np.arange(n)
-    node_components = np.full(tree.idx_start.shape[0], -1)
-    edges = [initialize_boruvka_from_knn(neighbours, squared, core, components)]
-    update_component_vectors(tree, components, node_components, point_components)
-    remaining = n - len(edges[0])
-    while remaining > 1:
-        distances, indices = boruvka_tree_query(tree, node_components, point_components, core)
-        new_edges = merge_components(components, indices, distances, point_components)
-        if len(new_edges) == 0:
+    k = min(max(CERTIFYING_NEIGHBOURS, min_samples + 1), n)
+    squared, neighbours = parallel_tree_query(tree, tree.data, k=k, output_rdist=True)
+    core_columns = min(min_samples + 1, n)
+    core = core_distances(squared[:, :core_columns], neighbours[:, :core_columns], weights,
+                          min_samples).astype(np.float32)
+    edges = _boruvka(tree.data, tree.idx_array, tree.idx_start, tree.idx_end, tree.is_leaf,
+                     tree.node_bounds, neighbours, squared, core, k >= n)
+    edges[:, 2] = np.sqrt(edges[:, 2])
+    return edges, np.sqrt(core.astype(np.float64))
+
+
+@numba.njit(cache=True)
+def _root(parent: NDArray[np.int64], node: int) -> int:
+    """Union-find root with path halving."""
+    while parent[node] != node:
+        parent[node] = parent[parent[node]]
+        node = parent[node]
+    return node
+
+
+@numba.njit(parallel=True, cache=True)
+def _listed_edges(neighbours: NDArray[np.int32], squared: NDArray[np.float32], core: NDArray[np.float32],
+                  components: NDArray[np.int64], complete: bool
+                  ) -> tuple[NDArray[np.float32], NDArray[np.int64], NDArray[np.float32]]:
+    """Per point, its lightest listed edge leaving its component (weight, other end) and a lower bound on every
+    edge it has leaving it: a point not in its list lies at least as far as its last neighbour, so such an edge
+    weighs at least max(core, last distance); with every point listed (`complete`) there is none."""
+    n, k = neighbours.shape
+    best = np.full(n, np.inf, dtype=np.float32)
+    other = np.full(n, -1, dtype=np.int64)
+    lower = np.empty(n, dtype=np.float32)
+    for p in numba.prange(n):
+        component = components[p]
+        for j in range(k):
+            if squared[p, j] >= best[p]:  # sorted by distance: no later neighbour is lighter
+                break
+            q = neighbours[p, j]
+            if q < 0 or components[q] == component:
+                continue
+            weight = max(core[p], core[q], squared[p, j])
+            if weight < best[p]:
+                best[p] = weight
+                other[p] = q
+        unlisted = np.inf if complete else max(core[p], squared[p, k - 1])
+        lower[p] = min(best[p], unlisted)
+    return best, other, lower
+
+
+@numba.njit(cache=True)
+def _node_components(components: NDArray[np.int64], idx_array: NDArray[np.intp], idx_start: NDArray[np.intp],
+                     idx_end: NDArray[np.intp], is_leaf: NDArray[np.bool_]) -> NDArray[np.int64]:
+    """The component every point of a tree node is in, -1 where they differ: whole nodes are skipped when
+    searching for edges leaving a component."""
+    nodes = idx_start.shape[0]
+    result = np.full(nodes, -1, dtype=np.int64)
+    for node in range(nodes - 1, -1, -1):
+        if is_leaf[node]:
+            first = components[idx_array[idx_start[node]]]
+            same = True
+            for i in range(idx_start[node] + 1, idx_end[node]):
+                if components[idx_array[i]] != first:
+                    same = False
+                    break
+            if same:
+                result[node] = first
+        elif result[2 * node + 1] == result[2 * node + 2]:
+            result[node] = result[2 * node + 1]
+    return result
+
+
+@numba.njit(cache=True, fastmath=True)
+def _box_squared(bounds: NDArray[np.float32], node: int, point: NDArray[np.float32]) -> float:
+    """Squared distance from a point to a node's bounding box (0 inside)."""
+    total = np.float32(0.0)
+    for axis in range(point.shape[0]):
+        below = bounds[0, node, axis] - point[axis]
+        above = point[axis] - bounds[1, node, axis]
+        gap = max(below, above, np.float32(0.0))
+        total += gap * gap
+    return total
+
+
+@numba.njit(cache=True, fastmath=True)
+def _search(p: int, data: NDArray[np.float32], idx_array: NDArray[np.intp], idx_start: NDArray[np.intp],
+            idx_end: NDArray[np.intp], is_leaf: NDArray[np.bool_], bounds: NDArray[np.float32],
+            node_components: NDArray[np.int64], components: NDArray[np.int64], core: NDArray[np.float32],
+            limit: float) -> tuple[float, int]:
+    """The lightest mutual reachability edge from point p out of its component lighter than `limit`, by a
+    depth-first KD-tree walk skipping boxes too far and nodes inside p's component; (limit, -1) if none."""
+    point = data[p]
+    component = components[p]
+    best, best_other = limit, -1
+    nodes = np.empty(128, dtype=np.int64)
+    gaps = np.empty(128, dtype=np.float32)
+    nodes[0], gaps[0], top = 0, _box_squared(bounds, 0, point), 1
+    while top > 0:
+        top -= 1
+        node, gap = nodes[top], gaps[top]
+        if gap >= best or node_components[node] == component:
+            continue
+        if is_leaf[node]:
+            for i in range(idx_start[node], idx_end[node]):
+                q = idx_array[i]
+                if components[q] == component or core[q] >= best:
+                    continue
+                squared = np.float32(0.0)
+                for axis in range(point.shape[0]):
+                    step = point[axis] - data[q, axis]
+                    squared += step * step
+                weight = max(squared, core[p], core[q])
+                if weight < best:
+                    best, best_other = weight, q
+            continue
+        left, right = 2 * node + 1, 2 * node + 2
+        gap_left, gap_right = _box_squared(bounds, left, point), _box_squared(bounds, right, point)
+        if gap_left <= gap_right:  # the nearer child on top of the stack
+            nodes[top], gaps[top], nodes[top + 1], gaps[top + 1] = right, gap_right, left, gap_left
+        else:
+            nodes[top], gaps[top], nodes[top + 1], gaps[top + 1] = left, gap_left, right, gap_right
+        top += 2
+    return best, best_other
+
+
+@numba.njit(parallel=True, cache=True)
+def _searched_edges(searched: NDArray[np.int64], limits: NDArray[np.float32], data: NDArray[np.float32],
+                    idx_array: NDArray[np.intp], idx_start: NDArray[np.intp], idx_end: NDArray[np.intp],
+                    is_leaf: NDArray[np.bool_], bounds: NDArray[np.float32], node_components: NDArray[np.int64],
+                    components: NDArray[np.int64], core: NDArray[np.float32]
+                    ) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+    """Tree searches for the points whose lightest outgoing edge the kNN lists cannot certify."""
+    weight = np.empty(searched.shape[0], dtype=np.float32)
+    other = np.empty(searched.shape[0], dtype=np.int64)
+    for i in numba.prange(searched.shape[0]):
+        p = searched[i]
+        weight[i], other[i] = _search(p, data, idx_array, idx_start, idx_end, is_leaf, bounds, node_components,
+                                      components, core, limits[components[p]])
+    return weight, other
+
+
+@numba.njit(cache=True)
+def _boruvka(data: NDArray[np.float32], idx_array: NDArray[np.intp], idx_start: NDArray[np.intp],
+             idx_end: NDArray[np.intp], is_leaf: NDArray[np.bool_], bounds: NDArray[np.float32],
+             neighbours: NDArray[np.int32], squared: NDArray[np.float32], core: NDArray[np.float32],
+             complete: bool) -> NDArray[np.float64]:
+    """Minimum spanning tree edges (i, j, squared weight) by Boruvka rounds. A component's lightest outgoing
+    edge is its points' lightest listed one when no point's lower bound is below it; otherwise only the points
+    whose bound is below it search the tree, for lighter edges than it. Every round's edges are exact lightest
+    ones, so ties can only close cycles of equal weight, which the union-find skips."""
+    n = neighbours.shape[0]
+    parent = np.arange(n)
+    components = np.arange(n)
+    edges = np.empty((max(n - 1, 0), 3), dtype=np.float64)
+    count = 0
+    comp_weight = np.empty(n, dtype=np.float32)
+    comp_from = np.empty(n, dtype=np.int64)
+    comp_to = np.empty(n, dtype=np.int64)
+    while count < n - 1:
+        best, other, lower = _listed_edges(neighbours, squared, core, components, complete)
+        comp_weight[:] = np.inf
+        comp_from[:] = -1
+        for p in range(n):
+            c = components[p]
+            if best[p] < comp_weight[c]:
+                comp_weight[c], comp_from[c], comp_to[c] = best[p], p, other[p]
+        searched = np.flatnonzero(lower < np.minimum(best, comp_weight[components]))
+        if searched.shape[0] > 0:
+            node_components = _node_components(components, idx_array, idx_start, idx_end, is_leaf)
+            found, found_other = _searched_edges(searched, comp_weight, data, idx_array, idx_start, idx_end,
+                                                 is_leaf, bounds, node_components, components, core)
+            for i in range(searched.shape[0]):
+                p = searched[i]
+                c = components[p]
+                if found_other[i] >= 0 and found[i] < comp_weight[c]:
+                    comp_weight[c], comp_from[c], comp_to[c] = found[i], p, found_other[i]
+        merged = 0
+        for c in range(n):
+            if comp_from[c] < 0:
+                continue
+            a, b = _root(parent, comp_from[c]), _root(parent, comp_to[c])
+            if a == b:
+                continue
+            parent[a] = b
+            edges[count, 0], edges[count, 1], edges[count, 2] = comp_from[c], comp_to[c], comp_weight[c]
+            count += 1
+            merged += 1
+        if merged == 0:
             break
-        remaining -= len(new_edges)
-        update_component_vectors(tree, components, node_components, point_components)
-        edges.append(new_edges)
-    mst = np.vstack(edges)
-    mst[:, 2] = np.sqrt(mst[:, 2])
-    return mst, np.sqrt(core.astype(np.float64))
+        for p in range(n):
+            components[p] = _root(parent, p)
+    return edges[:count]
 
 
 @numba.njit(cache=True)
