@@ -217,7 +217,7 @@ def _description(options: CellsOptions, summary: CellsSummary, levels: list[NDAr
     return {
         "parameters": asdict(options),
         "algorithm": {
-            "clustering": "HDBSCAN on 3-D unit vectors (fast_hdbscan's parallel Boruvka MST), excess of mass",
+            "clustering": "HDBSCAN on 3-D unit vectors (Boruvka MST on fast_hdbscan's KD-tree), excess of mass",
             "collapse": "identical coordinates collapsed into one point weighted by its photos; labels as one "
                         "point per photo (geoloc.cells.hdbscan_weighted)",
             "hierarchy": "size-weighted spherical k-means of the finer level's centroids, ~n^0.75, n^0.5, ... cells",

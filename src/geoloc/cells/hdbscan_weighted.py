@@ -17,9 +17,14 @@ distinct points only:
 - core distance: as in fast_hdbscan and hdbscan, the distance to the min_samples-th
   nearest *other* photo, so 0 when w_p > min_samples, else found among the
   min_samples nearest distinct neighbours by adding up their photos;
-- the minimum spanning tree of mutual reachability between distinct points, by
-  fast_hdbscan's own parallel Boruvka on its KD-tree, fed these core distances (the
-  w_p copies of p are joined to each other at core(p), never above any edge of p);
+- the minimum spanning tree of mutual reachability between distinct points, by Boruvka
+  on fast_hdbscan's KD-tree with these core distances (the w_p copies of p are joined
+  to each other at core(p), never above any edge of p). Written here because
+  fast_hdbscan's Boruvka searches the whole tree for every point in every round; ours
+  takes each round's edges from one 16-nearest-neighbour query made up front, and
+  searches the tree only for the few points whose list cannot prove that no lighter
+  edge leaves their component (a point not listed is at least as far as the last one
+  listed). Same tree, about 10x faster on photo locations;
 - the condensed tree counts photos: a side of a split is a cluster when it holds at
   least min_cluster_size photos, a point that falls out takes its w_p photos with it,
   and a coordinate that ends a cluster (w_p >= min_cluster_size) keeps its photos in
