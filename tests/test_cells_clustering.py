@@ -202,3 +202,26 @@ def test_spherical_kmeans_keeps_antimeridian_neighbours_together():
     lon = np.concatenate([east[1], west[1], far[1]])
     labels = spherical_kmeans(to_unit_vectors(lat, lon), np.ones(90), k=2)
     assert len(np.unique(labels[:60])) == 1 and labels[0] != labels[60]
+
+
+@pytest.mark.parametrize("min_samples", [1, 2, 4])
+def test_the_spanning_tree_is_a_minimum_one_of_photo_weighted_mutual_reachability(min_samples):
+    """Our Borůvka against scipy's on the dense graph: towns, countryside and heavy spots, more points than the
+    neighbour lists hold, so both the lists and the tree searches decide edges."""
+    from scipy.sparse.csgraph import minimum_spanning_tree
+    from scipy.spatial.distance import cdist
+
+    from geoloc.cells.hdbscan_weighted import mutual_reachability_mst
+
+    lat, lon, _ = heavy_repeats(min_samples)
+    distinct = collapse_coordinates(lat, lon)
+    points, photos = distinct.unit_vectors, distinct.photos
+    edges, core = mutual_reachability_mst(points, photos, min_samples)
+
+    reachability = np.maximum(cdist(points, points), np.maximum(core[:, None], core[None, :]))
+    expected = minimum_spanning_tree(reachability).sum()
+    assert len(edges) == len(points) - 1
+    assert edges[:, 2].sum() == pytest.approx(expected, rel=1e-5)
+    joined = np.zeros(len(points), dtype=bool)
+    joined[edges[:, :2].astype(int).ravel()] = True
+    assert joined.all()
