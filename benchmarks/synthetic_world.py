@@ -95,7 +95,8 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--features", type=int, default=256, help="random Fourier features per scale")
     parser.add_argument("--classifier-epochs", type=int, default=4)
-    parser.add_argument("--ranker-epochs", type=int, default=6)
+    parser.add_argument("--ranker-epochs", type=int, default=12)
+    parser.add_argument("--ranker-hidden", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     started = time.perf_counter()
@@ -137,6 +138,7 @@ def main() -> None:
 
         truth = pl.DataFrame({"image_id": ids, "lat": lat, "lon": lon})
         config = LightTrainConfig(candidates=root, truth=root, query_embeddings=root, output=root, group_size=15,
+                                  hidden=args.ranker_hidden,
                                   top_k=1, consensus_km=(5.0, 25.0, 100.0, 750.0),
                                   training=FitSettings(epochs=args.ranker_epochs, batch_size=256, learning_rate=2e-3,
                                                        seed=args.seed))
