@@ -44,9 +44,13 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from fast_hdbscan.numba_kdtree import build_kdtree, parallel_tree_query, rdist
+from fast_hdbscan.numba_kdtree import point_to_node_lower_bound_rdist as box_rdist
 from numpy.typing import NDArray
 
 CERTIFYING_NEIGHBOURS = 16  # nearest distinct points listed per point for the Boruvka edges
+SEARCH_STACK = 128
+"""Nodes a tree walk keeps pending: at most the tree's depth + 1 (about 20 for 5 M points)."""
 
 
 def core_distances(neighbour_distances: NDArray, neighbours: NDArray, weights: NDArray[np.int64],
@@ -68,8 +72,6 @@ def mutual_reachability_mst(points: NDArray[np.float64], weights: NDArray[np.int
     """Edges (i, j, distance) of a minimum spanning tree of photo-weighted mutual reachability, and the core
     distances; Boruvka whose edges come from one kNN query, the KD-tree searched only where it cannot certify
     them (squared distances, float32, as fast_hdbscan's tree works)."""
-    from fast_hdbscan.numba_kdtree import build_kdtree, parallel_tree_query
-
     tree = build_kdtree(points)
     n = tree.data.shape[0]
     k = min(max(CERTIFYING_NEIGHBOURS, min_samples + 1), n)
@@ -81,15 +83,6 @@ def mutual_reachability_mst(points: NDArray[np.float64], weights: NDArray[np.int
                      tree.node_bounds, neighbours, squared, core, k >= n)
     edges[:, 2] = np.sqrt(edges[:, 2])
     return edges, np.sqrt(core.astype(np.float64))
-
-
-@numba.njit(cache=True)
-def _root(parent: NDArray[np.int64], node: int) -> int:
-    """Union-find root with path halving."""
-    while parent[node] != node:
-        parent[node] = parent[parent[node]]
-        node = parent[node]
-    return node
 
 
 @numba.njit(parallel=True, cache=True)
@@ -143,18 +136,6 @@ def _node_components(components: NDArray[np.int64], idx_array: NDArray[np.intp],
 
 
 @numba.njit(cache=True, fastmath=True)
-def _box_squared(bounds: NDArray[np.float32], node: int, point: NDArray[np.float32]) -> float:
-    """Squared distance from a point to a node's bounding box (0 inside)."""
-    total = np.float32(0.0)
-    for axis in range(point.shape[0]):
-        below = bounds[0, node, axis] - point[axis]
-        above = point[axis] - bounds[1, node, axis]
-        gap = max(below, above, np.float32(0.0))
-        total += gap * gap
-    return total
-
-
-@numba.njit(cache=True, fastmath=True)
 def _search(p: int, data: NDArray[np.float32], idx_array: NDArray[np.intp], idx_start: NDArray[np.intp],
             idx_end: NDArray[np.intp], is_leaf: NDArray[np.bool_], bounds: NDArray[np.float32],
             node_components: NDArray[np.int64], components: NDArray[np.int64], core: NDArray[np.float32],
@@ -164,9 +145,9 @@ def _search(p: int, data: NDArray[np.float32], idx_array: NDArray[np.intp], idx_
     point = data[p]
     component = components[p]
     best, best_other = limit, -1
-    nodes = np.empty(128, dtype=np.int64)
-    gaps = np.empty(128, dtype=np.float32)
-    nodes[0], gaps[0], top = 0, _box_squared(bounds, 0, point), 1
+    nodes = np.empty(SEARCH_STACK, dtype=np.int64)
+    gaps = np.empty(SEARCH_STACK, dtype=np.float32)
+    nodes[0], gaps[0], top = 0, box_rdist(bounds[0, 0], bounds[1, 0], point), 1
     while top > 0:
         top -= 1
         node, gap = nodes[top], gaps[top]
@@ -177,16 +158,13 @@ def _search(p: int, data: NDArray[np.float32], idx_array: NDArray[np.intp], idx_
                 q = idx_array[i]
                 if components[q] == component or core[q] >= best:
                     continue
-                squared = np.float32(0.0)
-                for axis in range(point.shape[0]):
-                    step = point[axis] - data[q, axis]
-                    squared += step * step
-                weight = max(squared, core[p], core[q])
+                weight = max(rdist(point, data[q]), core[p], core[q])
                 if weight < best:
                     best, best_other = weight, q
             continue
         left, right = 2 * node + 1, 2 * node + 2
-        gap_left, gap_right = _box_squared(bounds, left, point), _box_squared(bounds, right, point)
+        gap_left = box_rdist(bounds[0, left], bounds[1, left], point)
+        gap_right = box_rdist(bounds[0, right], bounds[1, right], point)
         if gap_left <= gap_right:  # the nearer child on top of the stack
             nodes[top], gaps[top], nodes[top + 1], gaps[top + 1] = right, gap_right, left, gap_left
         else:
@@ -250,7 +228,7 @@ def _boruvka(data: NDArray[np.float32], idx_array: NDArray[np.intp], idx_start: 
         for c in range(n):
             if comp_from[c] < 0:
                 continue
-            a, b = _root(parent, comp_from[c]), _root(parent, comp_to[c])
+            a, b = _find(parent, comp_from[c]), _find(parent, comp_to[c])
             if a == b:
                 continue
             parent[a] = b
@@ -260,7 +238,7 @@ def _boruvka(data: NDArray[np.float32], idx_array: NDArray[np.intp], idx_start: 
         if merged == 0:
             break
         for p in range(n):
-            components[p] = _root(parent, p)
+            components[p] = _find(parent, p)
     return edges[:count]
 
 
