@@ -3,8 +3,10 @@
 A random-weight Qwen2-VL scaled down from Qwen2-VL-7B (widths / 8, depths / 4, so the
 vision tower and the language model keep their relative cost), 224 px photos, and
 GeoRanker's default group: 10 retrieval candidates with gallery photos and 5 zero-shot
-candidates without, 5 negatives named in every prompt. Both paths score the same
-queries with the same batches; each is timed end to end (prompt building, image
+candidates without, 5 negatives named in every prompt. The shared-prefix path also runs
+the last decoder layer's MLP on the reward token alone; with 7 layers that is worth about
+an eighth of the decoder's work, with the 7B's 28 (`--full-depth`) about a thirtieth.
+Both paths score the same queries with the same batches; each is timed end to end (prompt building, image
 processing, model), query by query with the paths alternating, best of `--repeats`. Prints one JSON line:
 {"candidates", "plain_s", "shared_prefix_s", "speedup", "max_abs_diff"} (seconds per query).
 """
@@ -12,6 +14,7 @@ processing, model), query by query with the paths alternating, best of `--repeat
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import tempfile
 import time
@@ -59,10 +62,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--full-depth", action="store_true", help="the 7B's 28 decoder layers and 32 vision blocks")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    size = SCALED_QWEN2_VL_7B
+    if args.full_depth:
+        size = dataclasses.replace(size, layers=28, vision_depth=32)
     with tempfile.TemporaryDirectory() as folder:
-        base = str(build_tiny_qwen2_vl(folder, SCALED_QWEN2_VL_7B))
+        base = str(build_tiny_qwen2_vl(folder, size))
         torch.manual_seed(0)
         model = new_reward_model(base, LoraSettings()).eval()
         processor = load_processor(base)

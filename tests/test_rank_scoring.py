@@ -47,7 +47,12 @@ def test_shared_prefix_equals_plain_and_sees_the_query_photo_once(tiny):
     plain = RewardScorer(model, processor, batch_size=3, shared_prefix=False).rewards(group)
     plain_patches = sum(calls)
     calls.clear()
+    final_mlp_tokens = []
+    hook = model.get_base_model().model.language_model.layers[-1].mlp.register_forward_hook(
+        lambda module, args, output: final_mlp_tokens.append(tuple(args[0].shape[:2]))
+    )
     shared = RewardScorer(model, processor, batch_size=3, shared_prefix=True).rewards(group)
+    hook.remove()
     shared_patches = sum(calls)
     one_by_one = RewardScorer(model, processor, batch_size=1, shared_prefix=True).rewards(group)
     assert plain.shape == (7,) and np.ptp(plain) > 1e-3
@@ -57,6 +62,8 @@ def test_shared_prefix_equals_plain_and_sees_the_query_photo_once(tiny):
     assert calls[0] == query_patches  # the prefix: the query photo alone
     assert shared_patches == query_patches + gallery_patches
     assert plain_patches == 7 * query_patches + gallery_patches
+    # The last layer's MLP reads one token per row: the prefix, then 3 and 1 photo prompts, then 3 zero-shot ones.
+    assert final_mlp_tokens == [(1, 1), (3, 1), (1, 1), (3, 1)]
 
 
 def test_shared_prefix_with_a_single_candidate(tiny):

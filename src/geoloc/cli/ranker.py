@@ -44,7 +44,7 @@ def score_command(
                                   "best-ranked candidates of SOURCE (repeatable); other sources in full."),
     negatives: int = typer.Option(5, "--negatives", help="Worst-ranked retrieval candidates named as negatives."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Prompts per forward pass."),
-    plain: bool = typer.Option(False, "--plain", help="Recompute the shared prompt start for every candidate."),
+    plain: bool = typer.Option(False, "--plain", help="Every prompt through the whole model, as GeoRanker does."),
     dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16."),
     device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda if any)."),
     query_embeddings: Path | None = typer.Option(None, "--query-embeddings", help="Light ranker: embeddings of the "

@@ -70,9 +70,14 @@ def last_token_states(hidden: torch.Tensor, attention_mask: torch.Tensor | None)
     """The hidden state of each row's last real token, whether the batch is padded left or right."""
     if attention_mask is None:
         return hidden[:, -1]
-    mask = attention_mask[:, -hidden.shape[1]:]
-    last = hidden.shape[1] - 1 - torch.argmax(mask.flip(1).to(torch.int8), dim=1)
+    last = last_token_positions(attention_mask, hidden.shape[1])
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+
+def last_token_positions(attention_mask: torch.Tensor, length: int) -> torch.Tensor:
+    """Where each row's last real token sits among the `length` newest positions of `attention_mask`."""
+    mask = attention_mask[:, -length:]
+    return length - 1 - torch.argmax(mask.flip(1).to(torch.int8), dim=1)
 
 
 def _missing_files_error(name: str, error: Exception) -> ModelLoadError:

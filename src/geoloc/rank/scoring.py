@@ -4,7 +4,9 @@ Every prompt of one query starts the same way: the chat template, the query phot
 vision tokens, the question's fixed start. The plain path (GeoRanker's) recomputes that
 start, and runs the query photo through the vision tower, once per candidate. The
 shared-prefix path runs it once per query and continues every candidate from a copy of
-its key/value cache. No library offers prefix reuse across a batch of different
+its key/value cache. It also skips what the reward never reads: the last decoder
+layer's MLP runs on the one token per row whose final state the value head takes, not on
+every token. No library offers prefix reuse across a batch of different
 continuations with Qwen2-VL's 3-D rotary positions, hence the hand-written part here:
 positions come from the model's own `get_rope_index` over each full sequence, so they
 equal the plain path's, and the attention mask spans cache and continuation.
@@ -13,12 +15,15 @@ equal the plain path's, and the attention mask spans cache and continuation.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from PIL import Image
+from torch import nn
 
+from geoloc.rank.model import last_token_positions
 from geoloc.rank.prompts import Place, Prompt, candidate_prompt, render
 
 
@@ -58,6 +63,7 @@ class RewardScorer:
         self.processor = processor
         self.batch_size = batch_size
         self.shared_prefix = shared_prefix and hasattr(self.backbone, "get_rope_index")
+        self.final_mlp = _final_mlp(self.backbone) if self.shared_prefix else None
         vision_end = self.reward_model.config.vision_end_token_id
         self.vision_end = processor.tokenizer.convert_ids_to_tokens(vision_end)
         self.device = next(model.parameters()).device
@@ -107,14 +113,16 @@ class RewardScorer:
         common = _common_text_tokens(rest["input_ids"], rest["attention_mask"], rest["mm_token_type_ids"])
         prefix_ids = torch.cat([start["input_ids"], rest["input_ids"][:1, :common]], dim=1)
         prefix_types = torch.cat([start["mm_token_type_ids"], rest["mm_token_type_ids"][:1, :common]], dim=1)
-        prefix = self.backbone(
-            input_ids=prefix_ids,
-            attention_mask=torch.ones_like(prefix_ids),
-            mm_token_type_ids=prefix_types,
-            pixel_values=start["pixel_values"],
-            image_grid_thw=start["image_grid_thw"],
-            use_cache=True,
-        ).past_key_values
+        any_position = torch.zeros(1, dtype=torch.long, device=self.device)  # only the prefix's cache is read
+        with _final_mlp_only_at(self.final_mlp, any_position):
+            prefix = self.backbone(
+                input_ids=prefix_ids,
+                attention_mask=torch.ones_like(prefix_ids),
+                mm_token_type_ids=prefix_types,
+                pixel_values=start["pixel_values"],
+                image_grid_thw=start["image_grid_thw"],
+                use_cache=True,
+            ).past_key_values
 
         gallery_grids = rest.get("image_grid_thw")
         has_photo = torch.tensor([len(prompt.images) > 1 for prompt in prompts])
@@ -152,8 +160,36 @@ class RewardScorer:
                 first, last = photos[0], photos[-1]
                 inputs["pixel_values"] = rest["pixel_values"][patch_offsets[first]:patch_offsets[last + 1]]
                 inputs["image_grid_thw"] = gallery_grids[first:last + 1]
-            rewards.append(self.model(**inputs))
+            with _final_mlp_only_at(self.final_mlp, last_token_positions(full_mask, length)):
+                rewards.append(self.model(**inputs))
         return torch.cat(rewards).cpu().numpy()
+
+
+def _final_mlp(backbone: nn.Module) -> nn.Module | None:
+    """The MLP of the language model's last decoder layer, where the backbone has the usual layout."""
+    layers = getattr(getattr(backbone, "language_model", None), "layers", None)
+    return getattr(layers[-1], "mlp", None) if layers else None
+
+
+@contextmanager
+def _final_mlp_only_at(mlp: nn.Module | None, positions: torch.Tensor) -> Iterator[None]:
+    """Within the block, `mlp` (the last decoder layer's) reads one token per row, at `positions`.
+
+    Exact for that token: the MLP acts token by token, and every layer's keys and values
+    are made before it. Its (rows, 1, hidden) output broadcasts over the residual it is
+    added to, so the final states of all other tokens are wrong: only the chosen ones may
+    be read. The MLP is most of a layer's work: this saves almost 1/L of the decoder's work
+    for L layers (1/28 for Qwen2-VL-7B).
+    """
+    if mlp is None:
+        yield
+        return
+    rows = torch.arange(len(positions), device=positions.device)
+    handle = mlp.register_forward_pre_hook(lambda _, args: (args[0][rows, positions].unsqueeze(1),))
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def _common_text_tokens(ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor) -> int:
