@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from geoloc.cli import app
 from geoloc.evaluate import evaluate_files, load_truth, metrics_from_distances
 from geoloc.geo import EARTH_RADIUS_KM
-from geoloc.tables import TableError
+from geoloc.tables import TableError, read_table, write_table
 
 # id, true (lat, lon), predicted (lat, lon) or None when there is no prediction.
 EDGE_CASES = [
@@ -155,6 +155,16 @@ def test_missing_file_and_unknown_format(tmp_path):
     (tmp_path / "p.txt").write_text("x")
     with pytest.raises(TableError, match="unknown table format '.txt'"):
         evaluate_files(tmp_path / "p.txt", tmp_path / "truth.csv")
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_read_table_reads_only_the_columns_asked_for(tmp_path, suffix):
+    path = tmp_path / f"catalog{suffix}"
+    write_table(pl.DataFrame({"image_id": ["007", "8"], "uri": ["a.jpg", "b.jpg"], "lat": ["1.5", "2"]}), path)
+    assert read_table(path, columns=["lat", "image_id"]).to_dict(as_series=False) == {
+        "lat": ["1.5", "2"], "image_id": ["007", "8"]}
+    with pytest.raises(TableError, match="missing column\\(s\\) lon; found image_id, uri, lat"):
+        read_table(path, columns=["image_id", "lon"])
 
 
 def test_truth_can_come_from_the_predictions_themselves(tmp_path):

@@ -28,16 +28,26 @@ def table_format(path: Path) -> str:
     raise TableError(f"{path}: unknown table format {suffix or '(no suffix)'!r}; use one of {accepted}")
 
 
-def read_table(path: str | Path) -> pl.DataFrame:
-    """Read a CSV (every column as text, so ids keep their leading zeros) or a Parquet file."""
+def read_table(path: str | Path, columns: list[str] | None = None) -> pl.DataFrame:
+    """Read a CSV (every column as text, so ids keep their leading zeros) or a Parquet file.
+
+    With `columns`, only those are read (a catalog of millions of rows has many more), and
+    a missing one is a TableError naming what the file has.
+    """
     path = Path(path)
     kind = table_format(path)
     if not path.is_file():
         raise TableError(f"{path}: no such file")
     try:
+        if columns is not None:
+            present = pl.read_csv(path, n_rows=0).columns if kind == "csv" else list(pl.read_parquet_schema(path))
+            missing = [column for column in columns if column not in present]
+            if missing:
+                found = ", ".join(present) or "none"
+                raise TableError(f"{path}: missing column(s) {', '.join(missing)}; found {found}")
         if kind == "csv":
-            return pl.read_csv(path, infer_schema=False)
-        return pl.read_parquet(path)
+            return pl.read_csv(path, infer_schema=False, columns=columns)
+        return pl.read_parquet(path, columns=columns)
     except (pl.exceptions.PolarsError, OSError) as error:
         raise TableError(f"{path}: cannot read as {kind}: {error}") from error
 

@@ -15,7 +15,7 @@ import polars as pl
 from numpy.typing import NDArray
 
 from geoloc.geo import coordinate_status
-from geoloc.tables import write_table, write_text
+from geoloc.tables import TableError, read_table, write_table, write_text
 
 from .clustering import NOISE, assign_noise_to_nearest, collapse_coordinates, hdbscan_distinct
 from .hierarchy import MAX_LEVELS, centroids_and_spread, coarser_levels
@@ -72,12 +72,9 @@ def read_catalog(catalog_dir: Path) -> pl.DataFrame:
     if not path.is_file():
         raise CellsError(f"{path}: no such file (run `geoloc catalog build` first)")
     try:
-        frame = pl.read_parquet(path, columns=None)
-    except (pl.exceptions.PolarsError, OSError) as error:
-        raise CellsError(f"{path}: cannot read as Parquet: {error}") from error
-    missing = [column for column in ("uri", "lat", "lon") if column not in frame.columns]
-    if missing:
-        raise CellsError(f"{path}: missing column(s) {', '.join(missing)}; found {', '.join(frame.columns) or 'none'}")
+        frame = read_table(path, columns=["uri", "lat", "lon"])
+    except TableError as error:
+        raise CellsError(str(error)) from error
     frame = frame.select(pl.col("uri").cast(pl.Utf8).alias("path"), pl.col("lat").cast(pl.Float64),
                          pl.col("lon").cast(pl.Float64))
     bad = int((coordinate_status(frame["lat"].to_numpy(), frame["lon"].to_numpy()) == 1).sum())

@@ -58,8 +58,9 @@ def read_cell_table(cells_dir: Path) -> CellTable:
     for path in paths:
         if not path.is_file():
             raise ClassifierError(f"{path}: no such file (is {cells_dir} the output of `geoloc cells build`?)")
-    centroid_rows, photos = (pl.read_parquet(path) for path in paths)
-    columns = sorted((c for c in photos.columns if c.startswith("cluster_")), key=lambda c: int(c.split("_")[1]))
+    centroid_rows = pl.read_parquet(paths[0])
+    photos = pl.scan_parquet(paths[1]).select(pl.col(r"^cluster_\d+$")).collect()  # one row per photo: no paths
+    columns = sorted(photos.columns, key=lambda c: int(c.split("_")[1]))
     if not columns:
         raise ClassifierError(f"{paths[1]}: no cluster_0 ... columns")
     links = photos.filter(pl.col("cluster_0") >= 0).select(columns).unique("cluster_0").sort("cluster_0")
@@ -130,7 +131,8 @@ def train_classifier(
     meta, ids, vectors = read_embeddings(embeddings_dir)
     if len(ids) == 0:
         raise ClassifierError(f"{embeddings_dir}: no embedded photos to train on")
-    catalog = read_table(catalog_dir / "catalog.parquet").select(pl.col("image_id").cast(pl.Utf8), "lat", "lon")
+    catalog = read_table(catalog_dir / "catalog.parquet", columns=["image_id", "lat", "lon"]).with_columns(
+        pl.col("image_id").cast(pl.Utf8))
     rows = pl.DataFrame({"image_id": ids}).join(catalog, on="image_id", how="left", maintain_order="left")
     unmatched = rows.filter(pl.col("lat").is_null())["image_id"]
     if len(unmatched):

@@ -41,7 +41,7 @@ def embed_command(
     from geoloc.encode.backbone import BackboneUnavailable, load_backbone
 
     with clean_errors(BackboneUnavailable, EmbeddingsError, CatalogError, TableError, FileNotFoundError, ClusterError):
-        items = read_table(catalog / "catalog.parquet").select("image_id", "uri", "source")
+        items = read_table(catalog / "catalog.parquet", columns=["image_id", "uri", "source"])
         if check_engine(engine) == "ray":
             from geoloc.encode.ray_engine import embed_table_ray
 
