@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from geoloc.geo import (
     EARTH_RADIUS_KM,
     CoordinateStatus,
+    chord_to_km,
     coordinate_status,
     distance_km,
     from_unit_vectors,
@@ -104,6 +105,12 @@ def test_unit_vectors_round_trip(lat, lon):
     # Compare as points: longitude is arbitrary at the poles and 180 == -180.
     assert great_circle_km(lat, lon, back_lat, back_lon) == pytest.approx(0.0, abs=1e-6)
     assert -180.0 <= back_lon < 180.0
+
+
+@given(points, points)
+def test_chord_between_unit_vectors_is_the_great_circle_distance(a, b):
+    chord = np.linalg.norm(to_unit_vectors(*a) - to_unit_vectors(*b))
+    assert chord_to_km(chord) == pytest.approx(great_circle_km(*a, *b), abs=1e-3)  # 1 m: arcsin is steep at antipodes
 
 
 def test_unit_vector_axes():

@@ -19,7 +19,7 @@ import polars as pl
 from numpy.typing import ArrayLike, NDArray
 from scipy.spatial import cKDTree
 
-from geoloc.geo import EARTH_RADIUS_KM, coordinate_status, to_unit_vectors
+from geoloc.geo import chord_to_km, coordinate_status, to_unit_vectors
 
 from .build import CELLS_JSON, COORDINATES_FILE, CellsError, cluster_columns
 from .clustering import NOISE
@@ -68,8 +68,7 @@ class CellIndex:
         chord, nearest = self._tree.query(to_unit_vectors(lat[usable], lon[usable]), k=1, workers=-1)
         found = np.ones(len(nearest), dtype=bool)
         if max_distance_km is not None:
-            angle = 2.0 * np.arcsin(np.clip(chord / 2.0, 0.0, 1.0))
-            found = angle * EARTH_RADIUS_KM <= max_distance_km
+            found = chord_to_km(chord) <= max_distance_km
         rows = np.flatnonzero(usable)[found]
         result[rows] = self.cells[nearest[found]]
         return result

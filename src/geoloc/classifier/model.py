@@ -19,7 +19,7 @@ import torch
 from numpy.typing import NDArray
 from scipy.spatial import cKDTree
 
-from geoloc.geo import EARTH_RADIUS_KM, to_unit_vectors
+from geoloc.geo import chord_to_km, to_unit_vectors
 from geoloc.tables import write_text
 
 CONFIG_FILE = "classifier.json"
@@ -31,11 +31,6 @@ FORMAT = "geoloc-classifier/1"
 
 class ClassifierError(ValueError):
     """A classifier folder is missing, incomplete, or does not match the embeddings given to it."""
-
-
-def chord_to_km(chord: NDArray[np.float64]) -> NDArray[np.float64]:
-    """Great-circle km from the straight-line distance between unit vectors (what KD-trees return)."""
-    return 2.0 * np.arcsin(np.clip(chord / 2.0, 0.0, 1.0)) * EARTH_RADIUS_KM
 
 
 @dataclass

@@ -83,6 +83,11 @@ def to_unit_vectors(lat: ArrayLike, lon: ArrayLike) -> NDArray[np.float64]:
     return np.stack([cos_lat * np.cos(lon), cos_lat * np.sin(lon), np.sin(lat)], axis=-1)
 
 
+def chord_to_km(chord: ArrayLike) -> NDArray[np.float64]:
+    """Great-circle km from the straight-line distance between unit vectors (what KD-trees over them return)."""
+    return 2.0 * np.arcsin(np.clip(np.asarray(chord, dtype=np.float64) / 2.0, 0.0, 1.0)) * EARTH_RADIUS_KM
+
+
 def from_unit_vectors(xyz: ArrayLike) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Latitude and longitude in degrees of vectors of shape (..., 3); they need not be unit length."""
     xyz = np.asarray(xyz, dtype=np.float64)
