@@ -7,7 +7,9 @@ import sqlite3
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import polars as pl
+from numpy.typing import NDArray
 
 CSV_SUFFIXES = (".csv",)
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -118,6 +120,13 @@ def describe_ids(ids: pl.Series, limit: int = 5) -> str:
     shown = ", ".join(repr(value) for value in ids.head(limit).to_list())
     more = len(ids) - limit
     return shown + (f" and {more} more" if more > 0 else "")
+
+
+def rows_of(keys: pl.Series, ids: pl.Series) -> NDArray[np.int64]:
+    """The row of each key among `ids` (its first, where an id repeats), -1 where a key is null or unknown."""
+    table = pl.DataFrame({"key": ids, "row": np.arange(len(ids), dtype=np.int64)}).unique("key", keep="first")
+    return (pl.DataFrame({"key": keys}).join(table, on="key", how="left", maintain_order="left")["row"]
+            .fill_null(-1).to_numpy())
 
 
 def open_answer_cache(path: Path, *tables: str) -> sqlite3.Connection:

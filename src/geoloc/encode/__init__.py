@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from geoloc.encode.backbone import Backbone
-from geoloc.tables import write_table
+from geoloc.tables import describe_ids, rows_of, write_table, write_text
 
 UNREADABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
@@ -136,13 +135,14 @@ ComputeParts = Callable[[list[tuple[int, pl.DataFrame]]], Iterator[tuple[int, np
 order."""
 
 
-def _fingerprint(ids: pl.Series) -> str:
-    return hashlib.sha256(ids.hash(seed=0).to_numpy().tobytes()).hexdigest()[:32]
+def _meta(backbone: str, dim: int, ids: pl.Series, chunk_rows: int) -> dict:
+    """What a folder's embeddings were made of: a resumed run must match it."""
+    fingerprint = hashlib.sha256(ids.hash(seed=0).to_numpy().tobytes()).hexdigest()[:32]
+    return {"backbone": backbone, "dim": dim, "rows": len(ids), "chunk_rows": chunk_rows, "ids": fingerprint}
 
 
 def _check_meta(out: Path, meta: dict) -> None:
     """Write meta.json, or refuse a folder holding another run's embeddings."""
-    out.mkdir(parents=True, exist_ok=True)
     meta_path = out / "meta.json"
     if meta_path.is_file():
         previous = json.loads(meta_path.read_text())
@@ -151,9 +151,17 @@ def _check_meta(out: Path, meta: dict) -> None:
             raise EmbeddingsError(f"{out} holds another run's embeddings (different {', '.join(changed)}); "
                                   "use a new --out folder or delete this one")
     else:
-        partial = out / f".meta.json.{os.getpid()}.part"
-        partial.write_text(json.dumps(meta, indent=2))
-        os.replace(partial, meta_path)
+        write_text(meta_path, json.dumps(meta, indent=2))
+
+
+def _write_part(out: Path, number: int, ids: pl.Series, vectors: np.ndarray, problems: list[str | None]) -> None:
+    """One chunk's part: a failed photo's row keeps its id and error, its embedding is null."""
+    table = pl.DataFrame({
+        "image_id": ids,
+        "embedding": pl.Series(vectors, dtype=pl.Array(pl.Float32, vectors.shape[1])),
+        "error": pl.Series(problems, dtype=pl.Utf8),
+    }).with_columns(pl.when(pl.col("error").is_null()).then(pl.col("embedding")).alias("embedding"))
+    write_table(table, out / f"part-{number:05d}.parquet")
 
 
 def embed_parts(
@@ -170,8 +178,7 @@ def embed_parts(
     `compute` embeds the missing parts (here, or on a Ray cluster); each part is
     written atomically by this function as soon as it comes back.
     """
-    _check_meta(out, {"backbone": backbone, "dim": dim, "rows": len(items), "chunk_rows": chunk_rows,
-                      "ids": _fingerprint(items["image_id"])})
+    _check_meta(out, _meta(backbone, dim, items["image_id"], chunk_rows))
     embedded = failed = skipped = 0
     chunks: dict[int, pl.DataFrame] = {}
     for number, start in enumerate(range(0, len(items), chunk_rows)):
@@ -186,12 +193,7 @@ def embed_parts(
         skipped += 1
         on_progress(len(chunk))
     for number, vectors, problems in compute(list(chunks.items())):
-        table = pl.DataFrame({
-            "image_id": chunks[number]["image_id"],
-            "embedding": pl.Series(vectors, dtype=pl.Array(pl.Float32, dim)),
-            "error": pl.Series(problems, dtype=pl.Utf8),
-        }).with_columns(pl.when(pl.col("error").is_null()).then(pl.col("embedding")).alias("embedding"))
-        write_table(table, out / f"part-{number:05d}.parquet")
+        _write_part(out, number, chunks[number]["image_id"], vectors, problems)
         failed += sum(problem is not None for problem in problems)
         embedded += len(problems) - sum(problem is not None for problem in problems)
     return EmbedSummary(rows=len(items), embedded=embedded, failed=failed, parts_skipped=skipped)
@@ -243,29 +245,18 @@ def write_embeddings(folder: Path, ids: pl.Series | list[str], vectors: np.ndarr
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     if vectors.ndim != 2 or len(vectors) != len(ids):
         raise EmbeddingsError(f"expected one vector per id ({len(ids)}), got an array of shape {vectors.shape}")
-    folder.mkdir(parents=True, exist_ok=True)
-    dim = vectors.shape[1]
     for number, start in enumerate(range(0, len(ids), chunk_rows)):
-        write_table(pl.DataFrame({
-            "image_id": ids.slice(start, chunk_rows),
-            "embedding": pl.Series(vectors[start:start + chunk_rows], dtype=pl.Array(pl.Float32, dim)),
-            "error": pl.Series([None] * len(ids.slice(start, chunk_rows)), dtype=pl.Utf8),
-        }), folder / f"part-{number:05d}.parquet")
-    meta = {"backbone": backbone, "dim": dim, "rows": len(ids), "chunk_rows": chunk_rows, "ids": _fingerprint(ids)}
-    partial = folder / f".meta.json.{os.getpid()}.part"
-    partial.write_text(json.dumps(meta, indent=2))
-    os.replace(partial, folder / "meta.json")
+        chunk = ids.slice(start, chunk_rows)
+        _write_part(folder, number, chunk, vectors[start:start + chunk_rows], [None] * len(chunk))
+    write_text(folder / "meta.json", json.dumps(_meta(backbone, vectors.shape[1], ids, chunk_rows), indent=2))
 
 
 def embeddings_by_id(folder: Path, ids: pl.Series, what: str) -> np.ndarray:
     """The vectors of `ids` in their order, from an embeddings folder; an error names ids it lacks."""
     _, known, vectors = read_embeddings(folder)
-    rows = pl.DataFrame({"image_id": known, "row": np.arange(len(known))}).unique("image_id", keep="first")
-    found = pl.DataFrame({"image_id": ids.cast(pl.Utf8)}).join(rows, on="image_id", how="left",
-                                                               maintain_order="left")
-    missing = found.filter(pl.col("row").is_null())["image_id"]
+    ids = ids.cast(pl.Utf8)
+    rows = rows_of(ids, known)
+    missing = ids.filter(pl.Series(rows < 0))
     if len(missing):
-        from geoloc.tables import describe_ids
-
         raise EmbeddingsError(f"{folder}: no embedding for {len(missing)} {what}: {describe_ids(missing)}")
-    return vectors[found["row"].to_numpy()]
+    return vectors[rows]

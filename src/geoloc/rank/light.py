@@ -30,7 +30,7 @@ from geoloc.candidates import SOURCES
 from geoloc.fitting import FitSettings, fit
 from geoloc.geo import EARTH_RADIUS_KM, distance_km, to_unit_vectors
 from geoloc.rank.losses import multi_order_distance_loss
-from geoloc.tables import TableError, write_table, write_text
+from geoloc.tables import TableError, rows_of, write_table, write_text
 
 CONFIG_FILE = "light_ranker.json"
 WEIGHTS_FILE = "light_ranker.safetensors"
@@ -171,13 +171,6 @@ class Lookups:
     """Place-text embeddings whose ids are the place texts themselves."""
 
 
-def _rows_of(keys: pl.Series, ids: pl.Series) -> NDArray[np.int64]:
-    """The row of each key among `ids`, -1 where a key is null or unknown."""
-    table = pl.DataFrame({"key": ids, "row": np.arange(len(ids), dtype=np.int64)}).unique("key", keep="first")
-    return (pl.DataFrame({"key": keys}).join(table, on="key", how="left", maintain_order="left")["row"]
-            .fill_null(-1).to_numpy())
-
-
 def _gallery_keys(frame: pl.DataFrame, lookups: Lookups) -> pl.Series:
     uris = frame["ref_uri"]
     if lookups.gallery_index is None:
@@ -205,7 +198,7 @@ def build_groups(frame: pl.DataFrame, lookups: Lookups, group_size: int | None =
     if group_size is not None:
         frame = frame.filter(pl.col("position") < group_size)
     query_ids = frame["query_id"].unique(maintain_order=True)
-    query_row = _rows_of(frame["query_id"], query_ids)
+    query_row = rows_of(frame["query_id"], query_ids)
     position = frame["position"].to_numpy()
     queries, width = len(query_ids), int(position.max()) + 1
     backbones = {}
@@ -226,7 +219,7 @@ def build_groups(frame: pl.DataFrame, lookups: Lookups, group_size: int | None =
         meta, ids, gallery_vectors = read_embeddings(lookups.gallery_embeddings)
         backbones["gallery"] = meta.get("backbone")
         keys = _gallery_keys(frame, lookups)
-        gallery_rows = _rows_of(keys, ids)
+        gallery_rows = rows_of(keys, ids)
         unknown = frame.filter(pl.Series((gallery_rows < 0) & frame["ref_uri"].is_not_null().to_numpy()))
         if unknown.height:
             raise TableError(f"{lookups.gallery_embeddings}: no embedding for {unknown.height} candidate gallery "
@@ -235,7 +228,7 @@ def build_groups(frame: pl.DataFrame, lookups: Lookups, group_size: int | None =
     text_vectors, text_rows = np.zeros((1, 1), np.float32), np.full(frame.height, -1, np.int64)
     if lookups.text_embeddings is not None:
         _, ids, text_vectors = read_embeddings(lookups.text_embeddings)
-        text_rows = _rows_of(frame["text"].replace("", None), ids)
+        text_rows = rows_of(frame["text"].replace("", None), ids)
     sources = frame["source"].replace_strict({name: i for i, name in enumerate(SOURCES)}, default=0).to_numpy()
     score = (frame["score"].cast(pl.Float64, strict=False).to_numpy() if "score" in frame.columns
              else np.full(frame.height, np.nan))
