@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from geoloc.cli.common import clean_errors, console, errors, progress_bar
+from geoloc.cli.common import clean_errors, console, errors, progress_callback
 from geoloc.tables import TableError
 
 classifier_app = typer.Typer(help="Hierarchical geocell classifier over frozen embeddings (CPU-friendly).",
@@ -39,11 +39,9 @@ def train_command(
                                   fit=FitSettings(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                                                   seed=seed))
     with clean_errors(ClassifierError, CellsError, EmbeddingsError, TableError, FileNotFoundError), \
-            progress_bar("training") as bar:
-        task = bar.add_task("training", total=None)
+            progress_callback("training") as progress:
         rows = train_classifier(cells, embeddings, catalog, out, settings,
-                                say=lambda line: errors.print(line, highlight=False),
-                                progress=lambda done, total: bar.update(task, completed=done, total=total))
+                                say=lambda line: errors.print(line, highlight=False), progress=progress)
     console.print(f"trained on {rows:,} photos -> {out}")
 
 

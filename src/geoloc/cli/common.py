@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import typer
 from rich.console import Console
@@ -28,3 +28,11 @@ def progress_bar(label: str) -> Progress:
     """A progress bar on stderr (stdout stays clean for JSON), gone once done."""
     return Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=errors,
                     transient=True)
+
+
+@contextlib.contextmanager
+def progress_callback(label: str) -> Iterator[Callable[[int, int], None]]:
+    """A progress bar fed by the `progress(done, total)` callback the library's long functions take."""
+    with progress_bar(label) as bar:
+        task = bar.add_task(label, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from geoloc.cli.common import clean_errors, console, errors, progress_bar
+from geoloc.cli.common import clean_errors, console, errors, progress_callback
 from geoloc.images import ArchiveError
 from geoloc.tables import TableError
 
@@ -61,8 +61,6 @@ def score_command(
     With a GeoRanker adapter the photos are read (--images, --gallery); with a light ranker
     folder their embeddings are (--query-embeddings, --gallery-embeddings, --text-embeddings).
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
     from geoloc.rank.light import is_light_ranker
     from geoloc.rank.model import ModelLoadError
     from geoloc.rank.ranking import score_file
@@ -73,16 +71,13 @@ def score_command(
         return
     if images is None:
         raise typer.BadParameter("--images is required to score with a GeoRanker adapter", param_hint="--images")
-    with clean_errors(TableError, ModelLoadError, ArchiveError, FileNotFoundError), Progress(
-        "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=errors,
-    ) as bar:
-        task = bar.add_task("scoring queries", total=None)
+    with clean_errors(TableError, ModelLoadError, ArchiveError, FileNotFoundError), \
+            progress_callback("scoring queries") as progress:
         report = score_file(
             candidates, out, images=images, adapter=adapter, base=base, gallery=gallery, images_index=images_index,
             gallery_index=gallery_index, top=_parse_top(top),
             num_negatives=negatives, batch_size=batch_size, shared_prefix=not plain, dtype=dtype, device=device,
-            progress=lambda done, total: bar.update(task, completed=done, total=total),
+            progress=progress,
         )
     console.print(f"{report.predicted} of {report.queries} queries predicted -> {out}")
     if report.unreadable_queries:
@@ -103,10 +98,9 @@ def _score_light(candidates: Path, adapter: Path, out: Path, top: dict[str, int]
         raise typer.BadParameter("a light ranker scores from embeddings: pass --query-embeddings",
                                  param_hint="--query-embeddings")
     lookups = Lookups(query_embeddings, gallery_embeddings, gallery_table, text_embeddings)
-    with clean_errors(TableError, EmbeddingsError, FileNotFoundError, ValueError), progress_bar("scoring") as bar:
-        task = bar.add_task("scoring", total=None)
-        predicted = score_light_file(candidates, out, adapter, lookups, top,
-                                     progress=lambda done, total: bar.update(task, completed=done, total=total))
+    with clean_errors(TableError, EmbeddingsError, FileNotFoundError, ValueError), \
+            progress_callback("scoring") as progress:
+        predicted = score_light_file(candidates, out, adapter, lookups, top, progress=progress)
     console.print(f"{predicted} queries predicted -> {out}")
 
 
@@ -138,11 +132,10 @@ def _train_light(config: Path) -> None:
     from geoloc.encode import EmbeddingsError
     from geoloc.rank.light import LightTrainConfig, train_light_ranker
 
-    with clean_errors(TableError, EmbeddingsError, ValueError, FileNotFoundError), progress_bar("training") as bar:
+    with clean_errors(TableError, EmbeddingsError, ValueError, FileNotFoundError), \
+            progress_callback("training") as progress:
         settings = LightTrainConfig.from_yaml(config)
-        task = bar.add_task("training", total=None)
-        result = train_light_ranker(settings, say=lambda line: errors.print(line, highlight=False),
-                                    progress=lambda done, total: bar.update(task, completed=done, total=total))
+        result = train_light_ranker(settings, say=lambda line: errors.print(line, highlight=False), progress=progress)
     console.print(f"trained on {result.queries} queries -> {settings.output}")
     if result.short_groups:
         errors.print(f"[yellow]warning:[/] {result.short_groups} quer(ies) skipped: fewer candidates than "
