@@ -1,4 +1,4 @@
-"""Geocell clustering speed: ours against the data document's HDBSCAN, on the same points.
+"""Geocell clustering speed: ours against the data-preparation guide's HDBSCAN, on the same points.
 
 The points look like real photo locations: the 100K real photo locations shipped in the
 `geoclip` package, each spot moved by a kilometre-scale jitter, then photos drawn from
@@ -10,7 +10,7 @@ landmarks do), about 36% distinct, rounded to 6 decimals as geotags are.
   and the coarser levels (3 levels), as `geoloc cells build` computes them (files are
   not written). numba's one-off compilation is done on a small warm-up set first and
   not counted.
-- the data document's method: hdbscan with algorithm='prims_kdtree',
+- the data-preparation guide's method: hdbscan with algorithm='prims_kdtree',
   approx_min_span_tree=True, min_cluster_size=5, min_samples=2 on the distinct
   lat/lon degrees (`pip install -e ".[bench]"` for hdbscan).
 

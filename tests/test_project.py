@@ -38,3 +38,38 @@ def test_quick_start_files_exist():
 def test_version():
     result = CliRunner().invoke(app, ["--version"])
     assert result.exit_code == 0 and __version__ in result.stdout
+
+
+def command_paths(group=None, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every leaf command of the CLI as its words, e.g. ('cells', 'build')."""
+    import typer.main
+
+    group = group or typer.main.get_command(app)
+    paths = []
+    for name, command in group.commands.items():
+        if hasattr(command, "commands"):
+            paths += command_paths(command, (*prefix, name))
+        else:
+            paths.append((*prefix, name))
+    return paths
+
+
+def test_readme_stays_short_and_its_links_exist():
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.encode()) <= 15 * 1024
+    targets = re.findall(r"\]\(([^)#]+\.md)(?:#[^)]*)?\)", readme)
+    assert targets, "the README links to its docs pages"
+    for target in targets:
+        assert (ROOT / target).is_file(), target
+
+
+def test_every_command_has_a_readme_row_and_a_docs_page_that_describes_it():
+    readme = (ROOT / "README.md").read_text()
+    rows = {line.split("|")[1].strip(): line for line in readme.splitlines() if line.startswith("| `geoloc ")}
+    for words in command_paths():
+        group = f"`geoloc {' '.join(words[:-1])}" if len(words) > 1 else f"`geoloc {words[0]}`"
+        row = next((line for first, line in rows.items() if first.startswith(group) and words[-1] in first), None)
+        assert row is not None, f"geoloc {' '.join(words)} has no row in the README's command table"
+        page = re.search(r"\]\((docs/[^)#]+\.md)", row).group(1)
+        text = (ROOT / page).read_text()
+        assert f"geoloc {' '.join(words)}" in text, f"{page} does not describe geoloc {' '.join(words)}"

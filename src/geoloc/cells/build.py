@@ -132,7 +132,7 @@ def build_cells(catalog_dir: Path, out: Path, options: CellsOptions | None = Non
 def write_cell_files(out: Path, catalog: pl.DataFrame, photo_to_distinct: NDArray[np.int64], lat: NDArray[np.float64],
                      lon: NDArray[np.float64], photos: NDArray[np.int64], vectors: NDArray[np.float64],
                      levels: list[NDArray[np.int64]]) -> None:
-    """The data document's four tables (CSV and Parquet) and coordinates.parquet."""
+    """The data-preparation guide's four tables (CSV and Parquet) and coordinates.parquet."""
     columns = cluster_columns(len(levels))
     per_photo = catalog.with_columns(
         pl.Series(name, level[photo_to_distinct], dtype=pl.Int64) for name, level in zip(columns, levels)

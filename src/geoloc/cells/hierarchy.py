@@ -1,6 +1,6 @@
 """Coarser levels of cells, and each cell's centroid and spread.
 
-The data document's scheme: with n cells at the finest level, the coarser levels have
+The data-preparation guide's scheme: with n cells at the finest level, the coarser levels have
 about n^0.75, n^0.5, ... cells, each made by a size-weighted k-means of the finer
 level's centroids. Here the k-means runs on the sphere (unit vectors, centres
 renormalized after each update, nearest centre by chord distance through a KD-tree),

@@ -41,7 +41,7 @@ def build_command(
     levels: int = typer.Option(3, "--levels", min=1, max=MAX_LEVELS, help="Levels, cluster_0 (finest) included."),
     assign_noise: bool = typer.Option(False, "--assign-noise", help="Give each noise photo its nearest cell."),
 ) -> None:
-    """Cluster the catalog's photos into cells and coarser levels; write the data document's files."""
+    """Cluster the catalog's photos into cells and coarser levels; write the data-preparation guide's files."""
     options = CellsOptions(min_cluster_size, min_samples, levels, assign_noise)
     with clean_errors(CellsError, TableError), progress_bar("cells") as progress:
         task = progress.add_task("cells", total=5 + assign_noise)
