@@ -1,6 +1,6 @@
 """From a candidates table to predictions: each query's best-rewarded candidate.
 
-Candidates (DESIGN.md): query_id, source, rank, lat, lon, optional text and ref_uri.
+Candidates (docs/architecture.md): query_id, source, rank, lat, lon, optional text and ref_uri.
 Predictions: image_id (= query_id), lat, lon, score (the winning reward), the schema
 `geoloc evaluate` reads. A query whose photo cannot be read gets no prediction and is
 reported; a candidate whose gallery photo cannot be read is dropped and counted.
