@@ -86,7 +86,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     figures: dict[str, object] = {"rows": args.rows}
-    with tempfile.TemporaryDirectory() as folder, multiprocessing.get_context("spawn").Pool(1, maxtasksperchild=1) as pool:
+    fresh_processes = multiprocessing.get_context("spawn").Pool(1, maxtasksperchild=1)
+    with tempfile.TemporaryDirectory() as folder, fresh_processes as pool:
         truth_path, predictions_path = write_inputs(Path(folder), args.rows, args.seed)
         for distance in ("great-circle", "geodesic"):
             ours, missing, peak_mb = pool.apply(timed_evaluation, (predictions_path, truth_path, distance))
