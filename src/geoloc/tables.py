@@ -13,6 +13,11 @@ from numpy.typing import NDArray
 
 CSV_SUFFIXES = (".csv",)
 PARQUET_SUFFIXES = (".parquet", ".pq")
+TRUTH_LAYOUTS = [
+    {"image_id": "image_id", "lat": "lat", "lon": "lon"},
+    {"IMG_ID": "image_id", "LAT": "lat", "LON": "lon"},
+]
+"""Truth tables: our layout, or the public IM2GPS3K / YFCC4K metadata's (for select_layout)."""
 
 
 class TableError(ValueError):

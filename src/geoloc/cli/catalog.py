@@ -65,5 +65,34 @@ def build_command(
     print_summary(summary)
 
 
+@catalog_app.command("decontaminate")
+def decontaminate_command(
+    catalog: Path = typer.Option(..., "--catalog", help="Catalog folder (from geoloc catalog build)."),
+    against: list[Path] = typer.Option(..., "--against", help="A folder of benchmark photos, or a benchmark truth "
+                                       "table (image_id, lat, lon or IMG_ID, LAT, LON); repeatable."),
+    out: Path = typer.Option(..., "--out", help="Output folder: catalog.parquet without the leaks, leaks.parquet."),
+    radius_km: float | None = typer.Option(None, "--radius-km", help="Also drop photos closer than this to a "
+                                           "benchmark photo's location (needs a truth table)."),
+    workers: int = typer.Option(os.cpu_count() or 1, "--workers", min=1,
+                                help="Processes that decode photos (local engine)."),
+    engine: str = typer.Option("local", "--engine", help="local or ray (pip install 'geoloc\\[ray]')."),
+    ray_address: str | None = typer.Option(None, "--ray-address", help="ray engine: the cluster (auto, "
+                                           "ray://HEAD:10001); default: start a local Ray."),
+) -> None:
+    """A copy of the catalog without the photos that leak a benchmark: same bytes, same picture, too close."""
+    from geoloc.catalog.decontaminate import decontaminate
+
+    with clean_errors(CatalogError, TableError, ArchiveError, ClusterError):
+        options = BuildOptions(work_dir=out / ".work", workers=workers, engine=check_engine(engine),
+                               ray_address=ray_address)
+        summary = decontaminate(catalog, against, out, radius_km, options)
+    table = Table(title=f"Kept {summary.kept:,} photos; removed (see leaks.parquet)")
+    table.add_column("reason")
+    table.add_column("photos", justify="right")
+    for reason, count in summary.removed.items():
+        table.add_row(reason, f"{count:,}")
+    console.print(table)
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(catalog_app, name="catalog")

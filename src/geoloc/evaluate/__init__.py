@@ -16,16 +16,12 @@ import polars as pl
 from numpy.typing import NDArray
 
 from geoloc.geo import ACCURACY_THRESHOLDS_KM, CoordinateStatus, DistanceMethod, coordinate_status, distance_km
-from geoloc.tables import TableError, as_float_column, describe_ids, read_table, select_layout
+from geoloc.tables import TRUTH_LAYOUTS, TableError, as_float_column, describe_ids, read_table, select_layout
 
 GEOSCORE_MAX = 5000.0
 GEOSCORE_SCALE_KM = 1492.7
 """GeoGuessr's score: 5000 at the exact spot, decaying with this scale in km."""
 
-TRUTH_LAYOUTS = [
-    {"image_id": "image_id", "lat": "lat", "lon": "lon"},
-    {"IMG_ID": "image_id", "LAT": "lat", "LON": "lon"},
-]
 PREDICTION_LAYOUTS = [{"image_id": "image_id", "lat": "lat", "lon": "lon"}]
 EMBEDDED_TRUTH_LAYOUTS = [{"image_id": "image_id", "true_lat": "lat", "true_lon": "lon"}]
 
