@@ -61,7 +61,7 @@ class RewardModel(nn.Module):
 
     def forward(self, attention_mask: torch.Tensor | None = None, **inputs: Any) -> torch.Tensor:
         """Rewards (batch,) in float32. With a key/value cache, `attention_mask` spans cache and new tokens."""
-        inputs.setdefault("use_cache", inputs.get("past_key_values") is not None)
+        inputs.setdefault("use_cache", inputs.get("cache") is not None)
         hidden = self.model(attention_mask=attention_mask, **inputs).last_hidden_state
         return self.value_head(last_token_states(hidden, attention_mask)).squeeze(-1).float()
 

@@ -122,7 +122,7 @@ class RewardScorer:
                 pixel_values=start["pixel_values"],
                 image_grid_thw=start["image_grid_thw"],
                 use_cache=True,
-            ).past_key_values
+            ).cache
 
         gallery_grids = rest.get("image_grid_thw")
         has_photo = torch.tensor([len(prompt.images) > 1 for prompt in prompts])
@@ -154,7 +154,7 @@ class RewardScorer:
                 "attention_mask": full_mask,
                 "mm_token_type_ids": types,
                 "position_ids": positions[:, :, prefix_ids.shape[1]:],
-                "past_key_values": _expanded_cache(prefix, count),
+                "cache": _expanded_cache(prefix, count),
             }
             if photos:
                 first, last = photos[0], photos[-1]
