@@ -73,3 +73,38 @@ def test_every_command_has_a_readme_row_and_a_docs_page_that_describes_it():
         page = re.search(r"\]\((docs/[^)#]+\.md)", row).group(1)
         text = (ROOT / page).read_text()
         assert f"geoloc {' '.join(words)}" in text, f"{page} does not describe geoloc {' '.join(words)}"
+
+
+def help_of(*words: str) -> str:
+    result = CliRunner().invoke(app, [*words, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_top_level_help_lists_the_commands_in_pipeline_order():
+    output = help_of()
+    positions = [re.search(rf"│ {name} ", output).start() for name in
+                 ("catalog", "landmarks", "cells", "embed", "index", "retrieve", "classifier", "candidates", "ranker",
+                  "evaluate", "predict", "serve")]
+    assert positions == sorted(positions)
+    assert output.index("1. Data") < output.index("2. Gallery") < output.index("5. Results")
+
+
+def test_help_shows_plain_metavars_and_brackets_as_written():
+    for words in command_paths():
+        output = help_of(*words)
+        assert not re.search(r"<(bool|str|path|int|float|list\[)", output), (words, output)
+    assert "pip install 'geoloc[ray]'" in help_of("catalog", "build")
+    assert "pip install 'geoloc[ray]'" in help_of("embed")
+    assert "[great-circle|geodesic]" in help_of("evaluate")
+
+
+def test_ranker_score_marks_which_flags_belong_to_which_ranker():
+    output = help_of("ranker", "score")
+    georanker, light = output.index("GeoRanker (--adapter"), output.index("Light ranker (--adapter")
+    panels = output.split("Usage:", 1)[1].split("╭─ ")
+    flags = {panel.split(" ─", 1)[0]: panel for panel in panels}
+    assert georanker < light
+    assert "--images " in flags["GeoRanker (--adapter is a LoRA adapter folder)"]
+    assert "--plain " in flags["GeoRanker (--adapter is a LoRA adapter folder)"]
+    assert "--query-embeddings " in flags["Light ranker (--adapter holds light_ranker.json)"]

@@ -18,7 +18,7 @@ import polars as pl
 from PIL import Image, UnidentifiedImageError
 
 from geoloc.candidates.geoclip import GeoClip
-from geoloc.candidates.zeroshot import Photo
+from geoloc.images import Photo
 from geoloc.places import place_names
 
 UNREADABLE = (OSError, SyntaxError, ValueError, UnidentifiedImageError, Image.DecompressionBombError)

@@ -16,10 +16,8 @@ import numpy as np
 import polars as pl
 
 from geoloc.candidates import CANDIDATE_SCHEMA, SOURCES, conform_candidates
+from geoloc.places import GALLERY_PLACE_COLUMNS, fill_place_texts, place_text
 from geoloc.tables import TableError, as_float_column, read_table, select_layout
-
-GALLERY_PLACE_COLUMNS = ("neighbourhood", "city", "county", "state", "region", "country")
-"""MP16-Pro's place columns, most specific first: a retrieval candidate's text."""
 
 
 @dataclass(frozen=True)
@@ -37,12 +35,6 @@ class CompileSummary:
     candidates_per_source: dict[str, int] = field(default_factory=dict)
     zeroshot_unusable: int = 0
     """Zero-shot answers without usable coordinates: kept out of the table, never (0, 0)."""
-
-
-def place_text(columns: list[str]) -> pl.Expr:
-    """The non-empty place columns joined with commas, most specific first; null if none."""
-    present = [pl.col(c).cast(pl.Utf8).str.strip_chars().replace("", None) for c in columns]
-    return pl.concat_str(present, separator=", ", ignore_nulls=True).replace("", None)
 
 
 def g3_retrieval_candidates(g3: G3Retrieval) -> pl.DataFrame:
@@ -95,18 +87,6 @@ def zeroshot_candidates(table: pl.DataFrame, path: Path) -> tuple[pl.DataFrame, 
         pl.lit(None, pl.Utf8).alias("ref_uri"),
     )
     return usable.select(list(CANDIDATE_SCHEMA)), len(table) - len(usable)
-
-
-def fill_place_texts(frame: pl.DataFrame) -> pl.DataFrame:
-    """Reverse-geocode the rows (with lat, lon, text) that have no place text (vectorized, offline)."""
-    from geoloc.places import place_names
-
-    lacking = frame["text"].is_null().to_numpy()
-    if not lacking.any():
-        return frame
-    texts = frame["text"].to_numpy().astype(object)
-    texts[lacking] = place_names(frame["lat"].to_numpy()[lacking], frame["lon"].to_numpy()[lacking])
-    return frame.with_columns(pl.Series("text", texts, dtype=pl.Utf8))
 
 
 def compile_candidates(

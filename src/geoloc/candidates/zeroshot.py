@@ -15,7 +15,7 @@ import base64
 import hashlib
 import io
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,10 +23,10 @@ import polars as pl
 from PIL import Image, UnidentifiedImageError
 
 from geoloc.candidates.coordinates import parse_coordinates
+from geoloc.images import Photo
 from geoloc.tables import open_answer_cache
 
 API_KEY_VARIABLES = ("GEOLOC_API_KEY", "OPENAI_API_KEY")
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".tif", ".tiff", ".bmp", ".heic", ".heif"}
 SENT_AS_IS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "GIF": "image/gif"}
 FATAL_STATUS = {400, 401, 403, 404}
 """Answers that no retry will change: a wrong key, model name or request. The run stops."""
@@ -65,14 +65,6 @@ class ZeroShotSettings:
     prompt: str = DEFAULT_PROMPT
 
 
-@dataclass(frozen=True)
-class Photo:
-    """A photo to ask about: its id (file name or path relative to the folder given) and path."""
-
-    query_id: str
-    path: Path
-
-
 def api_key_from_environment() -> str:
     """The API key from GEOLOC_API_KEY, else OPENAI_API_KEY; never from a flag or a file."""
     for variable in API_KEY_VARIABLES:
@@ -83,20 +75,6 @@ def api_key_from_environment() -> str:
         f"no API key: set {' or '.join(API_KEY_VARIABLES)} in the environment "
         "(keys are not accepted as flags: other users of the machine can read command lines)"
     )
-
-
-def find_photos(paths: Iterable[Path]) -> list[Photo]:
-    """Photos named directly, and those under folders (id = path relative to the folder)."""
-    photos: list[Photo] = []
-    for path in paths:
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-            photos += [Photo(p.relative_to(path).as_posix(), p) for p in found]
-        elif path.is_file():
-            photos.append(Photo(path.name, path))
-        else:
-            raise FileNotFoundError(f"{path}: no such file or folder")
-    return photos
 
 
 def image_data_url(data: bytes) -> str:

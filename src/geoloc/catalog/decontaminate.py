@@ -28,11 +28,10 @@ from PIL import Image, ImageOps
 from scipy.spatial import cKDTree
 
 from geoloc.catalog.build import CATALOG_FILE, SOURCES_FILE, executor, open_store
-from geoloc.catalog.scan import IMAGE_SUFFIXES, list_files
 from geoloc.catalog.sources import BuildOptions, CatalogError
 from geoloc.catalog.work import Task, cache_key, run_cached
 from geoloc.geo import chord_to_km, to_unit_vectors
-from geoloc.images import content_hash
+from geoloc.images import content_hash, list_files
 from geoloc.tables import TRUTH_LAYOUTS, read_table, select_layout, write_table
 
 SAME_PICTURE_MAX_BITS = 8
@@ -85,7 +84,7 @@ def hash_photos(catalog_dir: str, source: str, uris: list[str]) -> pl.DataFrame:
 def read_benchmark(path: Path) -> pl.DataFrame:
     """A benchmark as (benchmark_image, content_hash, phash, lat, lon): a folder of photos or a truth table."""
     if path.is_dir():
-        names = list_files(path, IMAGE_SUFFIXES)
+        names = list_files(path)
         if not names:
             raise CatalogError(f"--against {path}: no photos in this folder")
         blobs = [(path / name).read_bytes() for name in names]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,9 +24,6 @@ SCAN_SCHEMA = {
 
 CHUNK_FILES = 2000
 """Files per task: big enough that process hand-over costs nothing per file."""
-
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".heic", ".heif"})
-
 
 def inspect_files(root: str, uris: Sequence[str], want_gps: bool) -> pl.DataFrame:
     """Each file read once: hashed, its header checked and, if asked, its GPS read."""
@@ -59,16 +55,3 @@ def scan_files(root: Path, uris: Sequence[str], want_gps: bool, cache_dir: Path,
     ]
     frames = run_cached(tasks, cache_dir, workers, label)
     return pl.concat(frames) if frames else pl.DataFrame(schema=SCAN_SCHEMA)
-
-
-def list_files(root: Path, suffixes: frozenset[str] | None = IMAGE_SUFFIXES) -> list[str]:
-    """Paths below `root` relative to it, sorted; only those with an image suffix unless `suffixes` is None."""
-    found = []
-    for folder, subfolders, names in os.walk(root):
-        subfolders.sort()
-        relative = Path(folder).relative_to(root)
-        found.extend(
-            (relative / name).as_posix() for name in names
-            if suffixes is None or Path(name).suffix.lower() in suffixes
-        )
-    return sorted(found)

@@ -36,8 +36,8 @@ def zeroshot_command(
         ZeroShotSettings,
         ask_zeroshot,
         default_cache_path,
-        find_photos,
     )
+    from geoloc.images import find_photos
 
     settings = ZeroShotSettings(model=model, base_url=base_url, samples=samples, temperature=temperature,
                                 concurrency=concurrency, max_retries=max_retries, timeout_s=timeout)
@@ -110,5 +110,5 @@ def report_command(
     console.print(view)
 
 
-def register(root: typer.Typer) -> None:
-    root.add_typer(app, name="candidates")
+def register(root: typer.Typer, panel: str) -> None:
+    root.add_typer(app, name="candidates", rich_help_panel=panel)

@@ -44,7 +44,7 @@ def build_command(
     workers: int = typer.Option(os.cpu_count() or 1, "--workers", min=1,
                                 help="Processes that scan files and shards (local engine)."),
     engine: str = typer.Option("local", "--engine", help="local (processes on this machine) or ray (a Ray cluster; "
-                               "pip install 'geoloc[ray]')."),
+                               "pip install 'geoloc\\[ray]')."),
     ray_address: str | None = typer.Option(None, "--ray-address", help="ray engine: the cluster (auto, "
                                            "ray://HEAD:10001); default: start a local Ray."),
     csv_path_column: str = typer.Option("path", "--csv-path-column", help="csv source: column with the image path."),
@@ -94,5 +94,5 @@ def decontaminate_command(
     console.print(table)
 
 
-def register(app: typer.Typer) -> None:
-    app.add_typer(catalog_app, name="catalog")
+def register(app: typer.Typer, panel: str) -> None:
+    app.add_typer(catalog_app, name="catalog", rich_help_panel=panel)

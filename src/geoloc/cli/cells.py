@@ -92,5 +92,5 @@ def plot_command(
     console.print(f"{drawn:,} cells at level {level} drawn to {out}")
 
 
-def register(app: typer.Typer) -> None:
-    app.add_typer(cells_app, name="cells")
+def register(app: typer.Typer, panel: str) -> None:
+    app.add_typer(cells_app, name="cells", rich_help_panel=panel)

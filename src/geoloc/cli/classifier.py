@@ -70,5 +70,5 @@ def predict_command(
     console.print(f"{len(ids):,} queries, {candidates.height:,} candidates -> {out}")
 
 
-def register(app: typer.Typer) -> None:
-    app.add_typer(classifier_app, name="classifier")
+def register(app: typer.Typer, panel: str) -> None:
+    app.add_typer(classifier_app, name="classifier", rich_help_panel=panel)

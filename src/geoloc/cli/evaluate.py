@@ -104,5 +104,5 @@ def evaluate_command(
     _print_tables(evaluation, distance.value, by_continent)
 
 
-def register(app: typer.Typer) -> None:
-    app.command("evaluate")(evaluate_command)
+def register(app: typer.Typer, panel: str) -> None:
+    app.command("evaluate", rich_help_panel=panel)(evaluate_command)

@@ -27,7 +27,7 @@ def embed_command(
     dtype: str = typer.Option("auto", "--dtype", help="auto (fp32 on CPU, bf16/fp16 on GPU), float32, float16, "
                               "bfloat16."),
     engine: str = typer.Option("local", "--engine", help="local (this machine) or ray (CPU tasks decode, GPU actors "
-                               "embed; pip install 'geoloc[ray]')."),
+                               "embed; pip install 'geoloc\\[ray]')."),
     ray_address: str | None = typer.Option(None, "--ray-address", help="ray engine: the cluster (auto, "
                                            "ray://HEAD:10001); default: start a local Ray."),
     actors: int = typer.Option(1, "--actors", min=1, help="ray engine: embedding actors, each holding the model."),
@@ -99,9 +99,9 @@ def retrieve_command(
 ) -> None:
     """The k gallery photos nearest to each query photo, as candidates."""
     from geoloc.candidates.retrieval import retrieval_candidates
-    from geoloc.candidates.zeroshot import find_photos
     from geoloc.encode import embed_batches, read_file
     from geoloc.encode.backbone import BackboneUnavailable, load_backbone
+    from geoloc.images import find_photos
     from geoloc.index import GalleryIndex
 
     with clean_errors(BackboneUnavailable, FileNotFoundError, TableError, ValueError):
@@ -121,7 +121,7 @@ def retrieve_command(
     console.print(f"{len(readable)} photo(s), {len(table)} candidates -> {out}")
 
 
-def register(app: typer.Typer) -> None:
-    app.command("embed")(embed_command)
-    app.add_typer(index_app, name="index")
-    app.command("retrieve")(retrieve_command)
+def register(app: typer.Typer, panel: str) -> None:
+    app.command("embed", rich_help_panel=panel)(embed_command)
+    app.add_typer(index_app, name="index", rich_help_panel=panel)
+    app.command("retrieve", rich_help_panel=panel)(retrieve_command)

@@ -47,5 +47,5 @@ def resolve_command(
                      "(answers so far are cached).", highlight=False)
 
 
-def register(app: typer.Typer) -> None:
-    app.add_typer(landmarks_app, name="landmarks")
+def register(app: typer.Typer, panel: str) -> None:
+    app.add_typer(landmarks_app, name="landmarks", rich_help_panel=panel)

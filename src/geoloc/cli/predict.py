@@ -17,8 +17,8 @@ BACKBONE_HELP = "CLIP ViT-L/14 for GeoCLIP: a hub id or a local folder with its 
 def _guesses(photos_or_folders: list[Path], backbone: str, top_k: int, batch_size: int, device: str):
     """Load GeoCLIP, then answer every photo; returns (guesses, unreadable)."""
     from geoloc.candidates.geoclip import GeoClip
-    from geoloc.candidates.zeroshot import find_photos
     from geoloc.encode.backbone import load_backbone
+    from geoloc.images import find_photos
     from geoloc.predict import PhotoGuess, guess_photos
 
     photos = find_photos(photos_or_folders)
@@ -100,6 +100,6 @@ def geoclip_candidates_command(
     console.print(f"{len(guesses)} photo(s), {len(guesses) * top_k} candidates -> {out}")
 
 
-def register(app: typer.Typer, candidates_app: typer.Typer) -> None:
-    app.command("predict")(predict_command)
+def register(app: typer.Typer, candidates_app: typer.Typer, panel: str) -> None:
+    app.command("predict", rich_help_panel=panel)(predict_command)
     candidates_app.command("geoclip")(geoclip_candidates_command)

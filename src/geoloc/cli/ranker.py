@@ -25,36 +25,48 @@ def _parse_top(values: list[str]) -> dict[str, int]:
     return top
 
 
+GEORANKER = "GeoRanker (--adapter is a LoRA adapter folder)"
+LIGHT = "Light ranker (--adapter holds light_ranker.json)"
+
+
 @ranker_app.command("score")
 def score_command(
     candidates: Path = typer.Option(..., "--candidates", help="Candidates table (Parquet or CSV)."),
-    images: Path | None = typer.Option(None, "--images", help="GeoRanker: folder or uncompressed .tar of the query "
-                                       "photos; a query_id is a path in it."),
+    images: Path | None = typer.Option(None, "--images", help="Folder or uncompressed .tar of the query "
+                                       "photos; a query_id is a path in it.", rich_help_panel=GEORANKER),
     images_index: Path | None = typer.Option(None, "--images-index", help="Offset index of an --images tar: "
-                                             "tar_index.pkl, or a .parquet (written on first use)."),
+                                             "tar_index.pkl, or a .parquet (written on first use).",
+                                             rich_help_panel=GEORANKER),
     adapter: Path = typer.Option(..., "--adapter", help="Adapter folder (ours or the published GeoRanker one), or "
                                  "a light ranker folder (with light_ranker.json)."),
     out: Path = typer.Option(..., "--out", help="Predictions file to write (Parquet or CSV)."),
     base: str | None = typer.Option(None, "--base", help="Base model: hub id or local folder (default: the "
-                                    "adapter's own)."),
+                                    "adapter's own).", rich_help_panel=GEORANKER),
     gallery: Path | None = typer.Option(None, "--gallery", help="Folder or .tar of the gallery photos named by "
-                                        "ref_uri (default: --images)."),
-    gallery_index: Path | None = typer.Option(None, "--gallery-index", help="Offset index of a --gallery tar."),
+                                        "ref_uri (default: --images).", rich_help_panel=GEORANKER),
+    gallery_index: Path | None = typer.Option(None, "--gallery-index", help="Offset index of a --gallery tar.",
+                                              rich_help_panel=GEORANKER),
     top: list[str] = typer.Option(["retrieval=10", "zeroshot=5"], "--top", help="SOURCE=COUNT: score the COUNT "
                                   "best-ranked candidates of SOURCE (repeatable); other sources in full."),
-    negatives: int = typer.Option(5, "--negatives", help="Worst-ranked retrieval candidates named as negatives."),
-    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Prompts per forward pass."),
-    plain: bool = typer.Option(False, "--plain", help="Every prompt through the whole model, as GeoRanker does."),
-    dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16."),
-    device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda if any)."),
-    query_embeddings: Path | None = typer.Option(None, "--query-embeddings", help="Light ranker: embeddings of the "
-                                                 "query photos, image_id = query_id."),
-    gallery_embeddings: Path | None = typer.Option(None, "--gallery-embeddings", help="Light ranker: embeddings of "
-                                                   "the gallery photos, image_id = ref_uri (or see --gallery-table)."),
-    gallery_table: Path | None = typer.Option(None, "--gallery-table", help="Light ranker: a `geoloc index build` "
-                                              "folder whose gallery.parquet maps ref_uri (uri) to image_id."),
-    text_embeddings: Path | None = typer.Option(None, "--text-embeddings", help="Light ranker: place-text "
-                                                "embeddings, image_id = the candidate's text."),
+    negatives: int = typer.Option(5, "--negatives", help="Worst-ranked retrieval candidates named as negatives.",
+                                  rich_help_panel=GEORANKER),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Prompts per forward pass.",
+                                   rich_help_panel=GEORANKER),
+    plain: bool = typer.Option(False, "--plain", help="Every prompt through the whole model, as GeoRanker does.",
+                               rich_help_panel=GEORANKER),
+    dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16.", rich_help_panel=GEORANKER),
+    device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda if any).",
+                                      rich_help_panel=GEORANKER),
+    query_embeddings: Path | None = typer.Option(None, "--query-embeddings", help="Embeddings of the query photos"
+                                                 ", image_id = query_id.", rich_help_panel=LIGHT),
+    gallery_embeddings: Path | None = typer.Option(None, "--gallery-embeddings", help="Embeddings of "
+                                                   "the gallery photos, image_id = ref_uri (or see --gallery-table).",
+                                                   rich_help_panel=LIGHT),
+    gallery_table: Path | None = typer.Option(None, "--gallery-table", help="A `geoloc index build` "
+                                              "folder whose gallery.parquet maps ref_uri (uri) to image_id.",
+                                              rich_help_panel=LIGHT),
+    text_embeddings: Path | None = typer.Option(None, "--text-embeddings", help="Place-text "
+                                                "embeddings, image_id = the candidate's text.", rich_help_panel=LIGHT),
 ) -> None:
     """Score every query's candidates and write the best one per query as predictions.
 
@@ -142,5 +154,5 @@ def _train_light(config: Path) -> None:
                      "group_size", highlight=False)
 
 
-def register(app: typer.Typer) -> None:
-    app.add_typer(ranker_app, name="ranker")
+def register(app: typer.Typer, panel: str) -> None:
+    app.add_typer(ranker_app, name="ranker", rich_help_panel=panel)

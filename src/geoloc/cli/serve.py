@@ -52,5 +52,5 @@ def serve_command(
     uvicorn.run(create_app(load_guesser, settings), host=host, port=port, log_level="info")
 
 
-def register(app: typer.Typer) -> None:
-    app.command("serve")(serve_command)
+def register(app: typer.Typer, panel: str) -> None:
+    app.command("serve", rich_help_panel=panel)(serve_command)

@@ -1,4 +1,4 @@
-"""Image stores (folder, MessagePack shards, tar via offset index) and EXIF GPS from headers."""
+"""Image stores (folder, MessagePack shards, tar via offset index), EXIF GPS from headers, photo discovery."""
 
 from geoloc.images.archives import (
     INDEX_SCHEMA,
@@ -10,19 +10,24 @@ from geoloc.images.archives import (
     index_tar,
     load_tar_index_pickle,
 )
+from geoloc.images.discovery import IMAGE_SUFFIXES, Photo, find_photos, list_files
 from geoloc.images.exif import CORRUPT_IMAGE, GPS_PROBLEMS, ImageHeader, read_header
 
 __all__ = [
     "CORRUPT_IMAGE",
     "GPS_PROBLEMS",
+    "IMAGE_SUFFIXES",
     "INDEX_SCHEMA",
     "MEMBER_SEPARATOR",
     "ArchiveError",
     "ImageHeader",
     "ImageStore",
+    "Photo",
     "content_hash",
+    "find_photos",
     "index_shard",
     "index_tar",
+    "list_files",
     "load_tar_index_pickle",
     "read_header",
 ]

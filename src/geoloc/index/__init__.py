@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from geoloc.places import GALLERY_PLACE_COLUMNS, fill_place_texts, place_text
 from geoloc.tables import write_table
 
 INDEX_KINDS = ("auto", "flat", "ivf", "hnsw", "ivfpq")
@@ -146,8 +147,6 @@ def gallery_table(ids: pl.Series, catalog: pl.DataFrame) -> pl.DataFrame:
     Place text comes from the catalog's place columns (MP16-Pro's neighbourhood ...
     country) when it has them, else from offline reverse geocoding.
     """
-    from geoloc.candidates.compile import GALLERY_PLACE_COLUMNS, fill_place_texts, place_text
-
     places = [c for c in GALLERY_PLACE_COLUMNS if c in catalog.columns]
     catalog = catalog.with_columns(place_text(places).alias("text") if places else pl.lit(None, pl.Utf8).alias("text"))
     rows = pl.DataFrame({"image_id": ids}).join(

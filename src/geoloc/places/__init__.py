@@ -102,3 +102,23 @@ def place_names(lat: ArrayLike, lon: ArrayLike) -> NDArray[np.object_]:
     """"City, region, country" of the nearest populated place for each point."""
     places = gazetteer()
     return places.column("label", places.nearest(lat, lon))
+
+
+GALLERY_PLACE_COLUMNS = ("neighbourhood", "city", "county", "state", "region", "country")
+"""MP16-Pro's place columns, most specific first: a retrieval candidate's text."""
+
+
+def place_text(columns: list[str]) -> pl.Expr:
+    """The non-empty place columns joined with commas, most specific first; null if none."""
+    present = [pl.col(c).cast(pl.Utf8).str.strip_chars().replace("", None) for c in columns]
+    return pl.concat_str(present, separator=", ", ignore_nulls=True).replace("", None)
+
+
+def fill_place_texts(frame: pl.DataFrame) -> pl.DataFrame:
+    """Reverse-geocode the rows (with lat, lon, text) that have no place text (vectorized, offline)."""
+    lacking = frame["text"].is_null().to_numpy()
+    if not lacking.any():
+        return frame
+    texts = frame["text"].to_numpy().astype(object)
+    texts[lacking] = place_names(frame["lat"].to_numpy()[lacking], frame["lon"].to_numpy()[lacking])
+    return frame.with_columns(pl.Series("text", texts, dtype=pl.Utf8))

@@ -1,0 +1,45 @@
+"""Finding photos on disk: one suffix set for every stage (catalog scans, zero-shot, predict, retrieve)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".tif", ".tiff", ".bmp", ".heic", ".heif"})
+"""File suffixes taken as photos (compared lower-cased): what Pillow, with pillow-heif, decodes."""
+
+
+@dataclass(frozen=True)
+class Photo:
+    """A photo named on the command line: its id (file name, or path relative to the folder given) and path."""
+
+    query_id: str
+    path: Path
+
+
+def list_files(root: Path, suffixes: frozenset[str] | None = IMAGE_SUFFIXES) -> list[str]:
+    """Paths below `root` relative to it, sorted; only those with an image suffix unless `suffixes` is None."""
+    found = []
+    for folder, subfolders, names in os.walk(root):
+        subfolders.sort()
+        relative = Path(folder).relative_to(root)
+        found.extend(
+            (relative / name).as_posix() for name in names
+            if suffixes is None or Path(name).suffix.lower() in suffixes
+        )
+    return sorted(found)
+
+
+def find_photos(paths: Iterable[Path]) -> list[Photo]:
+    """Photos named directly, and those under folders (id = path relative to the folder)."""
+    photos: list[Photo] = []
+    for path in paths:
+        if path.is_dir():
+            photos += [Photo(relative, path / relative) for relative in list_files(path)]
+        elif path.is_file():
+            photos.append(Photo(path.name, path))
+        else:
+            raise FileNotFoundError(f"{path}: no such file or folder")
+    return photos
