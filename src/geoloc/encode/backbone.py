@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from geoloc.hub import offline_unless_reachable
+
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 NEEDED_FILES = ("config.json", "preprocessor_config.json")
 
@@ -108,7 +110,8 @@ def load_image_processor(name: str) -> object:
     from transformers import AutoImageProcessor
 
     try:
-        return AutoImageProcessor.from_pretrained(name)
+        with offline_unless_reachable(name):
+            return AutoImageProcessor.from_pretrained(name)
     except OSError as error:
         raise _unavailable(name, error) from error
 
@@ -124,7 +127,8 @@ def backbone_dim(name: str) -> int:
     from transformers import AutoConfig
 
     try:
-        return _dim(AutoConfig.from_pretrained(name))
+        with offline_unless_reachable(name):
+            return _dim(AutoConfig.from_pretrained(name))
     except OSError as error:
         raise _unavailable(name, error) from error
 
@@ -139,16 +143,17 @@ def load_backbone(name: str, device: str = "auto", dtype: str = "auto") -> Backb
     # A CLIP checkpoint's text tower is skipped on purpose; its load report is noise.
     hf_logging.set_verbosity_error()
     try:
-        config = AutoConfig.from_pretrained(name)
-        processor = AutoImageProcessor.from_pretrained(name)
-        is_clip = config.model_type == "clip"
-        if is_clip:
-            # The projection size is the top-level config's; vision configs may not repeat it.
-            vision_config = config.vision_config
-            vision_config.projection_dim = config.projection_dim
-            model = CLIPVisionModelWithProjection.from_pretrained(name, config=vision_config, dtype=torch_dtype)
-        else:
-            model = AutoModel.from_pretrained(name, dtype=torch_dtype)
+        with offline_unless_reachable(name):
+            config = AutoConfig.from_pretrained(name)
+            processor = AutoImageProcessor.from_pretrained(name)
+            is_clip = config.model_type == "clip"
+            if is_clip:
+                # The projection size is the top-level config's; vision configs may not repeat it.
+                vision_config = config.vision_config
+                vision_config.projection_dim = config.projection_dim
+                model = CLIPVisionModelWithProjection.from_pretrained(name, config=vision_config, dtype=torch_dtype)
+            else:
+                model = AutoModel.from_pretrained(name, dtype=torch_dtype)
     except OSError as error:
         raise _unavailable(name, error) from error
     model = model.to(target).eval()

@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from geoloc.hub import offline_unless_reachable
+
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
@@ -101,7 +103,8 @@ def load_processor(base: str):
     from transformers import AutoProcessor
 
     try:
-        return AutoProcessor.from_pretrained(base)
+        with offline_unless_reachable(base):
+            return AutoProcessor.from_pretrained(base)
     except (OSError, ValueError) as error:
         raise _missing_files_error(base, error) from error
 
@@ -114,7 +117,8 @@ def load_backbone(base: str, dtype: torch.dtype = torch.float32) -> nn.Module:
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the unused LM head is reported as an unexpected key otherwise
     try:
-        return AutoModel.from_pretrained(base, dtype=dtype)
+        with offline_unless_reachable(base):
+            return AutoModel.from_pretrained(base, dtype=dtype)
     except (OSError, ValueError) as error:
         raise _missing_files_error(base, error) from error
     finally:
