@@ -18,7 +18,7 @@ from geoloc.rank.model import (
     save_adapter,
 )
 from geoloc.rank.scoring import RewardScorer
-from geoloc.rank.testing import TinySize, build_tiny_qwen2_vl, toy_query_group
+from geoloc.rank.dryrun import TinySize, build_tiny_qwen2_vl, toy_query_group
 
 SIZE = TinySize()
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from geoloc.rank.photos import StorePhotos
-from geoloc.rank.testing import random_photo
+from geoloc.rank.dryrun import random_photo
 
 
 @pytest.fixture

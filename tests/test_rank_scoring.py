@@ -12,7 +12,7 @@ from geoloc.evaluate import evaluate_files
 from geoloc.rank.model import LoraSettings, load_processor, new_reward_model, save_adapter
 from geoloc.rank.prompts import Place
 from geoloc.rank.scoring import QueryGroup, RewardScorer
-from geoloc.rank.testing import build_tiny_qwen2_vl, random_photo, toy_query_group
+from geoloc.rank.dryrun import build_tiny_qwen2_vl, random_photo, toy_query_group
 
 
 @pytest.fixture(scope="module")

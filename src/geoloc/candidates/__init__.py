@@ -1,7 +1,7 @@
 """Candidate locations for query photos, from every generator, in one table schema.
 
-Schema (DESIGN.md): query_id, source (retrieval / reverse / zeroshot / classifier /
-geoclip), rank (0 = the generator's best), lat, lon, score (the generator's own, not
+Schema (docs/architecture.md): query_id, source (retrieval / classifier / geoclip /
+zeroshot), rank (0 = the generator's best), lat, lon, score (the generator's own, not
 comparable across sources; null when it has none), text (place names), ref_uri (the
 gallery photo behind a retrieval candidate, else null).
 """
@@ -14,7 +14,7 @@ import polars as pl
 
 from geoloc.tables import TableError, describe_ids
 
-SOURCES = ("retrieval", "reverse", "classifier", "geoclip", "zeroshot")
+SOURCES = ("retrieval", "classifier", "geoclip", "zeroshot")
 """Every known source, in the order a report lists them and the union's first pick follows."""
 
 CANDIDATE_SCHEMA = {

@@ -1,6 +1,8 @@
-"""A small random-weight Qwen2-VL built locally, for tests and benchmarks (no downloads).
+"""Dry runs without weights: a small random-weight Qwen2-VL built locally, and toy query groups.
 
-Saved to a folder and loaded back by path, exactly like a real checkpoint: config,
+For users who want to run `geoloc ranker train` / `score` end to end before they hold a
+checkpoint (on a laptop, offline), and for the tests and benchmarks, which use the same
+builder. The rewards of a random model mean nothing. Saved to a folder and loaded back by path, exactly like a real checkpoint: config,
 safetensors weights, a byte-level BPE tokenizer carrying Qwen2-VL's special tokens and
 a chat template that renders messages the way Qwen2-VL's does, and the image processor.
 """
