@@ -22,9 +22,9 @@ import time
 import numpy as np
 import torch
 
+from geoloc.rank.dryrun import TinySize, build_tiny_qwen2_vl, toy_query_group
 from geoloc.rank.model import LoraSettings, load_processor, new_reward_model
 from geoloc.rank.scoring import RewardScorer
-from geoloc.rank.dryrun import TinySize, build_tiny_qwen2_vl, toy_query_group
 
 SCALED_QWEN2_VL_7B = TinySize(
     hidden=448, layers=7, heads=7, kv_heads=1, intermediate=2368,

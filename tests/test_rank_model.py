@@ -8,6 +8,7 @@ import torch
 from peft.utils import get_peft_model_state_dict
 from safetensors.torch import save_file
 
+from geoloc.rank.dryrun import TinySize, build_tiny_qwen2_vl, toy_query_group
 from geoloc.rank.model import (
     LoraSettings,
     ModelLoadError,
@@ -18,7 +19,6 @@ from geoloc.rank.model import (
     save_adapter,
 )
 from geoloc.rank.scoring import RewardScorer
-from geoloc.rank.dryrun import TinySize, build_tiny_qwen2_vl, toy_query_group
 
 SIZE = TinySize()
 

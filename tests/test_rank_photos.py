@@ -6,8 +6,8 @@ import tarfile
 import numpy as np
 import pytest
 
-from geoloc.rank.photos import StorePhotos
 from geoloc.rank.dryrun import random_photo
+from geoloc.rank.photos import StorePhotos
 
 
 @pytest.fixture

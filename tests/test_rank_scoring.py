@@ -9,10 +9,10 @@ from typer.testing import CliRunner
 
 from geoloc.cli import app
 from geoloc.evaluate import evaluate_files
+from geoloc.rank.dryrun import build_tiny_qwen2_vl, random_photo, toy_query_group
 from geoloc.rank.model import LoraSettings, load_processor, new_reward_model, save_adapter
 from geoloc.rank.prompts import Place
 from geoloc.rank.scoring import QueryGroup, RewardScorer
-from geoloc.rank.dryrun import build_tiny_qwen2_vl, random_photo, toy_query_group
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,10 @@ import yaml
 from typer.testing import CliRunner
 
 from geoloc.cli import app
+from geoloc.rank.dryrun import build_tiny_qwen2_vl, random_photo
 from geoloc.rank.losses import multi_order_distance_loss
 from geoloc.rank.model import load_processor, load_reward_model
 from geoloc.rank.photos import StorePhotos
-from geoloc.rank.dryrun import build_tiny_qwen2_vl, random_photo
 from geoloc.rank.training import GeoRankingCollator, GeoRankingDataset, TrainConfig, read_georanking, train
 
 GROUP = 3

@@ -2,9 +2,11 @@
 
 For users who want to run `geoloc ranker train` / `score` end to end before they hold a
 checkpoint (on a laptop, offline), and for the tests and benchmarks, which use the same
-builder. The rewards of a random model mean nothing. Saved to a folder and loaded back by path, exactly like a real checkpoint: config,
-safetensors weights, a byte-level BPE tokenizer carrying Qwen2-VL's special tokens and
-a chat template that renders messages the way Qwen2-VL's does, and the image processor.
+builder. The rewards of a random model mean nothing.
+
+Saved to a folder and loaded back by path, exactly like a real checkpoint: config,
+safetensors weights, a byte-level BPE tokenizer carrying Qwen2-VL's special tokens and a
+chat template that renders messages the way Qwen2-VL's does, and the image processor.
 """
 
 from __future__ import annotations
