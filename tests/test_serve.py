@@ -20,6 +20,7 @@ from geoloc.candidates import geoclip as geoclip_module
 from geoloc.candidates.geoclip import GeoClip, geoclip_gallery
 from geoloc.cli import app as cli
 from geoloc.encode.backbone import load_backbone
+from geoloc.geo import drawable_region
 from geoloc.predict import guess_images
 from geoloc.serve import ServeSettings, create_app
 
@@ -259,7 +260,7 @@ def test_the_batch_map_opens_offline_without_console_errors(browser, tmp_path):
     page.on("console", lambda message: message.type == "error" and problems.append(message.text))
     page.on("pageerror", lambda error: problems.append(str(error)))
     page.goto(path.as_uri(), wait_until="domcontentloaded", timeout=60_000)  # generous: CI machines may be loaded
-    page.wait_for_selector(".leaflet-interactive", timeout=60_000)
+    page.wait_for_selector("path.confidence-region", timeout=60_000)
     assert page.locator("path.leaflet-interactive").count() >= 5
     page.screenshot(path=str(tmp_path / "map.png"))
     assert problems == []
@@ -280,3 +281,71 @@ def test_predict_writes_geojson(tiny_clip, tmp_path, monkeypatch):
     feature = collection["features"][0]
     assert collection["type"] == "FeatureCollection" and feature["geometry"]["type"] == "Point"
     assert feature["properties"]["image_id"] == "a.jpg" and len(feature["properties"]["candidates"]) == 2
+
+
+def uncertain_guess(radius_km: float):
+    from geoloc.predict import Alternative, PhotoGuess
+
+    return PhotoGuess("a.jpg", "a.jpg", 48.86, 2.29, "Paris", radius_km,
+                      [Alternative(48.86, 2.29, 0.5, "Paris"), Alternative(45.76, 4.84, 0.2, "Lyon")], None)
+
+
+ZOOM_LIMITS = {5.0: (10, 18), 500.0: (4, 8), 5000.0: (1, 4), 15000.0: (0, 2)}
+
+
+def assert_region_in_view(page, radius_km: float) -> None:
+    assert page.locator("path.confidence-region").count() >= 1
+    zoom = page.evaluate("map.getZoom()")
+    low, high = ZOOM_LIMITS[radius_km]
+    assert low <= zoom <= high, f"zoom {zoom} for {radius_km} km"
+    view = page.evaluate("(() => { const b = map.getBounds(); return [b.getSouth(), b.getWest(), b.getNorth(), "
+                         "b.getEast()]; })()")
+    region = drawable_region(48.86, 2.29, radius_km)["region_bounds"]
+    (south, west), (north, east) = region
+    slack = 1e-6
+    assert view[0] <= south + slack and view[1] <= west + slack and view[2] >= north - slack and view[3] >= east - slack
+
+
+@pytest.mark.parametrize("radius_km", sorted(ZOOM_LIMITS))
+def test_the_batch_map_shows_the_whole_confidence_region(browser, tmp_path, radius_km):
+    from geoloc.maps import map_html
+
+    path = tmp_path / "map.html"
+    path.write_text(map_html([uncertain_guess(radius_km)]))
+    page = browser.new_page(viewport={"width": 1024, "height": 640})
+    page.goto(path.as_uri(), wait_until="domcontentloaded", timeout=60_000)
+    page.wait_for_selector("path.confidence-region", timeout=60_000)
+    assert_region_in_view(page, radius_km)
+    page.screenshot(path=f"/tmp/map_{int(radius_km)}.png")
+    page.close()
+
+
+@pytest.mark.parametrize("radius_km", [5.0, 15000.0])
+def test_the_serve_page_shows_the_whole_confidence_region(browser, tmp_path, radius_km):
+    import uvicorn
+
+    port = free_port()
+    guess = uncertain_guess(radius_km)
+    app = create_app(lambda: (lambda photos: [guess]), ServeSettings(tiles=None))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not server.started:
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.05)
+        photo = tmp_path / "photo.jpg"
+        photo.write_bytes(jpeg())
+        page = browser.new_page(viewport={"width": 1024, "height": 640})
+        page.goto(f"http://127.0.0.1:{port}", wait_until="networkidle")
+        page.wait_for_selector("#status:has-text('Ready')", timeout=20_000)
+        page.set_input_files("#photo", str(photo))
+        page.wait_for_selector("path.confidence-region", timeout=20_000)
+        page.wait_for_timeout(500)  # fitBounds animates when the zoom changes a little
+        assert_region_in_view(page, radius_km)
+        page.screenshot(path=f"/tmp/serve_map_{int(radius_km)}.png")
+        page.close()
+    finally:
+        server.should_exit = True
+        thread.join(10)

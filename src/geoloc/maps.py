@@ -55,16 +55,16 @@ L.geoJSON(world, {style: {color: "#8a8a8a", weight: 0.6, fillColor: "#f4f1ea", f
 if (tiles) { L.tileLayer(tiles, {maxZoom: 18, opacity: 0.9}).addTo(map); }
 function text(value) { const span = document.createElement("span"); span.textContent = value; return span.innerHTML; }
 function errorColour(km) { return colours.find(([limit]) => km <= (limit === null ? Infinity : limit))[1]; }
-const bounds = [];
+const bounds = L.latLngBounds([]);
 for (const photo of photos) {
   const where = [photo.lat, photo.lon];
-  bounds.push(where);
+  bounds.extend(photo.region_bounds);
   let popup = `<b>${text(photo.image)}</b><br>${text(photo.place)}<br>${photo.lat.toFixed(4)}, ${photo.lon.toFixed(4)}`
     + `<br>p = ${photo.prob.toFixed(3)}, within ~${Math.round(photo.radius_km)} km`;
   if (photo.exif) { popup += `<br>EXIF GPS: ${photo.exif.lat.toFixed(5)}, ${photo.exif.lon.toFixed(5)}`; }
   if (photo.truth) { popup += `<br>truth: ${photo.truth.lat.toFixed(4)}, ${photo.truth.lon.toFixed(4)}`
     + ` (${Math.round(photo.error_km)} km off)`; }
-  L.circle(where, {radius: photo.radius_km * 1000, color: "#3366cc", weight: 1, fillOpacity: 0.08}).addTo(map);
+  L.polygon(photo.region, {color: "#3366cc", weight: 1, fillOpacity: 0.12, className: "confidence-region"}).addTo(map);
   photo.alternatives.forEach((alt) => L.circleMarker([alt.lat, alt.lon], {radius: 4, color: "#3366cc", weight: 1,
     fillOpacity: 0.4})
     .bindPopup(`${text(photo.image)}: alternative<br>${text(alt.place)}<br>p = ${alt.prob.toFixed(3)}`)
@@ -74,15 +74,16 @@ for (const photo of photos) {
   if (photo.exif) { L.circleMarker([photo.exif.lat, photo.exif.lon], {radius: 6, color: "#7b3294",
     fillOpacity: 0.8}).bindPopup(`${text(photo.image)}: EXIF GPS`).addTo(map); }
   if (photo.truth) {
+    bounds.extend([photo.truth.lat, photo.truth.lon]);
     L.polyline([[photo.truth.lat, photo.truth.lon], where], {color: errorColour(photo.error_km), weight: 2}).addTo(map);
     L.circleMarker([photo.truth.lat, photo.truth.lon], {radius: 5, color: "#222", fillColor: "#222",
       fillOpacity: 1}).bindPopup(`${text(photo.image)}: truth`).addTo(map);
   }
 }
-if (bounds.length) { map.fitBounds(bounds, {padding: [40, 40], maxZoom: 6}); }
+if (bounds.isValid()) { map.fitBounds(bounds, {padding: [40, 40], maxZoom: 13}); }
 const legend = L.control({position: "bottomleft"});
 legend.onAdd = () => { const div = L.DomUtil.create("div", "legend");
-  div.innerHTML = `<i style="background:#3366cc"></i>guess (circle: confidence radius)<br>`
+  div.innerHTML = `<i style="background:#3366cc"></i>guess (shaded: within the confidence radius)<br>`
     + `<i style="background:#7b3294"></i>EXIF GPS<br><i style="background:#222"></i>truth`; return div; };
 legend.addTo(map);
 </script>
@@ -97,14 +98,15 @@ def map_html(
     tiles: str | None = None,
     title: str = "geoloc predictions",
 ) -> str:
-    """The page: every guess with its alternatives and confidence circle; truth lines when given."""
-    from geoloc.geo import great_circle_km
+    """The page: every guess with its alternatives and confidence region; truth lines when given."""
+    from geoloc.geo import drawable_region, great_circle_km
 
     photos = []
     for guess in guesses:
         photo = {"image": guess.image, "lat": guess.lat, "lon": guess.lon, "place": guess.place,
                  "prob": guess.candidates[0].prob, "radius_km": guess.radius_km, "exif": guess.exif,
                  "alternatives": [vars(c) for c in guess.candidates[1:]]}
+        photo |= drawable_region(guess.lat, guess.lon, guess.radius_km)
         if truth and guess.image_id in truth:
             lat, lon = truth[guess.image_id]
             photo["truth"] = {"lat": lat, "lon": lon}

@@ -153,3 +153,96 @@ def coordinate_status(lat: ArrayLike, lon: ArrayLike) -> NDArray[np.uint8]:
     status[(lat == 0.0) & (lon == 0.0)] = CoordinateStatus.NULL_ISLAND
     status[bad] = CoordinateStatus.BAD_COORDINATES
     return status
+
+
+MERCATOR_MAX_LAT = 85.0511287798
+"""Web Mercator's edge: maps cannot show what lies nearer a pole, so views are fitted within it."""
+
+Ring = list[list[float]]
+"""A closed ring of [lat, lon] vertices (the first is not repeated), as Leaflet takes it."""
+
+
+def _destinations(lat: float, lon: float, angle: float, bearings: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Points (lat, lon) in degrees at central `angle` (radians) from (lat, lon) along each bearing."""
+    lat0, lon0 = np.radians(lat), np.radians(lon)
+    sin_lat = np.sin(lat0) * np.cos(angle) + np.cos(lat0) * np.sin(angle) * np.cos(bearings)
+    lats = np.arcsin(np.clip(sin_lat, -1.0, 1.0))
+    lons = lon0 + np.arctan2(np.sin(bearings) * np.sin(angle) * np.cos(lat0),
+                             np.cos(angle) - np.sin(lat0) * sin_lat)
+    return np.degrees(np.stack([lats, lons], axis=1))
+
+
+def _clip_half_plane(ring: NDArray[np.float64], limit: float, keep_below: bool) -> NDArray[np.float64]:
+    """Sutherland-Hodgman against lon <= limit (or >= limit): each edge emits its start if kept,
+    then its crossing of the line; vectorized over the edges."""
+    start, end = ring, np.roll(ring, -1, axis=0)
+    side = (limit - ring[:, 1]) if keep_below else (ring[:, 1] - limit)
+    start_in, end_in = side >= 0, np.roll(side, -1) >= 0
+    crossing = start_in != end_in
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = np.where(crossing, (limit - start[:, 1]) / (end[:, 1] - start[:, 1]), 0.0)
+    cut = np.stack([start[:, 0] + t * (end[:, 0] - start[:, 0]), np.full(len(ring), limit)], axis=1)
+    points = np.stack([start, cut], axis=1).reshape(-1, 2)
+    return points[np.stack([start_in, crossing], axis=1).reshape(-1)]
+
+
+def _split_at_antimeridian(ring: NDArray[np.float64]) -> list[NDArray[np.float64]]:
+    """A ring with unwrapped longitudes, cut into the pieces that fall in [-180, 180] once shifted
+    by whole turns; every piece's edges then stay within one copy of the world."""
+    pieces = []
+    first_turn = int(np.floor((ring[:, 1].min() + 180.0) / 360.0))
+    last_turn = int(np.ceil((ring[:, 1].max() - 180.0) / 360.0))
+    for turn in range(first_turn, last_turn + 1):
+        shifted = ring - [0.0, 360.0 * turn]
+        piece = _clip_half_plane(_clip_half_plane(shifted, 180.0, keep_below=True), -180.0, keep_below=False)
+        if len(piece) >= 3 and np.ptp(piece[:, 1]) > 0 and np.ptp(piece[:, 0]) > 0:
+            pieces.append(piece)
+    return pieces
+
+
+def _along_latitude(lat: float, lon_from: float, lon_to: float) -> NDArray[np.float64]:
+    """A latitude line as vertices every <= 45 degrees of longitude, so no edge spans half the world."""
+    steps = max(2, int(np.ceil(abs(lon_to - lon_from) / 45.0)) + 1)
+    return np.stack([np.full(steps, lat), np.linspace(lon_from, lon_to, steps)], axis=1)
+
+
+def confidence_region(lat: float, lon: float, radius_km: float, vertices: int = 128) -> list[list[Ring]]:
+    """The points within `radius_km` of (lat, lon) on the sphere, as polygons for a lat/lon map.
+
+    A Leaflet circle is a circle on the Mercator plane, wrong for large radii; this is the true
+    small circle (`vertices` points at great-circle distance `radius_km`), cut at the antimeridian,
+    closed along the pole's latitude when the region holds a pole, and drawn as the world with a
+    hole when it holds both (a region larger than a hemisphere). Returns a list of polygons, each
+    a list of rings (outer ring first, then holes), in [lat, lon] order like Leaflet's multi-polygons.
+    """
+    angle = radius_km / EARTH_RADIUS_KM
+    world = np.concatenate([_along_latitude(-90.0, -180.0, 180.0), _along_latitude(90.0, 180.0, -180.0)])
+    if angle >= np.pi:
+        return [[world.tolist()]]
+    bearings = np.linspace(0.0, 2.0 * np.pi, vertices + 1)
+    ring = _destinations(lat, lon, angle, bearings)
+    ring[:, 1] = np.degrees(np.unwrap(np.radians(ring[:, 1])))
+    turns = round((ring[-1, 1] - ring[0, 1]) / 360.0)
+    if turns:
+        pole = 90.0 if lat >= 0 else -90.0
+        capped = np.concatenate([ring, _along_latitude(pole, ring[-1, 1], ring[0, 1])])
+        return [[piece.tolist()] for piece in _split_at_antimeridian(capped)]
+    boundary = _split_at_antimeridian(ring[:-1])
+    if np.degrees(angle) > 90.0 - abs(lat):
+        return [[world.tolist(), *(piece.tolist() for piece in boundary)]]
+    return [[piece.tolist()] for piece in boundary]
+
+
+def region_bounds(region: list[list[Ring]]) -> list[list[float]]:
+    """[[south, west], [north, east]] of a region, within Mercator's edge: the view to fit."""
+    points = np.array([vertex for polygon in region for vertex in polygon[0]])
+    south, west = points.min(axis=0)
+    north, east = points.max(axis=0)
+    edge = MERCATOR_MAX_LAT
+    return [[float(np.clip(south, -edge, edge)), float(west)], [float(np.clip(north, -edge, edge)), float(east)]]
+
+
+def drawable_region(lat: float, lon: float, radius_km: float) -> dict:
+    """What a map page needs to draw a confidence radius: `region` (polygons) and `region_bounds`."""
+    region = confidence_region(lat, lon, radius_km)
+    return {"region": region, "region_bounds": region_bounds(region)}

@@ -27,6 +27,7 @@ from fastapi.staticfiles import StaticFiles
 from PIL import Image
 from starlette.formparsers import MultiPartException, MultiPartParser
 
+from geoloc.geo import drawable_region
 from geoloc.predict import UNREADABLE, LoadedPhoto, PhotoGuess, decode_photo, exif_position
 
 log = logging.getLogger("geoloc.serve")
@@ -202,7 +203,8 @@ def create_app(load_guesser: Callable[[], Guesser], settings: ServeSettings | No
                                      "WebP, HEIC or TIFF photo")
             loaded = LoadedPhoto("upload", "upload", image, exif_position(photo))
             guesses = await queue.run(guesser, [loaded])
-        return JSONResponse(guesses[0].as_json())
+        guess = guesses[0]
+        return JSONResponse(guess.as_json() | drawable_region(guess.lat, guess.lon, guess.radius_km))
 
     # Mounted last: the routes above take precedence over the static folders.
     app.mount("/static/vendor/leaflet", StaticFiles(directory=str(data.joinpath("leaflet"))), name="leaflet")

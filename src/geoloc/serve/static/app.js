@@ -65,7 +65,7 @@ function show(answer) {
     return item;
   }));
   document.getElementById("result").hidden = false;
-  L.circle(where, {radius: answer.radius_km * 1000, color: "#3366cc", weight: 1, fillOpacity: 0.08})
+  L.polygon(answer.region, {color: "#3366cc", weight: 1, fillOpacity: 0.12, className: "confidence-region"})
     .addTo(answerLayer);
   answer.candidates.slice(1).forEach((alt) => L.circleMarker([alt.lat, alt.lon],
     {radius: 5, color: "#3366cc", weight: 1, fillOpacity: 0.4, className: "alternative-marker"})
@@ -76,7 +76,8 @@ function show(answer) {
   }
   L.circleMarker(where, {radius: 8, color: "#1f3d99", fillColor: "#3366cc", fillOpacity: 0.9,
     className: "guess-marker"}).bindTooltip(`best guess: ${answer.place}`).addTo(answerLayer);
-  map.fitBounds(L.latLng(where).toBounds(Math.max(answer.radius_km, 50) * 2000), {maxZoom: 8});
+  // The region as far as it lies on the map (the server clips its bounds to Mercator's edge).
+  map.fitBounds(answer.region_bounds, {padding: [20, 20], maxZoom: 13});
 }
 
 async function locate(file) {
