@@ -23,9 +23,12 @@ class Place:
     text: str = ""
     """Place names, space separated (neighbourhood, city, country ...); may be empty."""
 
-    def describe(self) -> str:
+    def describe(self, separated: bool = True) -> str:
+        """As GeoRanker's evaluate.py writes it: the ", " after the coordinates stays even when
+        there are no names (negatives, gallery candidates); only a candidate without a gallery
+        photo and without names (a zero-shot answer) ends at the longitude."""
         coordinates = f"latitude: {self.lat}, longitude: {self.lon}"
-        return f"{coordinates}, {self.text}" if self.text else coordinates
+        return f"{coordinates}, {self.text}" if separated or self.text else coordinates
 
 
 @dataclass(frozen=True)
@@ -45,7 +48,7 @@ def candidate_prompt(
     """The prompt that asks how far the query photo is from one candidate."""
     content: list[dict] = [
         {"type": "image"},
-        {"type": "text", "text": f"How far is this place from {candidate.describe()}?"},
+        {"type": "text", "text": f"How far is this place from {candidate.describe(gallery_photo is not None)}?"},
     ]
     images = [query_photo]
     if gallery_photo is not None:

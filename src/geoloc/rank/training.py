@@ -143,7 +143,8 @@ class GeoRankingCollator:
     @staticmethod
     def _place(example: dict[str, Any], index: int) -> Place:
         lat, lon = example["ref_gps"][index]
-        return Place(lat, lon, " ".join(text for text in example["ref_texts"][index] if text))
+        # GeoRanker's training joins every place field, empty ones included.
+        return Place(lat, lon, " ".join(text or "" for text in example["ref_texts"][index]))
 
 
 def _trainer_class():
