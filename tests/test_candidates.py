@@ -129,3 +129,10 @@ def test_cli_compile_then_report(inputs, tmp_path):
     assert UNION in result.stdout and "retrieval" in result.stdout
     result = runner.invoke(app, ["candidates", "compile", "--out", str(out), "--g3-index", str(g3.index)])
     assert result.exit_code == 2 and "needs all of" in result.stderr
+
+
+def test_source_positions_are_stable_for_trained_light_rankers():
+    """A light ranker's per-source features sit at these positions; reordering them breaks saved models."""
+    from geoloc.candidates import SOURCES
+
+    assert SOURCES == ("retrieval", "reverse", "classifier", "geoclip", "zeroshot")

@@ -14,8 +14,12 @@ import polars as pl
 
 from geoloc.tables import TableError, describe_ids
 
-SOURCES = ("retrieval", "classifier", "geoclip", "zeroshot")
-"""Every known source, in the order a report lists them and the union's first pick follows."""
+SOURCES = ("retrieval", "reverse", "classifier", "geoclip", "zeroshot")
+"""Every known source, in the order a report lists them and the union's first pick follows.
+
+`reverse` is reserved (G3's dissimilar-image neighbours, which nothing makes yet): it stays
+so that the light ranker's per-source features keep their positions in trained models."""
+RESERVED_SOURCES = ("reverse",)
 
 CANDIDATE_SCHEMA = {
     "query_id": pl.Utf8,
@@ -47,7 +51,8 @@ def conform_candidates(frame: pl.DataFrame, path: Path | str) -> pl.DataFrame:
         raise TableError(f"{path}: a candidates column has the wrong type: {error}") from error
     unknown = frame.filter(~pl.col("source").is_in(SOURCES))["source"].unique()
     if len(unknown):
-        raise TableError(f"{path}: unknown candidate source(s) {describe_ids(unknown)}; known: {', '.join(SOURCES)}")
+        raise TableError(f"{path}: unknown candidate source(s) {describe_ids(unknown)}; known: "
+                         f"{', '.join(s for s in SOURCES if s not in RESERVED_SOURCES)}")
     impossible = frame.filter(
         pl.col("lat").is_null() | pl.col("lon").is_null() | (pl.col("lat").abs() > 90) | (pl.col("lon").abs() > 180)
     )
