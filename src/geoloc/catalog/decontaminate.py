@@ -69,14 +69,22 @@ def perceptual_hash(data: bytes) -> int:
     return int(np.packbits(bits).view(">u8")[0])
 
 
+def perceptual_hash_or_none(data: bytes) -> int | None:
+    """The photo's perceptual hash, or None for bytes that do not decode (they can still match as bytes)."""
+    try:
+        return perceptual_hash(data)
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+
+
 def hash_photos(catalog_dir: str, source: str, uris: list[str]) -> pl.DataFrame:
     """One task: (uri, phash) of each photo of `source` that decodes; phash is null where it does not."""
     store = open_store(Path(catalog_dir), source)
     hashes: list[int | None] = []
     for uri in uris:
         try:
-            hashes.append(perceptual_hash(store.read_bytes(uri)))
-        except (OSError, ValueError, Image.DecompressionBombError):
+            hashes.append(perceptual_hash_or_none(store.read_bytes(uri)))
+        except (OSError, ValueError):
             hashes.append(None)
     return pl.DataFrame({"source": source, "uri": uris, "phash": pl.Series(hashes, dtype=pl.UInt64)})
 
@@ -87,16 +95,15 @@ def read_benchmark(path: Path) -> pl.DataFrame:
         names = list_files(path)
         if not names:
             raise CatalogError(f"--against {path}: no photos in this folder")
-        blobs = [(path / name).read_bytes() for name in names]
+        byte_hashes: list[str] = []
         hashes: list[int | None] = []
-        for blob in blobs:
-            try:
-                hashes.append(perceptual_hash(blob))
-            except (OSError, ValueError, Image.DecompressionBombError):
-                hashes.append(None)
+        for name in names:  # one photo in memory at a time: a benchmark folder can hold gigabytes
+            blob = (path / name).read_bytes()
+            byte_hashes.append(content_hash(blob))
+            hashes.append(perceptual_hash_or_none(blob))
         return pl.DataFrame({
             "benchmark_image": [f"{path.name}/{name}" for name in names],
-            "content_hash": [content_hash(blob) for blob in blobs],
+            "content_hash": byte_hashes,
             "phash": pl.Series(hashes, dtype=pl.UInt64),
             "lat": pl.Series([None] * len(names), dtype=pl.Float64),
             "lon": pl.Series([None] * len(names), dtype=pl.Float64),
