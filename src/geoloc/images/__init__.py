@@ -11,6 +11,7 @@ from geoloc.images.archives import (
     load_tar_index_pickle,
 )
 from geoloc.images.exif import CORRUPT_IMAGE, GPS_PROBLEMS, ImageHeader, read_header
+from geoloc.images.metadata import MetadataError, strip_metadata
 
 __all__ = [
     "CORRUPT_IMAGE",
@@ -20,9 +21,11 @@ __all__ = [
     "ArchiveError",
     "ImageHeader",
     "ImageStore",
+    "MetadataError",
     "content_hash",
     "index_shard",
     "index_tar",
     "load_tar_index_pickle",
     "read_header",
+    "strip_metadata",
 ]
