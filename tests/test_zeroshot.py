@@ -2,7 +2,9 @@
 
 import base64
 import hashlib
+import io
 import json
+import struct
 import threading
 import time
 from dataclasses import dataclass, field
@@ -11,7 +13,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from PIL import Image
+from PIL import Image, PngImagePlugin
 from typer.testing import CliRunner
 
 from geoloc.cli import app
@@ -76,8 +78,9 @@ def make_handler(stand_in: StandIn):
             url = next(p["image_url"]["url"] for p in parts if p["type"] == "image_url")
             header, encoded = url.split(",", 1)
             assert header.startswith("data:image/") and header.endswith(";base64")
-            photo = hashlib.sha256(base64.b64decode(encoded)).hexdigest()
-            reply = stand_in.arrive(photo, mime=header[5:-7], temperature=body.get("temperature"))
+            sent = base64.b64decode(encoded)
+            photo = hashlib.sha256(sent).hexdigest()
+            reply = stand_in.arrive(photo, mime=header[5:-7], temperature=body.get("temperature"), data=sent)
             time.sleep(reply.delay_s)
             if reply.status != 200:
                 return self._send(reply.status, {"error": {"message": "scripted failure"}}, reply.headers)
@@ -224,3 +227,72 @@ def test_wrong_key_stops_the_run_with_a_clear_message(serve, photos, tmp_path):
     assert "refused the request (401)" in result.stderr
     assert "sk-wrong" not in result.output
     assert not out.exists()
+
+
+XMP_GPS = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+           b'<rdf:Description xmlns:exif="http://ns.adobe.com/exif/1.0/" exif:GPSLatitude="48,51.5N"/>'
+           b'</rdf:RDF></x:xmpmeta>')
+ICC = b"stand-in ICC profile bytes"
+
+
+def gps_exif() -> Image.Exif:
+    exif = Image.Exif()
+    exif[0x010E] = "secret description"
+    exif.get_ifd(0x8825).update({1: "N", 2: (48.0, 51.0, 30.0), 3: "E", 4: (2.0, 17.0, 40.0)})
+    return exif
+
+
+def planted_photos(folder: Path) -> dict[str, bytes]:
+    """Photos of every sent-as-is format with GPS in EXIF, XMP, IPTC, comments and text chunks."""
+    folder.mkdir()
+    image = Image.radial_gradient("L").convert("RGB").resize((40, 30))
+    jpeg = io.BytesIO()
+    image.save(jpeg, format="JPEG", exif=gps_exif(), icc_profile=ICC, comment=b"taken at home")
+    data = jpeg.getvalue()
+    xmp = b"http://ns.adobe.com/xap/1.0/\x00" + XMP_GPS
+    iptc = b"Photoshop 3.0\x008BIM\x04\x04\x00\x00\x00\x00\x00\x0c\x1c\x02\x5a\x00\x05Paris"
+    segments = b"".join(b"\xff" + bytes([marker]) + struct.pack(">H", len(payload) + 2) + payload
+                        for marker, payload in ((0xE1, xmp), (0xED, iptc)))
+    (folder / "a.jpg").write_bytes(data[:2] + segments + data[2:])
+    info = PngImagePlugin.PngInfo()
+    info.add_text("GPSLatitude", "48.8584")
+    info.add_itxt("XML:com.adobe.xmp", XMP_GPS.decode())
+    image.save(folder / "b.png", pnginfo=info, exif=gps_exif(), icc_profile=ICC)
+    image.save(folder / "c.webp", lossless=True, exif=gps_exif(), xmp=XMP_GPS, icc_profile=ICC)
+    image.convert("P").save(folder / "d.gif", comment=b"GPS 48.8584 2.2945")
+    return {path.name: path.read_bytes() for path in folder.iterdir()}
+
+
+class AnswerEverything(dict):
+    def __init__(self, replies: list[Reply]) -> None:
+        super().__init__()
+        self.replies = replies
+
+    def __missing__(self, key):
+        return self.replies
+
+
+def test_no_photo_metadata_reaches_the_endpoint_pixels_unchanged(serve, tmp_path):
+    originals = planted_photos(tmp_path / "planted")
+    answer = [Reply(content='{"latitude": 1, "longitude": 2}')]
+    stand_in, base_url = serve(AnswerEverything(answer))
+    result, out, _ = run_zeroshot(tmp_path / "planted", base_url, tmp_path, {"GEOLOC_API_KEY": SECRET}, samples=1)
+    assert result.exit_code == 0, result.output
+    sent = {r["mime"]: r["data"] for r in stand_in.requests}
+    assert set(sent) == {"image/jpeg", "image/png", "image/webp", "image/gif"}
+    for mime, data in sent.items():
+        for planted in (b"GPS", b"Exif", b"secret description", b"xmpmeta", b"Photoshop", b"Paris", b"taken at home"):
+            assert planted not in data, (mime, planted)
+        with Image.open(io.BytesIO(data)) as image:
+            assert not image.getexif(), mime
+            assert not {"comment", "xmp", "exif", "GPSLatitude"} & set(image.info), (mime, image.info.keys())
+            if mime != "image/gif":
+                assert image.info.get("icc_profile") == ICC, mime
+    names = {"image/jpeg": "a.jpg", "image/png": "b.png", "image/webp": "c.webp", "image/gif": "d.gif"}
+    for mime, data in sent.items():
+        with Image.open(io.BytesIO(originals[names[mime]])) as before, Image.open(io.BytesIO(data)) as after:
+            assert before.format == after.format
+            assert before.tobytes() == after.tobytes() and before.size == after.size, mime
+    # JPEG: the entropy-coded data is byte-for-byte the original's (no re-encode).
+    jpeg = originals["a.jpg"]
+    assert sent["image/jpeg"].endswith(jpeg[jpeg.index(b"\xff\xda"):])

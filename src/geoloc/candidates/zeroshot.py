@@ -23,7 +23,7 @@ import polars as pl
 from PIL import Image, UnidentifiedImageError
 
 from geoloc.candidates.coordinates import parse_coordinates
-from geoloc.images import Photo
+from geoloc.images import MetadataError, Photo, strip_metadata
 from geoloc.tables import open_answer_cache
 
 API_KEY_VARIABLES = ("GEOLOC_API_KEY", "OPENAI_API_KEY")
@@ -78,13 +78,18 @@ def api_key_from_environment() -> str:
 
 
 def image_data_url(data: bytes) -> str:
-    """The photo as a data: URL; formats that chat APIs do not take are re-encoded as JPEG."""
+    """The photo as a data: URL without its metadata (EXIF GPS would hand the endpoint the answer).
+
+    Formats that chat APIs do not take are re-encoded as JPEG, which carries no metadata over.
+    """
     with Image.open(io.BytesIO(data)) as image:
         mime = SENT_AS_IS.get(image.format or "")
         if mime is None:
             buffer = io.BytesIO()
             image.convert("RGB").save(buffer, format="JPEG", quality=95)
             data, mime = buffer.getvalue(), "image/jpeg"
+        else:
+            data = strip_metadata(data)
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
@@ -185,7 +190,7 @@ async def _run(
                 answer = await _ask(client, settings, image_data_url(photo.path.read_bytes()))
             except (openai.APIStatusError, openai.APIConnectionError) as error:
                 return _row(photo, sample, None, f"request failed after retries: {error.__class__.__name__}")
-            except OSError as error:
+            except (OSError, MetadataError) as error:
                 return _row(photo, sample, None, f"unreadable image: {error}")
             finally:
                 on_progress(1)

@@ -12,6 +12,7 @@ from geoloc.images.archives import (
 )
 from geoloc.images.discovery import IMAGE_SUFFIXES, Photo, find_photos, list_files
 from geoloc.images.exif import CORRUPT_IMAGE, GPS_PROBLEMS, ImageHeader, read_header
+from geoloc.images.metadata import MetadataError, strip_metadata
 
 __all__ = [
     "CORRUPT_IMAGE",
@@ -22,6 +23,7 @@ __all__ = [
     "ArchiveError",
     "ImageHeader",
     "ImageStore",
+    "MetadataError",
     "Photo",
     "content_hash",
     "find_photos",
@@ -30,4 +32,5 @@ __all__ = [
     "list_files",
     "load_tar_index_pickle",
     "read_header",
+    "strip_metadata",
 ]
