@@ -154,11 +154,11 @@ class FencedFallback(dict):
         return [Reply(content='```json\n{"latitude": "33.8568° S", "longitude": "151.2153° E"}\n```')]
 
 
-def run_zeroshot(folder: Path, base_url: str, tmp_path: Path, env: dict, samples: int = 2):
+def run_zeroshot(folder: Path, base_url: str, tmp_path: Path, env: dict, samples: int = 2, *extra: str):
     out, cache = tmp_path / "answers.parquet", tmp_path / "cache.sqlite"
     arguments = ["candidates", "zeroshot", str(folder), "--model", "stand-in-vl", "--base-url", base_url,
                  "--samples", str(samples), "--concurrency", "4", "--timeout", "0.5", "--out", str(out),
-                 "--cache", str(cache)]
+                 "--cache", str(cache), *extra]
     result = CliRunner().invoke(app, arguments, env=env)
     return result, out, cache
 
@@ -296,3 +296,24 @@ def test_no_photo_metadata_reaches_the_endpoint_pixels_unchanged(serve, tmp_path
     # JPEG: the entropy-coded data is byte-for-byte the original's (no re-encode).
     jpeg = originals["a.jpg"]
     assert sent["image/jpeg"].endswith(jpeg[jpeg.index(b"\xff\xda"):])
+
+
+def test_cache_key_covers_endpoint_and_sampling_settings(serve, tmp_path):
+    folder = tmp_path / "one"
+    folder.mkdir()
+    write_photo(folder / "a.jpg", (120, 30, 60))
+    first, first_url = serve(AnswerEverything([Reply(content='{"latitude": 10, "longitude": 20}')]))
+    second, second_url = serve(AnswerEverything([Reply(content='{"latitude": -30, "longitude": -40}')]))
+    env = {"GEOLOC_API_KEY": SECRET}
+
+    def ask(base_url: str, *extra: str) -> tuple[float, int]:
+        result, out, _ = run_zeroshot(folder, base_url, tmp_path, env, 1, *extra)
+        assert result.exit_code == 0, result.output
+        return pl.read_parquet(out)["lat"][0], len(first.requests) + len(second.requests)
+
+    assert ask(first_url) == (10, 1)
+    assert ask(second_url) == (-30, 2), "same model name, other endpoint: its own answer"
+    assert ask(first_url + "/") == (10, 2), "the same settings (trailing slash aside) hit the cache"
+    assert ask(first_url, "--max-tokens", "50") == (10, 3), "another max_tokens misses the cache"
+    assert ask(first_url, "--temperature", "0.2") == (10, 4)
+    assert ask(first_url, "--max-tokens", "50") == (10, 4)

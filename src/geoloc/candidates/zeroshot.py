@@ -4,7 +4,7 @@ Any OpenAI-compatible chat-completions endpoint works (vLLM, SGLang, a hosted AP
 through the official `openai` client, whose retry logic already backs off on 429 (with
 Retry-After), 5xx, 408 and time-outs. What is added here: the key only ever comes from
 the environment; requests run with bounded concurrency; every answer is cached on disk
-by photo content, model, prompt, temperature and sample, so a rerun or a crash never
+by photo content, endpoint, model, prompt, sampling settings and sample, so a rerun or a crash never
 pays for a request twice; answers are parsed without inventing coordinates.
 """
 
@@ -14,10 +14,12 @@ import asyncio
 import base64
 import hashlib
 import io
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import polars as pl
 from PIL import Image, UnidentifiedImageError
@@ -101,10 +103,27 @@ class AnswerCache:
             path, "CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, answer TEXT NOT NULL)"
         )
 
+    KEY_VERSION = 2
+    """Bumped whenever what the key covers changes: older entries then simply miss."""
+
     @staticmethod
     def key(photo_sha256: str, settings: ZeroShotSettings, sample: int) -> str:
-        parts = [photo_sha256, settings.model, settings.prompt, repr(settings.temperature), str(sample)]
-        return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+        """Every input that can change an answer: the same model name on two endpoints is two models.
+
+        The photo is sent without detail level, so the endpoint's default applies; the
+        version stands for that and for how photos are encoded before sending.
+        """
+        parts = {
+            "version": AnswerCache.KEY_VERSION,
+            "photo": photo_sha256,
+            "endpoint": normalized_base_url(settings.base_url),
+            "model": settings.model,
+            "prompt": settings.prompt,
+            "temperature": settings.temperature,
+            "max_tokens": settings.max_tokens,
+            "sample": sample,
+        }
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
     def get(self, key: str) -> str | None:
         row = self._db.execute("SELECT answer FROM answers WHERE key = ?", (key,)).fetchone()
@@ -116,6 +135,12 @@ class AnswerCache:
 
     def close(self) -> None:
         self._db.close()
+
+
+def normalized_base_url(base_url: str) -> str:
+    """One spelling per endpoint: scheme and host are case-insensitive, a trailing slash means nothing."""
+    parts = urlsplit(base_url.strip())
+    return urlunsplit((parts.scheme.lower(), parts.netloc.lower(), parts.path.rstrip("/"), parts.query, ""))
 
 
 def default_cache_path() -> Path:

@@ -24,6 +24,7 @@ def zeroshot_command(
     samples: int = typer.Option(5, "--samples", min=1, help="Answers asked per photo."),
     temperature: float = typer.Option(0.7, "--temperature", min=0.0, help="Sampling temperature (above 0 for "
                                       "varied samples)."),
+    max_tokens: int = typer.Option(200, "--max-tokens", min=1, help="Longest answer the model may give, in tokens."),
     concurrency: int = typer.Option(8, "--concurrency", min=1, help="Requests in flight at once."),
     max_retries: int = typer.Option(6, "--max-retries", min=0, help="Retries per request on 429, 5xx, time-outs."),
     timeout: float = typer.Option(60.0, "--timeout", help="Seconds before a request times out."),
@@ -40,7 +41,8 @@ def zeroshot_command(
     from geoloc.images import find_photos
 
     settings = ZeroShotSettings(model=model, base_url=base_url, samples=samples, temperature=temperature,
-                                concurrency=concurrency, max_retries=max_retries, timeout_s=timeout)
+                                max_tokens=max_tokens, concurrency=concurrency,
+                                max_retries=max_retries, timeout_s=timeout)
     with clean_errors(ZeroShotError, FileNotFoundError, TableError):
         photos = find_photos(images)
         with progress_bar("asking") as progress:
