@@ -13,14 +13,14 @@ from geoloc.catalog.sources import READERS, BuildOptions, CatalogError
 from geoloc.catalog.work import Executor, Workers
 from geoloc.cluster import check_engine
 from geoloc.geo import CoordinateStatus, coordinate_status
-from geoloc.images import ImageStore
+from geoloc.images import OUTSIDE_ROOT, ImageStore
 from geoloc.tables import read_table, write_table
 
 DUPLICATE = "duplicate"
 
 QUARANTINE_REASONS = (
     "bad_coordinates", "null_island", "missing_image", "missing_metadata",
-    "corrupt_image", "no_gps", "unresolved_landmark", DUPLICATE,
+    "corrupt_image", "no_gps", "unresolved_landmark", OUTSIDE_ROOT, DUPLICATE,
 )
 """Every reason a row can be refused for, as written in quarantine.parquet."""
 

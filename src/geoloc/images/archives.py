@@ -18,11 +18,15 @@ import msgpack
 import polars as pl
 import xxhash
 
+from geoloc.images.containment import resolve_below
 from geoloc.images.exif import CORRUPT_IMAGE, read_header
 from geoloc.images.msgpack_spans import Truncated, map_entries, value_end
 
 MEMBER_SEPARATOR = "#"
-"""A catalog uri `container#member` names a member of a shard or tar, relative to the dataset root."""
+"""A catalog uri `container#member` names a member of a shard or tar, relative to the dataset root.
+
+Only where `container` is an archive the store has an index for: elsewhere `#` is an
+ordinary character of a file name (`a#1.jpg`)."""
 
 INDEX_SCHEMA = {
     "container": pl.Utf8,
@@ -208,12 +212,17 @@ def read_tar_member(path: Path, offset: int, length: int) -> bytes:
 
 
 class ImageStore:
-    """Opens catalog uris below a dataset root: plain paths, or `container#member` via an index."""
+    """Opens catalog uris below a dataset root: plain paths, or `container#member` via an index.
+
+    Every uri goes through `resolve_below`: one that leaves the root is refused.
+    """
 
     def __init__(self, root: Path, index: pl.DataFrame | None = None) -> None:
-        self.root = Path(root)
+        self.root = Path(root).resolve()
         self._locations: dict[tuple[str, str], tuple[int, int]] = {}
+        self._containers: frozenset[str] = frozenset()
         if index is not None:
+            self._containers = frozenset(index["container"].unique().to_list())
             usable = index.filter(pl.col("problem").is_null())
             self._locations = {
                 (container, member): (offset, length)
@@ -224,9 +233,9 @@ class ImageStore:
 
     def read_bytes(self, uri: str) -> bytes:
         container, separator, member = uri.partition(MEMBER_SEPARATOR)
-        path = self.root / container
-        if not separator:
-            return path.read_bytes()
+        if not separator or container not in self._containers:
+            return resolve_below(self.root, uri).read_bytes()
+        path = resolve_below(self.root, container, uri)
         location = self._locations.get((container, member))
         if location is None:
             raise ArchiveError(f"{uri}: not in the index of {container}")

@@ -74,8 +74,6 @@ class StorePhotos:
 
     def _store_uri(self, uri: str) -> str:
         if self.container is None:
-            if not (self.root / uri).resolve().is_relative_to(self.root):
-                raise ValueError(f"{uri!r} points outside the image folder {self.root}")
             return uri
         member = uri if not self.prefix or uri.startswith(self.prefix) else self.prefix + uri
         return f"{self.container}{MEMBER_SEPARATOR}{member}"
