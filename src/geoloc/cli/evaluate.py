@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from geoloc.cli.common import clean_errors, console, errors
-from geoloc.evaluate import METRIC_KEYS, Evaluation, accuracy_key, breakdown_by, evaluate_files
+from geoloc.evaluate import METRIC_KEYS, Evaluation, accuracy_key, breakdown_by, evaluate_files, radius_rule
 from geoloc.geo import ACCURACY_THRESHOLDS_KM
 from geoloc.tables import TableError
 
@@ -52,7 +52,8 @@ def accuracy_cells(metrics: dict) -> list[str]:
 
 def _print_tables(evaluation: Evaluation, distance: str, by_continent: bool) -> None:
     metrics = evaluation.metrics
-    summary = Table(title=f"Accuracy ({distance} distance)")
+    rule = radius_rule(evaluation.inclusive)
+    summary = Table(title=f"Accuracy ({distance} distance, counted when error {rule} radius)")
     summary.add_column("photos", justify="right")
     summary.add_column("missing", justify="right")
     for threshold in ACCURACY_THRESHOLDS_KM:
@@ -87,10 +88,14 @@ def evaluate_command(
     distance: Distance = typer.Option(Distance.great_circle, "--distance", help="How distances are measured."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (the last line) instead of tables."),
     by_continent: bool = typer.Option(True, "--continents/--no-continents", help="Add the per-continent table."),
+    inclusive: bool = typer.Option(
+        False, "--inclusive", help="Count a photo at a radius when its error is at most the radius (<=, as GeoCLIP) "
+        "rather than below it (<, as GeoRanker, G3, OSV-5M, PIGEON)."
+    ),
 ) -> None:
     """Share of photos within 1 / 25 / 200 / 750 / 2500 km, median and mean error, GeoScore."""
     with clean_errors(TableError):
-        evaluation = evaluate_files(predictions, truth, method=distance.value)
+        evaluation = evaluate_files(predictions, truth, method=distance.value, inclusive=inclusive)
     unknown = evaluation.unknown_ids
     if len(unknown):
         shown = ", ".join(repr(i) for i in unknown.head(5).to_list())
@@ -99,6 +104,7 @@ def evaluate_command(
     if as_json:
         payload = {key: _json_value(evaluation.metrics[key]) for key in METRIC_KEYS}
         payload["distance"] = distance.value
+        payload["radius_rule"] = radius_rule(inclusive)
         typer.echo(json.dumps(payload))
         return
     _print_tables(evaluation, distance.value, by_continent)

@@ -50,6 +50,8 @@ class Evaluation:
     """image_id, lat, lon and distance_km (null where the photo has no prediction)."""
     unknown_ids: pl.Series = field(default_factory=lambda: pl.Series("image_id", [], dtype=pl.Utf8))
     """Ids that have a prediction but are not in the truth file: reported, never scored."""
+    inclusive: bool = False
+    """The radius rule the figures were counted with (see metrics_from_distances)."""
 
 
 def _reject_duplicates(frame: pl.DataFrame, path: Path, what: str) -> None:
@@ -116,14 +118,25 @@ def load_predictions(path: str | Path) -> tuple[pl.DataFrame, pl.DataFrame | Non
     return prediction_table(frame, path), embedded
 
 
-def metrics_from_distances(distances_km: NDArray[np.float64]) -> dict[str, float | int | None]:
-    """Benchmark figures from one distance per truth photo, NaN where there is no prediction."""
+def radius_rule(inclusive: bool) -> str:
+    """How a photo counts at a radius: '<' (GeoRanker, G3, OSV-5M, PIGEON) or '<=' (GeoCLIP)."""
+    return "<=" if inclusive else "<"
+
+
+def metrics_from_distances(
+    distances_km: NDArray[np.float64], inclusive: bool = False
+) -> dict[str, float | int | None]:
+    """Benchmark figures from one distance per truth photo, NaN where there is no prediction.
+
+    A photo counts at a radius when its error is below it, or at most it with `inclusive`.
+    """
     distances_km = np.asarray(distances_km, dtype=np.float64)
     n = int(distances_km.size)
     predicted = distances_km[~np.isnan(distances_km)]
+    within = np.less_equal if inclusive else np.less
     metrics: dict[str, float | int | None] = {"n": n, "missing": n - int(predicted.size), "unknown": 0}
     for threshold in ACCURACY_THRESHOLDS_KM:
-        metrics[accuracy_key(threshold)] = float(np.count_nonzero(predicted <= threshold) / n) if n else None
+        metrics[accuracy_key(threshold)] = float(np.count_nonzero(within(predicted, threshold)) / n) if n else None
     metrics["median_km"] = float(np.median(predicted)) if predicted.size else None
     metrics["mean_km"] = float(predicted.mean()) if predicted.size else None
     score_sum = (GEOSCORE_MAX * np.exp(-predicted / GEOSCORE_SCALE_KM)).sum()
@@ -132,7 +145,10 @@ def metrics_from_distances(distances_km: NDArray[np.float64]) -> dict[str, float
 
 
 def evaluate(
-    predictions: pl.DataFrame, truth: pl.DataFrame, method: DistanceMethod = "great-circle"
+    predictions: pl.DataFrame,
+    truth: pl.DataFrame,
+    method: DistanceMethod = "great-circle",
+    inclusive: bool = False,
 ) -> Evaluation:
     """Score validated predictions against validated truth (see load_truth / load_predictions)."""
     # One full join gives both the scored photos and the predictions nobody asked for.
@@ -153,18 +169,19 @@ def evaluate(
         joined["pred_lon"].to_numpy(),
         method=method,
     )
-    metrics = metrics_from_distances(distances)
+    metrics = metrics_from_distances(distances, inclusive=inclusive)
     metrics["unknown"] = len(unknown)
     scored = joined.select("image_id", "lat", "lon").with_columns(
         pl.Series("distance_km", distances).fill_nan(None)
     )
-    return Evaluation(metrics=metrics, truth=scored, unknown_ids=unknown)
+    return Evaluation(metrics=metrics, truth=scored, unknown_ids=unknown, inclusive=inclusive)
 
 
 def evaluate_files(
     predictions_path: str | Path,
     truth_path: str | Path | None = None,
     method: DistanceMethod = "great-circle",
+    inclusive: bool = False,
 ) -> Evaluation:
     """Evaluate a predictions file against a truth file, or against its own true_lat/true_lon."""
     predictions, embedded_truth = load_predictions(predictions_path)
@@ -175,16 +192,19 @@ def evaluate_files(
     else:
         raise TableError(f"{predictions_path}: no truth given and no true_lat / true_lon columns to use; "
                          "pass --truth with the benchmark's metadata file")
-    return evaluate(predictions, truth, method=method)
+    return evaluate(predictions, truth, method=method, inclusive=inclusive)
 
 
 def breakdown_by(evaluation: Evaluation, groups: NDArray[np.object_], name: str) -> pl.DataFrame:
-    """The same figures per group of truth photos (say, per continent), largest group first."""
+    """The same figures per group of truth photos (say, per continent), largest group first.
+
+    Counted with the evaluation's own radius rule, so the groups add up to the whole.
+    """
     distances = evaluation.truth["distance_km"].fill_null(np.nan).to_numpy()
     groups = np.asarray(groups, dtype=object)
     rows = []
     for group in np.unique(groups):
-        metrics = metrics_from_distances(distances[groups == group])
+        metrics = metrics_from_distances(distances[groups == group], inclusive=evaluation.inclusive)
         del metrics["unknown"]
         rows.append({name: str(group), **metrics})
     return pl.DataFrame(rows).sort(["n", name], descending=[True, False])
