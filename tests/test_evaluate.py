@@ -148,8 +148,8 @@ def test_duplicate_ids_are_an_error_that_names_them(tmp_path, side):
         ("image_id,lat,lon\na,1,1\n", "image_id,lat,lon\na,1,181\n", r"impossible coordinates.*'a'"),
         ("image_id,lat,lon\na,,1\n", "image_id,lat,lon\na,1,1\n", r"no coordinates: 'a'"),
         ("image_id,lat,lon\na,north,1\n", "image_id,lat,lon\na,1,1\n", r"not numbers: a='north'"),
-        ("id,latitude,longitude\na,1,1\n", "image_id,lat,lon\na,1,1\n", r"expected columns \(image_id, lat, lon\) or "
-                                                                          r"\(IMG_ID, LAT, LON\)"),
+        ("id,lat_deg,lon_deg\na,1,1\n", "image_id,lat,lon\na,1,1\n",
+         r"expected columns \(image_id, lat, lon\) or \(IMG_ID, LAT, LON\) or \(id, latitude, longitude\)"),
     ],
 )
 def test_bad_input_is_a_clear_error(tmp_path, truth_text, predictions_text, message):

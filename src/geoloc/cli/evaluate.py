@@ -15,6 +15,9 @@ from geoloc.evaluate import METRIC_KEYS, Evaluation, accuracy_key, breakdown_by,
 from geoloc.geo import ACCURACY_THRESHOLDS_KM
 from geoloc.tables import TableError
 
+AREA_HEADERS = ("country", "region", "sub-region", "city")
+"""Table headers of the acc_<area> figures, in AREAS order."""
+
 
 class Distance(str, Enum):
     great_circle = "great-circle"
@@ -58,6 +61,8 @@ def _print_tables(evaluation: Evaluation, distance: str, by_continent: bool) -> 
     summary.add_column("missing", justify="right")
     for threshold in ACCURACY_THRESHOLDS_KM:
         summary.add_column(f"{threshold:g} km", justify="right")
+    for column in AREA_HEADERS:
+        summary.add_column(column, justify="right")
     for column in ("median km", "mean km", "GeoScore"):
         summary.add_column(column, justify="right")
     summary.add_row(*(format_metric(key, metrics[key]) for key in METRIC_KEYS if key != "unknown"))

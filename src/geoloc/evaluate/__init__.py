@@ -1,9 +1,10 @@
-"""Benchmark evaluation: how far predictions are from the truth.
+"""Benchmark evaluation: how far predictions are from the truth, and in the right area or not.
 
-Reads truth files in the public IM2GPS3K / YFCC4K metadata layout (IMG_ID, LAT, LON) or
-ours (image_id, lat, lon), and predictions in the predictions schema. Every photo of the
-truth file counts: a photo without a prediction is a miss at every radius and scores 0,
-never silently dropped.
+Reads truth files in the public IM2GPS3K / YFCC4K metadata layout (IMG_ID, LAT, LON),
+OSV-5M's (id, latitude, longitude, with its own area labels) or ours (image_id, lat, lon),
+and predictions in the predictions schema. Every photo of the truth file counts: a photo
+without a prediction is a miss at every radius and in every area and scores 0, never
+silently dropped.
 """
 
 from __future__ import annotations
@@ -16,12 +17,15 @@ import polars as pl
 from numpy.typing import NDArray
 
 from geoloc.geo import ACCURACY_THRESHOLDS_KM, CoordinateStatus, DistanceMethod, coordinate_status, distance_km
+from geoloc.places.areas import AREAS, OSV5M_LABEL_COLUMNS, area_accuracies, area_labels
 from geoloc.tables import TRUTH_LAYOUTS, TableError, as_float_column, describe_ids, read_table, select_layout
 
 GEOSCORE_MAX = 5000.0
 GEOSCORE_SCALE_KM = 1492.7
 """GeoGuessr's score: 5000 at the exact spot, decaying with this scale in km."""
 
+OSV5M_TRUTH_LAYOUT = {"id": "image_id", "latitude": "lat", "longitude": "lon"}
+BENCHMARK_TRUTH_LAYOUTS = [*TRUTH_LAYOUTS, OSV5M_TRUTH_LAYOUT]
 PREDICTION_LAYOUTS = [{"image_id": "image_id", "lat": "lat", "lon": "lon"}]
 EMBEDDED_TRUTH_LAYOUTS = [{"image_id": "image_id", "true_lat": "lat", "true_lon": "lon"}]
 
@@ -35,6 +39,7 @@ METRIC_KEYS: tuple[str, ...] = (
     "missing",
     "unknown",
     *(accuracy_key(t) for t in ACCURACY_THRESHOLDS_KM),
+    *(f"acc_{area}" for area in AREAS),
     "median_km",
     "mean_km",
     "geoscore",
@@ -82,9 +87,20 @@ def _id_lat_lon(frame: pl.DataFrame, path: Path, layouts: list[dict[str, str]]) 
     return frame
 
 
-def truth_table(frame: pl.DataFrame, path: Path, layouts: list[dict[str, str]] = TRUTH_LAYOUTS) -> pl.DataFrame:
-    """Validated truth: unique ids, every photo with real coordinates."""
-    truth = _id_lat_lon(frame, path, layouts)
+def truth_table(
+    frame: pl.DataFrame, path: Path, layouts: list[dict[str, str]] = BENCHMARK_TRUTH_LAYOUTS
+) -> pl.DataFrame:
+    """Validated truth: unique ids, every photo with real coordinates.
+
+    OSV-5M's own area labels, where the file has them, come along as columns named by
+    area (null where the file says "nan").
+    """
+    labels = [
+        pl.col(column).cast(pl.Utf8).replace("nan", None).alias(area)
+        for column, area in OSV5M_LABEL_COLUMNS.items()
+        if column in frame.columns
+    ]
+    truth = pl.concat([_id_lat_lon(frame, path, layouts), frame.select(labels)], how="horizontal")
     _reject_duplicates(truth, path, "truth")
     missing = truth.filter(pl.col("lat").is_null() | pl.col("lon").is_null())["image_id"]
     if len(missing):
@@ -149,8 +165,14 @@ def evaluate(
     truth: pl.DataFrame,
     method: DistanceMethod = "great-circle",
     inclusive: bool = False,
+    areas: bool = True,
 ) -> Evaluation:
-    """Score validated predictions against validated truth (see load_truth / load_predictions)."""
+    """Score validated predictions against validated truth (see load_truth / load_predictions).
+
+    With `areas`, also the country / region / sub-region / city accuracies (OSV-5M's rule,
+    geoloc.places.areas), truth labels from the truth table where it has them; without,
+    those figures are None (they cost a nearest-place search per photo).
+    """
     # One full join gives both the scored photos and the predictions nobody asked for.
     joined = truth.with_columns(pl.lit(True).alias("in_truth")).join(
         predictions.select("image_id", pl.col("lat").alias("pred_lat"), pl.col("lon").alias("pred_lon")),
@@ -171,10 +193,24 @@ def evaluate(
     )
     metrics = metrics_from_distances(distances, inclusive=inclusive)
     metrics["unknown"] = len(unknown)
+    metrics.update(_area_figures(joined, areas))
     scored = joined.select("image_id", "lat", "lon").with_columns(
         pl.Series("distance_km", distances).fill_nan(None)
     )
     return Evaluation(metrics=metrics, truth=scored, unknown_ids=unknown, inclusive=inclusive)
+
+
+def _area_figures(joined: pl.DataFrame, areas: bool) -> dict[str, float | None]:
+    """acc_<area> of truth rows joined with pred_lat / pred_lon (null where no prediction)."""
+    if not areas:
+        return {f"acc_{area}": None for area in AREAS}
+    missing = [area for area in AREAS if area not in joined.columns]
+    truth_labels = joined.select(area for area in AREAS if area in joined.columns)
+    if missing:
+        computed = area_labels(joined["lat"].to_numpy(), joined["lon"].to_numpy()).select(missing)
+        truth_labels = pl.concat([truth_labels, computed], how="horizontal")
+    predicted = joined.select(pl.col("pred_lat", "pred_lon").fill_null(np.nan))
+    return area_accuracies(predicted["pred_lat"].to_numpy(), predicted["pred_lon"].to_numpy(), truth_labels)
 
 
 def evaluate_files(
@@ -182,6 +218,7 @@ def evaluate_files(
     truth_path: str | Path | None = None,
     method: DistanceMethod = "great-circle",
     inclusive: bool = False,
+    areas: bool = True,
 ) -> Evaluation:
     """Evaluate a predictions file against a truth file, or against its own true_lat/true_lon."""
     predictions, embedded_truth = load_predictions(predictions_path)
@@ -192,7 +229,7 @@ def evaluate_files(
     else:
         raise TableError(f"{predictions_path}: no truth given and no true_lat / true_lon columns to use; "
                          "pass --truth with the benchmark's metadata file")
-    return evaluate(predictions, truth, method=method, inclusive=inclusive)
+    return evaluate(predictions, truth, method=method, inclusive=inclusive, areas=areas)
 
 
 def breakdown_by(evaluation: Evaluation, groups: NDArray[np.object_], name: str) -> pl.DataFrame:
