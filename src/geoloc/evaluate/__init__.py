@@ -221,15 +221,43 @@ def evaluate_files(
     areas: bool = True,
 ) -> Evaluation:
     """Evaluate a predictions file against a truth file, or against its own true_lat/true_lon."""
-    predictions, embedded_truth = load_predictions(predictions_path)
-    if truth_path is not None:
-        truth = load_truth(truth_path)
-    elif embedded_truth is not None:
-        truth = embedded_truth
-    else:
-        raise TableError(f"{predictions_path}: no truth given and no true_lat / true_lon columns to use; "
-                         "pass --truth with the benchmark's metadata file")
-    return evaluate(predictions, truth, method=method, inclusive=inclusive, areas=areas)
+    return evaluate_many([predictions_path], truth_path, method=method, inclusive=inclusive, areas=areas)[0]
+
+
+def evaluate_many(
+    predictions_paths: list[str | Path],
+    truth_path: str | Path | None = None,
+    method: DistanceMethod = "great-circle",
+    inclusive: bool = False,
+    areas: bool = True,
+) -> list[Evaluation]:
+    """Evaluate several predictions files (methods side by side) against one truth file, read once."""
+    truth = None
+    evaluations = []
+    for predictions_path in predictions_paths:
+        predictions, embedded_truth = load_predictions(predictions_path)
+        if truth_path is not None:
+            truth = truth if truth is not None else load_truth(truth_path)
+            scored_against = truth
+        elif embedded_truth is not None:
+            scored_against = embedded_truth
+        else:
+            raise TableError(f"{predictions_path}: no truth given and no true_lat / true_lon columns to use; "
+                             "pass --truth with the benchmark's metadata file")
+        evaluations.append(evaluate(predictions, scored_against, method=method, inclusive=inclusive, areas=areas))
+    return evaluations
+
+
+def accuracy_curve(
+    distances_km: NDArray[np.float64], radii_km: NDArray[np.float64], inclusive: bool = False
+) -> NDArray[np.float64]:
+    """Share of the photos counted at each radius (NaN distance: no prediction, a miss everywhere)."""
+    distances_km = np.asarray(distances_km, dtype=np.float64)
+    if not distances_km.size:
+        return np.full(np.shape(radii_km), np.nan)
+    ordered = np.sort(distances_km[~np.isnan(distances_km)])
+    counted = np.searchsorted(ordered, radii_km, side="right" if inclusive else "left")
+    return counted / distances_km.size
 
 
 def breakdown_by(evaluation: Evaluation, groups: NDArray[np.object_], name: str) -> pl.DataFrame:
