@@ -11,7 +11,15 @@ import typer
 from rich.table import Table
 
 from geoloc.cli.common import clean_errors, console, errors
-from geoloc.evaluate import METRIC_KEYS, Evaluation, accuracy_key, breakdown_by, evaluate_many, radius_rule
+from geoloc.evaluate import (
+    METRIC_KEYS,
+    Evaluation,
+    accuracy_key,
+    breakdown_by,
+    evaluate_many,
+    radius_rule,
+    size_warning,
+)
 from geoloc.geo import ACCURACY_THRESHOLDS_KM
 from geoloc.places.areas import AREAS
 from geoloc.tables import TableError
@@ -154,6 +162,8 @@ def evaluate_command(
             raise TableError(f"{plot}: --plot writes {', '.join(PLOT_FORMATS)}; got '{plot.suffix}'")
         evaluations = evaluate_many(predictions, truth, method=distance.value, inclusive=inclusive)
     named = dict(zip(method_names(predictions), evaluations))
+    if truth is not None and (warning := size_warning(truth, evaluations[0].metrics["n"])):
+        errors.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     for path, evaluation in zip(predictions, evaluations):
         _warn_unknown(evaluation, f"{path}: " if len(predictions) > 1 else "")
     if plot is not None:

@@ -27,6 +27,8 @@ GEOSCORE_SCALE_KM = 1492.7
 OSV5M_TRUTH_LAYOUT = {"id": "image_id", "latitude": "lat", "longitude": "lon"}
 BENCHMARK_TRUTH_LAYOUTS = [*TRUTH_LAYOUTS, OSV5M_TRUTH_LAYOUT]
 PREDICTION_LAYOUTS = [{"image_id": "image_id", "lat": "lat", "lon": "lon"}]
+BENCHMARK_SIZES = {"im2gps3k_places365.csv": 2997, "yfcc4k_places365.csv": 4536}
+"""Rows of the public benchmark metadata files, by file name: IM2GPS3K, YFCC4K."""
 EMBEDDED_TRUTH_LAYOUTS = [{"image_id": "image_id", "true_lat": "lat", "true_lon": "lon"}]
 
 
@@ -85,6 +87,19 @@ def _id_lat_lon(frame: pl.DataFrame, path: Path, layouts: list[dict[str, str]]) 
     for column in ("lat", "lon"):
         frame = as_float_column(frame, column, "image_id", path)
     return frame
+
+
+def size_warning(truth_path: str | Path, rows: int) -> str | None:
+    """A warning when a file named like a public benchmark's metadata has another row count.
+
+    Figures over a partial (or padded) copy are not the benchmark's; they are still computed.
+    """
+    name = Path(truth_path).name
+    expected = BENCHMARK_SIZES.get(name.lower())
+    if expected is None or rows == expected:
+        return None
+    return (f"{truth_path}: {rows:,} photos, but {name} has {expected:,}: "
+            "the figures are not comparable with published ones")
 
 
 def truth_table(
