@@ -1,9 +1,8 @@
 """GeoRanker's compiled candidate CSV read into our candidate table (`candidates compile --georanker`)."""
 
-import csv
-
 import polars as pl
 import pytest
+from datawriters import write_georanker_csv
 from typer.testing import CliRunner
 
 from geoloc.candidates.compile import compile_candidates
@@ -23,17 +22,6 @@ def _neighbours(count: int) -> tuple[list, list, list]:
     fields = [PARIS_FIELDS, AQUILA_FIELDS, NAMELESS_FIELDS] + [PARIS_FIELDS] * (count - 3)
     images = [f"{i:02d}/{i:02d}/{1000 + i}.jpg" for i in range(count)]
     return gps, fields, images
-
-
-def write_georanker_csv(path, rows: list[dict]) -> None:
-    """The layout GeoRanker's compile script writes: Python's str() of each list, in a CSV cell."""
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["IMG_ID", "LAT", "LON", "candidate_gps_lis",
-                                                    "candidate_text_lis", "reverse_gps_lis", "zs_gps_lis",
-                                                    "candidate_img_lis"])
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({key: str(value) if isinstance(value, list) else value for key, value in row.items()})
 
 
 @pytest.fixture
