@@ -27,3 +27,23 @@ def build_tiny_clip(folder: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_clip(tmp_path_factory) -> Path:
     return build_tiny_clip(tmp_path_factory.mktemp("tiny-clip"))
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """A tiny Qwen2-VL base (folder), a reward model on it whose LoRA and value head are far from their
+    initial values, and the base's processor."""
+    import torch
+
+    from geoloc.rank.dryrun import build_tiny_qwen2_vl
+    from geoloc.rank.model import LoraSettings, load_processor, new_reward_model
+
+    base = str(build_tiny_qwen2_vl(tmp_path_factory.mktemp("tiny-qwen2-vl")))
+    torch.manual_seed(3)
+    model = new_reward_model(base, LoraSettings(rank=4, alpha=8))
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.requires_grad:
+                parameter.normal_(std=0.5)
+    model.eval()
+    return base, model, load_processor(base)

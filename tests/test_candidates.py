@@ -59,9 +59,10 @@ def test_compile_merges_every_source_with_place_texts(inputs):
     assert paris["source"].to_list() == ["retrieval"] * 3 + ["zeroshot"]
     assert paris["rank"].to_list() == [0, 1, 2, 0]
     assert paris["ref_uri"].to_list() == ["g/1.jpg", "g/0.jpg", "g/4.jpg", None]
-    # Gallery metadata gives the retrieval texts (empty columns skipped), reverse geocoding the rest.
-    assert paris["text"][1] == "Louvre, Paris, Île-de-France, France"
-    assert paris["text"][3].endswith("France")
+    # Gallery metadata gives the retrieval texts as GeoRanker's prompts name them: city, state and
+    # country joined by spaces, empty ones skipped; zero-shot answers stay nameless.
+    assert paris["text"][1] == "Paris Île-de-France France"
+    assert paris["text"][3] is None
     assert (paris["lat"][0], paris["lon"][0]) == (45.7640, 4.8357)
     assert table.filter(pl.col("source") == "geoclip")["text"][0]  # a place name, even at sea
     assert table.columns == ["query_id", "source", "rank", "lat", "lon", "score", "text", "ref_uri"]

@@ -3,8 +3,10 @@
 Inputs: tables already in the candidate schema (retrieval, GeoCLIP, classifier), the
 zero-shot answers of `geoloc candidates zeroshot`, and G3's published retrieval
 results (`I.npy`: for each query of the benchmark, in the benchmark metadata's row
-order, row numbers into the MP16-Pro metadata CSV). Every candidate gets place texts:
-from the gallery's metadata where it has them, else by offline reverse geocoding.
+order, row numbers into the MP16-Pro metadata CSV). Every candidate but the zero-shot
+answers gets place texts, in the form GeoRanker's prompts name a gallery photo: from the
+gallery's metadata where it has them, else by offline reverse geocoding. Zero-shot
+answers stay nameless, as in GeoRanker's prompts.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy as np
 import polars as pl
 
 from geoloc.candidates import CANDIDATE_SCHEMA, SOURCES, conform_candidates
+from geoloc.candidates.georanker import read_georanker_candidates
 from geoloc.places import GALLERY_PLACE_COLUMNS, fill_place_texts, place_text
 from geoloc.tables import TableError, as_float_column, read_table, select_layout
 
@@ -35,6 +38,9 @@ class CompileSummary:
     candidates_per_source: dict[str, int] = field(default_factory=dict)
     zeroshot_unusable: int = 0
     """Zero-shot answers without usable coordinates: kept out of the table, never (0, 0)."""
+    georanker_failed_zeroshot: int = 0
+    """(0, 0) answers in GeoRanker's files: GeoRanker's mark of a failed answer."""
+    georanker_failed_dropped: bool = False
 
 
 def g3_retrieval_candidates(g3: G3Retrieval) -> pl.DataFrame:
@@ -93,10 +99,20 @@ def compile_candidates(
     candidate_tables: list[Path] = (),
     zeroshot_tables: list[Path] = (),
     g3: G3Retrieval | None = None,
+    georanker_files: list[Path] = (),
+    drop_failed_zeroshot: bool = False,
 ) -> tuple[pl.DataFrame, CompileSummary]:
-    """Merge every input into one table in the candidate schema, sorted by query, source, rank."""
-    summary = CompileSummary()
+    """Merge every input into one table in the candidate schema, sorted by query, source, rank.
+
+    `georanker_files` are GeoRanker's compiled candidate CSVs; their (0, 0) zero-shot
+    answers are kept (GeoRanker scored them) unless `drop_failed_zeroshot`.
+    """
+    summary = CompileSummary(georanker_failed_dropped=drop_failed_zeroshot)
     parts = [conform_candidates(read_table(path), path) for path in candidate_tables]
+    for path in georanker_files:
+        published = read_georanker_candidates(path, drop_failed_zeroshot)
+        parts.append(published.table)
+        summary.georanker_failed_zeroshot += published.failed_zeroshot
     for path in zeroshot_tables:
         table, unusable = zeroshot_candidates(read_table(path), path)
         parts.append(table)
@@ -104,7 +120,8 @@ def compile_candidates(
     if g3 is not None:
         parts.append(g3_retrieval_candidates(g3))
     if not parts:
-        raise TableError("nothing to compile: give candidate tables, zero-shot answers or G3 retrieval results")
+        raise TableError("nothing to compile: give candidate tables, zero-shot answers, G3 retrieval results "
+                         "or GeoRanker's candidate files")
     merged = pl.concat(parts, how="vertical")
     duplicated = merged.select("query_id", "source", "rank").is_duplicated()
     if duplicated.any():
@@ -113,6 +130,6 @@ def compile_candidates(
         raise TableError(f"{len(twice)} candidates share a (query, source, rank), e.g. query {first['query_id']!r} "
                          f"source {first['source']!r} rank {first['rank']}: the same source was given twice?")
     source_order = pl.col("source").replace_strict({s: i for i, s in enumerate(SOURCES)}, return_dtype=pl.Int8)
-    merged = fill_place_texts(merged).sort("query_id", source_order, "rank")
+    merged = fill_place_texts(merged, where=pl.col("source") != "zeroshot").sort("query_id", source_order, "rank")
     summary.candidates_per_source = dict(merged.group_by("source").len().iter_rows())
     return merged, summary

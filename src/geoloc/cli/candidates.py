@@ -69,6 +69,12 @@ def compile_command(
                                            "place columns)."),
     g3_queries: Path | None = typer.Option(None, "--g3-queries", help="The benchmark metadata, in I.npy's order."),
     g3_top_k: int | None = typer.Option(None, "--g3-top-k", min=1, help="Keep only the first K neighbours."),
+    georanker: list[Path] = typer.Option([], "--georanker", help="GeoRanker's compiled candidate CSV "
+                                         "(im2gps3k.csv, yfcc4k.csv): its retrieval and zero-shot candidates; "
+                                         "repeatable."),
+    drop_failed_zeroshot: bool = typer.Option(False, "--drop-failed-zeroshot", help="Leave out the (0, 0) "
+                                              "answers of --georanker files (kept by default: GeoRanker scored "
+                                              "them)."),
 ) -> None:
     """Merge every source into one candidates table with place texts."""
     from geoloc.candidates.compile import G3Retrieval, compile_candidates
@@ -78,12 +84,17 @@ def compile_command(
         if any(g3_parts) and not all(g3_parts):
             raise TableError("G3 retrieval needs all of --g3-index, --g3-gallery and --g3-queries")
         g3 = G3Retrieval(g3_index, g3_gallery, g3_queries, g3_top_k) if all(g3_parts) else None
-        table, summary = compile_candidates(candidates, zeroshot, g3)
+        table, summary = compile_candidates(candidates, zeroshot, g3, georanker, drop_failed_zeroshot)
         write_table(table, out)
     counts = ", ".join(f"{source}: {n}" for source, n in summary.candidates_per_source.items())
     console.print(f"{table['query_id'].n_unique()} queries, {len(table)} candidates ({counts}) -> {out}")
     if summary.zeroshot_unusable:
         console.print(f"{summary.zeroshot_unusable} zero-shot answer(s) had no usable coordinates and were left out")
+    if summary.georanker_failed_zeroshot:
+        fate = ("left out" if summary.georanker_failed_dropped
+                else "kept, as GeoRanker scored them (--drop-failed-zeroshot leaves them out)")
+        console.print(f"{summary.georanker_failed_zeroshot} zero-shot answer(s) in the GeoRanker file(s) are (0, 0), "
+                      f"GeoRanker's mark of a failed answer: {fate}")
 
 
 @app.command("report")

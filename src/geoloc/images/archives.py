@@ -161,6 +161,9 @@ class _TarInfoOnly(pickle.Unpickler):
 def load_tar_index_pickle(path: Path, container: str) -> pl.DataFrame:
     """A published `tar_index.pkl` (TarInfo objects, in a dict or list) as an index frame.
 
+    A dict's keys are the names photos are asked for by (MP16-Pro's IMG_ID in GeoRanker's
+    files), whatever the member is called inside the tar; a list's members keep their names.
+
     Read with a restricted unpickler: any other class in the file is refused, so a
     malicious pickle cannot execute code. The content hash and header check stay null.
     """
@@ -169,14 +172,18 @@ def load_tar_index_pickle(path: Path, container: str) -> pl.DataFrame:
             loaded = _TarInfoOnly(handle).load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as error:
         raise ArchiveError(f"{path}: not a readable tar index: {error}") from error
-    members = list(loaded.values()) if isinstance(loaded, dict) else loaded
-    if not isinstance(members, (list, tuple)):
+    if isinstance(loaded, dict):  # GeoRanker looks a photo up by its key (the MP16-Pro IMG_ID): so do we
+        named = [(str(key), info) for key, info in loaded.items()]
+    elif isinstance(loaded, (list, tuple)):
+        named = [(getattr(info, "name", None), info) for info in loaded]
+    else:
         raise ArchiveError(f"{path}: expected a dict or list of TarInfo, found {type(loaded).__name__}")
-    infos = [info for info in members if isinstance(info, tarfile.TarInfo) and info.isfile()]
+    named = [(name, info) for name, info in named if isinstance(info, tarfile.TarInfo) and info.isfile()]
+    infos = [info for _, info in named]
     located = pl.DataFrame(
         {
             "container": [container] * len(infos),
-            "member": [info.name for info in infos],
+            "member": [name for name, _ in named],
             "offset": [info.offset_data for info in infos],
             "length": [info.size for info in infos],
         },

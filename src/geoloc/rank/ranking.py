@@ -125,6 +125,22 @@ def rank_candidates(
     return pl.DataFrame(rows, schema=PREDICTION_COLUMNS), report
 
 
+def ranking_photos(
+    images: Path,
+    images_index: Path | None = None,
+    gallery: Path | None = None,
+    gallery_index: Path | None = None,
+    raw_photos: bool = False,
+) -> tuple[OpenImage, OpenImage]:
+    """The query and gallery photos as `geoloc ranker score` hands them to the processor: prepared as
+    GeoRanker's evaluate.py prepares them unless `raw_photos` (see geoloc.rank.photos)."""
+    from geoloc.rank.photos import GEORANKER_GALLERY, GEORANKER_QUERY, RAW, StorePhotos
+
+    query_photos = StorePhotos(images, images_index, preparation=RAW if raw_photos else GEORANKER_QUERY)
+    gallery_store = StorePhotos(gallery, gallery_index) if gallery else query_photos
+    return query_photos, gallery_store.prepared(RAW if raw_photos else GEORANKER_GALLERY)
+
+
 def score_file(
     candidates_path: Path,
     out: Path,
@@ -141,18 +157,19 @@ def score_file(
     shared_prefix: bool = True,
     dtype: str = "float32",
     device: str | None = None,
+    raw_photos: bool = False,
     progress: Callable[[int, int], None] = lambda done, total: None,
 ) -> RankingReport:
     """`geoloc ranker score`: load the reward model, rank every query's candidates, write predictions atomically.
 
     Query photos are `images/<query_id>`, gallery photos `gallery/<ref_uri>` (gallery defaults
     to images), each a folder or a tar with its offset index (see `StorePhotos`); the base
-    model defaults to the one the adapter records.
+    model defaults to the one the adapter records. Photos are prepared as GeoRanker's
+    evaluate.py prepares them (see geoloc.rank.photos) unless `raw_photos`.
     """
     import torch
 
     from geoloc.rank.model import ModelLoadError, adapter_base, load_processor, load_reward_model
-    from geoloc.rank.photos import StorePhotos
 
     frame = read_candidates(candidates_path)
     base = base or adapter_base(adapter)
@@ -161,8 +178,7 @@ def score_file(
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = load_reward_model(base, adapter, dtype=getattr(torch, dtype)).to(device)
     scorer = RewardScorer(model, load_processor(base), batch_size=batch_size, shared_prefix=shared_prefix)
-    query_photos = StorePhotos(images, images_index)
-    gallery_photos = StorePhotos(gallery, gallery_index) if gallery else query_photos
+    query_photos, gallery_photos = ranking_photos(images, images_index, gallery, gallery_index, raw_photos)
     predictions, report = rank_candidates(frame, scorer, query_photos, gallery_photos, top, num_negatives, progress)
     write_table(predictions, out)
     return report
