@@ -5,12 +5,12 @@ from pathlib import Path
 import pytest
 
 
-def build_tiny_clip(folder: Path) -> Path:
-    """A CLIP with ViT-L/14's projection size (768) but a toy vision tower, saved like a hub folder."""
+def build_tiny_clip(folder: Path, projection_dim: int = 768) -> Path:
+    """A CLIP with ViT-L/14's projection size (768, unless told) but a toy vision tower, saved like a hub folder."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
     config = CLIPConfig(
-        projection_dim=768,
+        projection_dim=projection_dim,
         text_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
                      "vocab_size": 100, "max_position_embeddings": 16},
         vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
