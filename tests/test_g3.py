@@ -1,10 +1,8 @@
 """G3's geo-aligned backbone (`--backbone g3:PATH`) and reverse neighbours, on a tiny random-weight G3.
 
-The G3 checkpoint is made as G3 makes it: a module with G3's attribute names around a
-CLIP, saved with `torch.save(model.state_dict())`. Its vision weights are perturbed away
-from the CLIP folder's, so a loader reading any weight from the CLIP folder fails. The
-expected vectors come from an independent computation here: PIL preprocessing and the
-CLIP vision transformer written out in torch ops, in float64, from the state dict.
+The G3 checkpoint is made as G3 makes it (conftest.build_tiny_g3). The expected vectors
+come from an independent computation here: PIL preprocessing and the CLIP vision
+transformer written out in torch ops, in float64, from the state dict.
 """
 
 import json
@@ -13,7 +11,7 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-from conftest import build_tiny_clip
+from conftest import build_tiny_g3
 from PIL import Image
 from torch import nn
 from typer.testing import CliRunner
@@ -29,46 +27,11 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 PHOTOS = {"wide": (100, 80), "tall": (80, 96), "square": (64, 64), "rotated": (80, 96)}
 
 
-def _head(dim: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, dim))
-
-
-class TinyG3(nn.Module):
-    """G3's module layout (its utils/G3.py attribute names) around a tiny CLIP."""
-
-    def __init__(self, clip_dir):
-        from transformers import CLIPModel
-
-        super().__init__()
-        clip = CLIPModel.from_pretrained(clip_dir)
-        self.vision_model = clip.vision_model
-        self.text_model = clip.text_model
-        self.vision_projection = clip.visual_projection
-        self.text_projection = clip.text_projection
-        self.logit_scale1 = nn.Parameter(torch.tensor(3.99))
-        self.logit_scale2 = nn.Parameter(torch.tensor(3.99))
-        self.logit_scale3 = nn.Parameter(torch.tensor(3.99))
-        self.location_encoder = nn.ModuleDict({"LocEnc0": nn.Sequential(nn.Linear(2, 8), nn.ReLU())})
-        self.vision_projection_else_1 = _head(PROJECTION)
-        self.text_projection_else = _head(PROJECTION)
-        self.vision_projection_else_2 = _head(PROJECTION)
-        self.location_projection_else = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, PROJECTION))
-
-
 @pytest.fixture(scope="module")
 def g3(tmp_path_factory):
     """(CLIP folder, g3.pth, its state dict)."""
-    folder = tmp_path_factory.mktemp("g3")
-    clip_dir = build_tiny_clip(folder / "clip", projection_dim=PROJECTION)
-    torch.manual_seed(1)
-    model = TinyG3(clip_dir)
-    with torch.no_grad():
-        for parameter in [*model.vision_model.parameters(), *model.vision_projection.parameters()]:
-            parameter.add_(0.05 * torch.randn_like(parameter))
-    state = model.state_dict()
-    state["vision_model.embeddings.position_ids"] = torch.arange(17)[None]  # what older transformers saved
-    torch.save(state, folder / "g3.pth")
-    return clip_dir, folder / "g3.pth", state
+    clip_dir, checkpoint = build_tiny_g3(tmp_path_factory.mktemp("g3"), PROJECTION)
+    return clip_dir, checkpoint, torch.load(checkpoint, weights_only=True)
 
 
 @pytest.fixture(scope="module")
@@ -233,3 +196,32 @@ def test_checkpoint_problems_are_named(g3, photos, tmp_path):
     result = runner.invoke(app, ["embed", "--catalog", str(root / "catalog"), "--out", str(tmp_path / "e"),
                                  "--clip", str(clip_dir)])
     assert result.exit_code == 2 and "--backbone g3:PATH only" in " ".join(result.stderr.split())
+
+
+def test_reverse_candidates_are_the_exact_search_for_the_negated_vector():
+    """On G3-shaped vectors (three unit thirds): top 20 and reverse 20 equal a brute-force numpy search."""
+    from geoloc.candidates import conform_candidates
+    from geoloc.candidates.retrieval import retrieval_candidates
+    from geoloc.index import GalleryIndex, build_faiss_index, plan_index
+
+    rng = np.random.default_rng(3)
+    thirds = rng.standard_normal((3, 300, 16)).astype(np.float32)
+    vectors = np.concatenate([third / np.linalg.norm(third, axis=1, keepdims=True) for third in thirds], axis=1)
+    gallery = pl.DataFrame({"image_id": [f"g{n}" for n in range(250)], "uri": [f"g/{n}.jpg" for n in range(250)],
+                            "lat": rng.uniform(-90, 90, 250), "lon": rng.uniform(-180, 180, 250),
+                            "text": [f"place {n}" for n in range(250)]})
+    index = GalleryIndex(index=build_faiss_index(vectors[:250], plan_index(250, 48, "flat")), gallery=gallery,
+                         info={"dim": 48, "backbone": "g3:x"})
+    queries, ids = vectors[250:], [f"q{n}" for n in range(50)]
+    similarity = queries @ vectors[:250].T
+    for source, scores in (("retrieval", similarity), ("reverse", -similarity)):
+        table = conform_candidates(retrieval_candidates(index, ids, queries, 20, source=source), "here")
+        assert table.height == 50 * 20 and set(table["source"]) == {source}
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :20]
+        assert table["ref_uri"].to_list() == gallery["uri"].gather(order.ravel()).to_list()
+        assert table["rank"].to_list() == list(range(20)) * 50
+        np.testing.assert_allclose(table["score"].to_numpy(), np.take_along_axis(scores, order, 1).ravel(),
+                                   atol=1e-5)
+        assert table["text"].to_list() == gallery["text"].gather(order.ravel()).to_list()
+    reverse = retrieval_candidates(index, ids, queries, 20, source="reverse")
+    assert (reverse["score"] > 0).all()  # higher = more dissimilar: -query . photo

@@ -120,6 +120,14 @@ def check_keys(path: Path, found: Iterable[str], needed: set[str], clip: str) ->
                                 f"(G3 used {DEFAULT_CLIP})")
 
 
+def _load_state(path: Path) -> object:
+    """torch.load with weights_only (no pickled code runs), memory-mapped where the file allows it."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # a file in torch's legacy (non-zip) format cannot be memory-mapped
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def _tensors(path: Path, wanted: set[str] | None) -> tuple[list[str], dict[str, torch.Tensor]]:
     """Every key of the checkpoint and the tensors of `wanted` (None: all), without running pickled code."""
     import pickle
@@ -133,7 +141,7 @@ def _tensors(path: Path, wanted: set[str] | None) -> tuple[list[str], dict[str, 
             keys = list(file.keys())
             return keys, {key: file.get_tensor(key) for key in keys if wanted is None or key in wanted}
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        state = _load_state(path)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
         raise G3CheckpointError(
             f"{path} is not a plain state dict that can be read without running its pickled code "
