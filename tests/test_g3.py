@@ -148,6 +148,17 @@ def test_embed_gives_g3s_vectors_and_retrieve_uses_the_gallerys_g3(g3, photos, t
             np.testing.assert_allclose(rows["lat"].to_numpy(), catalog["lat"].gather(order).to_numpy())
     assert found.filter(pl.col("source") == "retrieval")["score"].max() == pytest.approx(3.0, abs=1e-5)
 
+    # --clip replaces the recorded CLIP (a folder that moved): the same candidates.
+    moved, again = tmp_path / "moved-clip", tmp_path / "again.parquet"
+    clip_dir.rename(moved)
+    try:
+        result = runner.invoke(app, ["retrieve", str(queries), "--index", str(index_dir), "--k", "3", "--reverse",
+                                     "2", "--clip", str(moved), "--out", str(again), "--device", "cpu"])
+    finally:
+        moved.rename(clip_dir)
+    assert result.exit_code == 0, result.output
+    assert pl.read_parquet(again).sort("query_id", "source", "rank").equals(found)
+
 
 def test_safetensors_copy_gives_the_same_vectors(g3, photos, tmp_path):
     clip_dir, checkpoint, state = g3
