@@ -133,7 +133,7 @@ def _tensors(path: Path, wanted: set[str] | None) -> tuple[list[str], dict[str, 
     import pickle
 
     if not path.is_file():
-        raise BackboneUnavailable(f"no G3 checkpoint at {path} (G3's g3.pth, from its checkpoint repository)")
+        raise BackboneUnavailable(f"no G3 checkpoint at {path}")
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 
@@ -186,10 +186,9 @@ def g3_dim(name: str) -> int:
 
 def load_g3_model(path: Path, clip: str) -> tuple[G3Vision, object]:
     """G3's image encoder with every weight from its checkpoint (fp32, CPU), and its image processor."""
-    from transformers.utils import logging as hf_logging
-
+    if not path.is_file():
+        raise BackboneUnavailable(f"no G3 checkpoint at {path} (G3's g3.pth, from its checkpoint repository)")
     vision_config, processor = _clip_parts(clip)
-    hf_logging.set_verbosity_error()
     model = G3Vision(vision_config)
     needed = model.g3_keys()
     keys, tensors = _tensors(path, set(needed))
