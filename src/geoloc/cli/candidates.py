@@ -61,7 +61,7 @@ def zeroshot_command(
 def compile_command(
     out: Path = typer.Option(..., "--out", help="Candidates table (.parquet or .csv)."),
     candidates: list[Path] = typer.Option([], "--candidates", help="A table already in the candidates schema "
-                                          "(retrieval, geoclip, classifier); repeatable."),
+                                          "(retrieval and reverse, geoclip, classifier); repeatable."),
     zeroshot: list[Path] = typer.Option([], "--zeroshot", help="Answers from `geoloc candidates zeroshot`; "
                                         "repeatable."),
     g3_index: Path | None = typer.Option(None, "--g3-index", help="G3's I.npy: per query, rows of the gallery CSV."),
