@@ -27,6 +27,8 @@ class Reply:
     content: str | None = None
     delay_s: float = 0.0
     headers: dict = field(default_factory=dict)
+    choices: int | None = None
+    """How many choices to return (default: the n asked); `{i}` in content becomes the choice's index."""
 
 
 @dataclass
@@ -80,14 +82,21 @@ def make_handler(stand_in: StandIn):
             assert header.startswith("data:image/") and header.endswith(";base64")
             sent = base64.b64decode(encoded)
             photo = hashlib.sha256(sent).hexdigest()
-            reply = stand_in.arrive(photo, mime=header[5:-7], temperature=body.get("temperature"), data=sent)
+            image = next(p["image_url"] for p in parts if p["type"] == "image_url")
+            reply = stand_in.arrive(photo, mime=header[5:-7], temperature=body.get("temperature"), data=sent,
+                                    n=body.get("n"), max_tokens=body.get("max_tokens"), detail=image.get("detail"),
+                                    parts=[p["type"] for p in parts],
+                                    prompt=next(p["text"] for p in parts if p["type"] == "text"))
             time.sleep(reply.delay_s)
             if reply.status != 200:
                 return self._send(reply.status, {"error": {"message": "scripted failure"}}, reply.headers)
+            count = reply.choices if reply.choices is not None else body.get("n") or 1
+            content = reply.content or ""
             self._send(200, {
                 "id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                "choices": [{"index": 0, "finish_reason": "stop",
-                             "message": {"role": "assistant", "content": reply.content}}],
+                "choices": [{"index": i, "finish_reason": "stop",
+                             "message": {"role": "assistant", "content": content.replace("{i}", str(i))}}
+                            for i in range(count)],
             })
 
     return Handler
@@ -317,3 +326,51 @@ def test_cache_key_covers_endpoint_and_sampling_settings(serve, tmp_path):
     assert ask(first_url, "--max-tokens", "50") == (10, 3), "another max_tokens misses the cache"
     assert ask(first_url, "--temperature", "0.2") == (10, 4)
     assert ask(first_url, "--max-tokens", "50") == (10, 4)
+
+
+def test_georanker_preset_asks_ten_answers_in_one_request(serve, tmp_path):
+    from geoloc.candidates.zeroshot import GEORANKER_PROMPT
+
+    folder = tmp_path / "one"
+    folder.mkdir()
+    write_photo(folder / "a.jpg", (20, 140, 60))
+    answers = AnswerEverything([Reply(content='{"latitude": 4{i}.5, "longitude": 2.{i}}'),
+                                Reply(content="I cannot tell where this is.")])
+    stand_in, base_url = serve(answers)
+    env = {"GEOLOC_API_KEY": SECRET}
+    out, cache = tmp_path / "answers.parquet", tmp_path / "cache.sqlite"
+    arguments = ["candidates", "zeroshot", str(folder), "--model", "stand-in-vl", "--base-url", base_url,
+                 "--preset", "georanker", "--out", str(out), "--cache", str(cache)]
+    result = CliRunner().invoke(app, arguments, env=env)
+    assert result.exit_code == 0, result.output
+    [request] = stand_in.requests
+    assert (request["n"], request["temperature"], request["max_tokens"], request["detail"]) == (10, 1.2, 200, "low")
+    assert request["prompt"] == GEORANKER_PROMPT and request["parts"] == ["text", "image_url"]
+    assert GEORANKER_PROMPT.count("\n                ") == 4 and GEORANKER_PROMPT.startswith("Suppose you are")
+    table = pl.read_parquet(out)
+    assert table["sample"].to_list() == list(range(10))
+    assert table["lat"].to_list() == [float(f"4{i}.5") for i in range(10)]
+    assert CliRunner().invoke(app, arguments, env=env).exit_code == 0 and len(stand_in.requests) == 1
+
+    # Flags override the preset; an answer without coordinates stays empty, never (0, 0).
+    result = CliRunner().invoke(app, [*arguments, "--samples", "2", "--temperature", "0.3"], env=env)
+    assert result.exit_code == 0, result.output
+    assert (stand_in.requests[-1]["n"], stand_in.requests[-1]["temperature"]) == (2, 0.3)
+    table = pl.read_parquet(out)
+    assert table["lat"].to_list() == [None, None] and table["error"].null_count() == 0
+
+
+def test_an_endpoint_that_returns_fewer_answers_than_asked_is_asked_again_for_the_rest(serve, tmp_path):
+    folder = tmp_path / "one"
+    folder.mkdir()
+    write_photo(folder / "a.jpg", (200, 140, 60))
+    stand_in, base_url = serve(AnswerEverything([Reply(content='{"latitude": 1{i}, "longitude": 2}', choices=3)]))
+    env = {"GEOLOC_API_KEY": SECRET}
+    result, out, _ = run_zeroshot(folder, base_url, tmp_path, env, 5, "--answers-per-request", "5")
+    assert result.exit_code == 0, result.output
+    table = pl.read_parquet(out)
+    assert table["lat"].to_list() == [10, 11, 12, None, None]
+    assert table["error"][3] == "the endpoint returned 3 of the 5 answers asked in one request"
+    result, out, _ = run_zeroshot(folder, base_url, tmp_path, env, 5, "--answers-per-request", "5")
+    assert [r["n"] for r in stand_in.requests] == [5, 2]  # only the two missing samples, in one request
+    assert pl.read_parquet(out)["lat"].to_list() == [10, 11, 12, 10, 11]

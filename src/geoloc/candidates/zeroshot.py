@@ -39,6 +39,18 @@ DEFAULT_PROMPT = (
     '{"latitude": <decimal degrees, north positive>, "longitude": <decimal degrees, east positive>}.'
 )
 
+GEORANKER_PROMPT = "\n                ".join([
+    "Suppose you are an expert in geo-localization, you have the ability to give two number GPS coordination "
+    "given an image.",
+    "Please give me the location of the given image.",
+    "Remember, you must have an answer, just output your best guess, don't answer me that you can't give a "
+    "location.",
+    *['Your answer should be in the following JSON format without any other information: '
+      '{"latitude": float,"longitude": float}.'] * 2,
+])
+"""The request text of GeoRanker's lvlm_zs_predict.py, character for character (its source's line
+breaks and indentation included, and its last sentence twice): the input the paper's answers came from."""
+
 ZEROSHOT_SCHEMA = {
     "query_id": pl.Utf8,
     "image": pl.Utf8,
@@ -65,6 +77,17 @@ class ZeroShotSettings:
     timeout_s: float = 60.0
     max_retries: int = 6
     prompt: str = DEFAULT_PROMPT
+    answers_per_request: int = 1
+    """Answers asked in one request (the API's `n`): GeoRanker asks for its 10 at once."""
+    detail: str | None = None
+    """The image detail level sent (`low`, `high`, `auto`); None leaves it to the endpoint."""
+
+
+PRESETS: dict[str, dict] = {
+    "georanker": {"prompt": GEORANKER_PROMPT, "temperature": 1.2, "samples": 10, "answers_per_request": 10,
+                  "max_tokens": 200, "detail": "low"},
+}
+"""Published request settings by name: GeoRanker's for new photos (lvlm_zs_predict.py)."""
 
 
 def api_key_from_environment() -> str:
@@ -103,15 +126,15 @@ class AnswerCache:
             path, "CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, answer TEXT NOT NULL)"
         )
 
-    KEY_VERSION = 2
+    KEY_VERSION = 3
     """Bumped whenever what the key covers changes: older entries then simply miss."""
 
     @staticmethod
     def key(photo_sha256: str, settings: ZeroShotSettings, sample: int) -> str:
         """Every input that can change an answer: the same model name on two endpoints is two models.
 
-        The photo is sent without detail level, so the endpoint's default applies; the
-        version stands for that and for how photos are encoded before sending.
+        The version stands for how photos are encoded before sending. How many answers one
+        request asks for is left out: each is an independent sample at the same settings.
         """
         parts = {
             "version": AnswerCache.KEY_VERSION,
@@ -121,6 +144,7 @@ class AnswerCache:
             "prompt": settings.prompt,
             "temperature": settings.temperature,
             "max_tokens": settings.max_tokens,
+            "detail": settings.detail,
             "sample": sample,
         }
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
@@ -148,28 +172,28 @@ def default_cache_path() -> Path:
     return base / "geoloc" / "zeroshot.sqlite"
 
 
-async def _ask(client, settings: ZeroShotSettings, data_url: str) -> str:
+async def _ask(client, settings: ZeroShotSettings, data_url: str, count: int) -> list[str]:
+    """`count` answers from one request; fewer when the endpoint returns fewer choices."""
     import openai
 
+    image_url = {"url": data_url} if settings.detail is None else {"url": data_url, "detail": settings.detail}
     try:
         response = await client.chat.completions.create(
             model=settings.model,
             messages=[{
                 "role": "user",
-                "content": [
-                    {"type": "text", "text": settings.prompt},
-                    {"type": "image_url", "image_url": {"url": data_url}},
-                ],
+                "content": [{"type": "text", "text": settings.prompt}, {"type": "image_url", "image_url": image_url}],
             }],
             temperature=settings.temperature,
             max_tokens=settings.max_tokens,
+            **({"n": count} if count > 1 else {}),
         )
     except openai.APIStatusError as error:
         if error.status_code in FATAL_STATUS:
             raise ZeroShotError(f"the endpoint refused the request ({error.status_code}): {error.message}") from error
         raise
-    content = response.choices[0].message.content if response.choices else None
-    return content or ""
+    choices = sorted(response.choices or [], key=lambda choice: choice.index)[:count]
+    return [choice.message.content or "" for choice in choices]
 
 
 async def _run(
@@ -182,7 +206,8 @@ async def _run(
     import openai
 
     rows: list[dict] = []
-    pending: list[tuple[Photo, int, str]] = []
+    pending: list[tuple[Photo, list[int], list[str]]] = []
+    """Requests to send: a photo with the samples (and their cache keys) one request answers."""
     for photo in photos:
         try:
             data = photo.path.read_bytes()
@@ -194,38 +219,48 @@ async def _run(
             on_progress(settings.samples)
             continue
         digest = hashlib.sha256(data).hexdigest()
+        missing: list[tuple[int, str]] = []
         for sample in range(settings.samples):
             key = AnswerCache.key(digest, settings, sample)
             cached = cache.get(key)
             if cached is None:
-                pending.append((photo, sample, key))
+                missing.append((sample, key))
             else:
                 rows.append(_row(photo, sample, cached, None))
                 on_progress(1)
+        for start in range(0, len(missing), settings.answers_per_request):
+            samples, keys = zip(*missing[start:start + settings.answers_per_request], strict=True)
+            pending.append((photo, list(samples), list(keys)))
 
     limit = asyncio.Semaphore(settings.concurrency)
     client = openai.AsyncOpenAI(
         api_key=api_key, base_url=settings.base_url, timeout=settings.timeout_s, max_retries=settings.max_retries
     )
 
-    async def ask(photo: Photo, sample: int, key: str) -> dict:
+    async def ask(photo: Photo, samples: list[int], keys: list[str]) -> list[dict]:
         async with limit:
             try:
                 # Encoded only while in flight: a whole benchmark's data URLs would fill memory.
-                answer = await _ask(client, settings, image_data_url(photo.path.read_bytes()))
+                answers = await _ask(client, settings, image_data_url(photo.path.read_bytes()), len(samples))
             except (openai.APIStatusError, openai.APIConnectionError) as error:
-                return _row(photo, sample, None, f"request failed after retries: {error.__class__.__name__}")
+                failure = f"request failed after retries: {error.__class__.__name__}"
+                return [_row(photo, sample, None, failure) for sample in samples]
             except (OSError, MetadataError) as error:
-                return _row(photo, sample, None, f"unreadable image: {error}")
+                return [_row(photo, sample, None, f"unreadable image: {error}") for sample in samples]
             finally:
-                on_progress(1)
-        cache.put(key, answer)
-        return _row(photo, sample, answer, None)
+                on_progress(len(samples))
+        for key, answer in zip(keys, answers):
+            cache.put(key, answer)
+        short = f"the endpoint returned {len(answers)} of the {len(samples)} answers asked in one request"
+        return [_row(photo, sample, answer, None) for sample, answer in zip(samples, answers)] + [
+            _row(photo, sample, None, short) for sample in samples[len(answers):]
+        ]
 
     async with client:
         tasks = [asyncio.ensure_future(ask(*item)) for item in pending]
         try:
-            rows += await asyncio.gather(*tasks)
+            for answered in await asyncio.gather(*tasks):
+                rows += answered
         except ZeroShotError:
             for task in tasks:
                 task.cancel()
@@ -261,8 +296,8 @@ def ask_zeroshot(
     on_progress: Callable[[int], None] = lambda done: None,
 ) -> ZeroShotResult:
     """Ask the model `settings.samples` times about each photo; one row per photo and sample."""
-    if settings.samples < 1 or settings.concurrency < 1:
-        raise ValueError("samples and concurrency must be at least 1")
+    if settings.samples < 1 or settings.concurrency < 1 or settings.answers_per_request < 1:
+        raise ValueError("samples, answers per request and concurrency must be at least 1")
     api_key = api_key_from_environment()
     cache = AnswerCache(cache_path)
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 
 import typer
@@ -10,6 +11,17 @@ from rich.table import Table
 from geoloc.cli.common import clean_errors, console, progress_bar
 from geoloc.cli.evaluate import Distance, accuracy_cells, accuracy_columns, format_metric
 from geoloc.tables import TableError, write_table
+
+
+class ZeroShotPreset(str, Enum):
+    georanker = "georanker"
+
+
+class ImageDetail(str, Enum):
+    low = "low"
+    high = "high"
+    auto = "auto"
+
 
 app = typer.Typer(help="Candidate locations: ask a vision-language model, compile all sources, report.",
                   no_args_is_help=True)
@@ -21,10 +33,18 @@ def zeroshot_command(
     model: str = typer.Option(..., "--model", help="Model name as the endpoint knows it."),
     base_url: str = typer.Option(..., "--base-url", help="OpenAI-compatible API root, e.g. http://127.0.0.1:8000/v1"),
     out: Path = typer.Option(..., "--out", help="Answers table (.parquet or .csv)."),
-    samples: int = typer.Option(5, "--samples", min=1, help="Answers asked per photo."),
-    temperature: float = typer.Option(0.7, "--temperature", min=0.0, help="Sampling temperature (above 0 for "
-                                      "varied samples)."),
-    max_tokens: int = typer.Option(200, "--max-tokens", min=1, help="Longest answer the model may give, in tokens."),
+    preset: ZeroShotPreset | None = typer.Option(None, "--preset", help="A published request: georanker = "
+                                                 "GeoRanker's prompt, temperature 1.2, 10 answers in one request "
+                                                 "(n=10), max 200 tokens, image detail low. Flags given override it."),
+    samples: int | None = typer.Option(None, "--samples", min=1, help="Answers asked per photo [default: 5]."),
+    answers_per_request: int | None = typer.Option(None, "--answers-per-request", min=1, help="Answers asked in one "
+                                                   "request (the API's n) [default: 1]."),
+    temperature: float | None = typer.Option(None, "--temperature", min=0.0, help="Sampling temperature (above 0 "
+                                             "for varied samples) [default: 0.7]."),
+    max_tokens: int | None = typer.Option(None, "--max-tokens", min=1, help="Longest answer the model may give, "
+                                          "in tokens [default: 200]."),
+    detail: ImageDetail | None = typer.Option(None, "--detail", help="Image detail level to ask for [default: "
+                                              "the endpoint's]."),
     concurrency: int = typer.Option(8, "--concurrency", min=1, help="Requests in flight at once."),
     max_retries: int = typer.Option(6, "--max-retries", min=0, help="Retries per request on 429, 5xx, time-outs."),
     timeout: float = typer.Option(60.0, "--timeout", help="Seconds before a request times out."),
@@ -33,6 +53,7 @@ def zeroshot_command(
 ) -> None:
     """Ask the model for each photo's coordinates. The key comes from GEOLOC_API_KEY or OPENAI_API_KEY."""
     from geoloc.candidates.zeroshot import (
+        PRESETS,
         ZeroShotError,
         ZeroShotSettings,
         ask_zeroshot,
@@ -40,9 +61,12 @@ def zeroshot_command(
     )
     from geoloc.images import find_photos
 
-    settings = ZeroShotSettings(model=model, base_url=base_url, samples=samples, temperature=temperature,
-                                max_tokens=max_tokens, concurrency=concurrency,
-                                max_retries=max_retries, timeout_s=timeout)
+    given = {"samples": samples, "answers_per_request": answers_per_request, "temperature": temperature,
+             "max_tokens": max_tokens, "detail": detail.value if detail else None}
+    chosen = {**(PRESETS[preset.value] if preset else {}), **{k: v for k, v in given.items() if v is not None}}
+    settings = ZeroShotSettings(model=model, base_url=base_url, concurrency=concurrency, max_retries=max_retries,
+                                timeout_s=timeout, **chosen)
+    samples = settings.samples
     with clean_errors(ZeroShotError, FileNotFoundError, TableError):
         photos = find_photos(images)
         with progress_bar("asking") as progress:
