@@ -83,7 +83,7 @@ def test_truth_file_labels_are_used_as_they_are(tmp_path):
     (tmp_path / "test.csv").write_text(
         "id,latitude,longitude,unique_country,unique_region,unique_sub-region,unique_city\n"
         "1,-22.56,17.08,NA,Khomas_NA,nan,nan\n"
-        "2,48.8566,2.3522,FR,nan,nan,nan\n"
+        "2,48.8566,2.3522,FR,,nan,nan\n"
         "3,40.7128,-74.006,CA,New York_US,nan,nan\n"
         "4,35.68,139.69,JP,Tokyo_JP,nan,nan\n"
     )
@@ -91,7 +91,7 @@ def test_truth_file_labels_are_used_as_they_are(tmp_path):
     metrics = evaluate_files(tmp_path / "p.csv", tmp_path / "test.csv").metrics
     # Country: Namibia and France right, the file's (wrong) CA for New York is the truth, Tokyo not predicted.
     assert metrics["acc_country"] == 2 / 4
-    # Region: Paris has no label and is left out; Khomas and New York right, Tokyo missed.
+    # Region: Paris has no label (an empty cell) and is left out; Khomas and New York right, Tokyo missed.
     assert metrics["acc_region"] == 2 / 3
     assert metrics["acc_subregion"] is None and metrics["acc_city"] is None
     assert metrics["n"] == 4 and metrics["missing"] == 1
@@ -118,3 +118,12 @@ def test_cli_json_and_table_carry_the_area_accuracies(tmp_path):
     table = CliRunner().invoke(app, arguments, env={"COLUMNS": "200"}).stdout
     for header in ("country", "region", "sub-region", "city"):
         assert header in table
+
+
+def test_the_nearest_place_is_planar_not_great_circle():
+    from geoloc.places import countries
+
+    # Just east of the antimeridian off Fiji: on the sphere Fiji's Lambasa is nearest, but in plain
+    # (lat, lon) a place 360 degrees of longitude away cannot be, so OSV-5M's rule says Wallis and Futuna.
+    assert area_labels([-16.5], [-179.99])["country"].to_list() == ["WF"]
+    assert countries([-16.5], [-179.99])[0] == "Fiji"

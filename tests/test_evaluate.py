@@ -131,6 +131,21 @@ def test_unknown_ids_are_reported_and_not_scored(tmp_path):
     assert evaluation.unknown_ids.to_list() == ["stranger"]
 
 
+def test_ids_sharing_a_join_hash_are_still_told_apart(benchmark_files, monkeypatch):
+    """The id join runs on 64-bit hashes and proves each match; colliding hashes fall back to the strings."""
+    import geoloc.evaluate as evaluation_module
+
+    truth, predictions = benchmark_files
+    expected = evaluate_files(predictions, truth).metrics
+    monkeypatch.setattr(evaluation_module, "_id_key", lambda: pl.lit(7, dtype=pl.UInt64).alias("_key"))
+    colliding = evaluate_files(predictions, truth)
+    assert colliding.metrics == expected
+    with_stranger = pl.concat([pl.read_parquet(predictions), pl.DataFrame({"image_id": ["x.jpg"], "lat": [1.0],
+                                                                          "lon": [2.0]})])
+    with_stranger.write_parquet(predictions)
+    assert evaluate_files(predictions, truth).unknown_ids.to_list() == ["x.jpg"]
+
+
 @pytest.mark.parametrize("side", ["truth", "predictions"])
 def test_duplicate_ids_are_an_error_that_names_them(tmp_path, side):
     rows = {"truth": "image_id,lat,lon\na,1,1\nb,2,2\n", "predictions": "image_id,lat,lon\na,1,1\nb,2,2\n"}

