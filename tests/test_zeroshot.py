@@ -516,4 +516,42 @@ def test_rag_refuses_missing_or_unmatched_neighbours_before_any_request(serve, t
                   "lat": [1.0, 3.0], "lon": [2.0, 4.0]}).write_csv(others)
     result = CliRunner().invoke(app, [*base, "--neighbours", str(others)], env=env)
     assert result.exit_code == 2 and "names none of these 1 photos" in result.stderr and "'x/a.jpg'" in result.stderr
+    twice = tmp_path / "twice.csv"
+    pl.DataFrame({"query_id": ["a.jpg"] * 3, "source": ["retrieval", "retrieval", "reverse"], "rank": [0, 0, 0],
+                  "lat": [1.0, 5.0, 3.0], "lon": [2.0, 6.0, 4.0]}).write_csv(twice)
+    result = CliRunner().invoke(app, [*base, "--neighbours", str(twice)], env=env)
+    assert result.exit_code == 2 and "share a (query, source, rank)" in result.stderr
     assert stand_in.requests == [] and not (tmp_path / "out.parquet").exists()
+
+
+def test_rag_zero_is_the_plain_prompt_and_georankers_five_are_the_plain_answers(serve, tmp_path):
+    """One run with --rag 0 --rag 2; compiled with the neighbours, GeoRanker's --top picks the plain answers."""
+    from geoloc.candidates.compile import compile_candidates
+    from geoloc.candidates.zeroshot import GEORANKER_PROMPT
+    from geoloc.rank.ranking import select_candidates
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    write_photo(folder / "a.jpg", (90, 90, 200))
+    stand_in, base_url = serve(AnswerEverything([Reply(content_for=answer_by_k)]))
+    neighbours = tmp_path / "neighbours.parquet"
+    pl.DataFrame({"query_id": ["a.jpg"] * 6, "source": ["retrieval"] * 3 + ["reverse"] * 3,
+                  "rank": [2, 0, 1, 0, 1, 2], "lat": [3.0, 1.0, 2.0, -1.0, -2.0, -3.0], "lon": [0.5] * 6,
+                  "text": ["Paris France"] * 6, "ref_uri": ["g/1.jpg", "g/2.jpg", "g/3.jpg"] + [None] * 3,
+                  }).write_parquet(neighbours)
+    out = tmp_path / "answers.parquet"
+    result = CliRunner().invoke(app, ["candidates", "zeroshot", str(folder), "--model", "m", "--base-url", base_url,
+                                      "--neighbours", str(neighbours), "--rag", "2", "--rag", "0", "--out", str(out),
+                                      "--cache", str(tmp_path / "cache.sqlite")], env={"GEOLOC_API_KEY": SECRET})
+    assert result.exit_code == 0, result.output
+    plain, rag = sorted(stand_in.requests, key=lambda r: "dissimilar" in r["prompt"])
+    assert plain["prompt"] == GEORANKER_PROMPT and named_neighbours(rag["prompt"]) == ([[1.0, 0.5], [2.0, 0.5]],
+                                                                                        [[-1.0, 0.5], [-2.0, 0.5]])
+    assert {r["n"] for r in stand_in.requests} == {10}
+    table = pl.read_parquet(out)
+    assert table["rag"].to_list() == [0] * 10 + [2] * 10 and table["rag_retrieval"].to_list() == [None] * 10 + [2] * 10
+
+    candidates, _ = compile_candidates([neighbours], [out])
+    scored, negatives = select_candidates(candidates, {"retrieval": 10, "zeroshot": 5, "reverse": 0}, 5)
+    assert scored.group_by("source").len().sort("source").rows() == [("retrieval", 3), ("zeroshot", 5)]
+    assert scored.filter(pl.col("source") == "zeroshot")["lat"].to_list() == [0.0, 0.1, 0.2, 0.3, 0.4]
