@@ -446,7 +446,8 @@ def test_rag_prompts_name_exactly_the_neighbours_given_once_per_photo_and_k(serv
 
     zeroshot("plain.parquet", "--preset", "g3")
     assert [r["prompt"] for r in stand_in.requests] == [GEORANKER_PROMPT] * 3
-    assert {(r["n"], r["temperature"], r["max_tokens"], r["detail"]) for r in stand_in.requests} == {(10, 1.2, 200, "low")}
+    sampling = {(r["n"], r["temperature"], r["max_tokens"], r["detail"]) for r in stand_in.requests}
+    assert sampling == {(10, 1.2, 200, "low")}
     result = zeroshot("rag.parquet", "--neighbours", str(tmp_path / "neighbours.parquet"),
                       "--rag", "15", "--rag", "5", "--rag", "10")
     rag_requests = stand_in.requests[3:]
