@@ -77,22 +77,40 @@ def g3_retrieval_candidates(g3: G3Retrieval) -> pl.DataFrame:
     ).select(list(CANDIDATE_SCHEMA))
 
 
-def zeroshot_candidates(table: pl.DataFrame, path: Path) -> tuple[pl.DataFrame, int]:
-    """Usable zero-shot answers as candidates, ranked by sample; and how many were unusable."""
-    missing = {"query_id", "sample", "lat", "lon"} - set(table.columns)
-    if missing:
-        raise TableError(f"{path}: not a zero-shot answers table: missing column(s) {', '.join(sorted(missing))}")
-    for column in ("lat", "lon"):
-        table = as_float_column(table, column, "query_id", path)
-    usable = table.filter(pl.col("lat").is_not_null() & pl.col("lon").is_not_null())
-    usable = usable.sort("query_id", pl.col("sample").cast(pl.Int64)).with_columns(
+def zeroshot_candidates(tables: list[tuple[pl.DataFrame, Path]]) -> tuple[pl.DataFrame, int]:
+    """The usable answers of every zero-shot table as one source; and how many were unusable.
+
+    Ranked per query by (rag, sample): the plain prompt's answers first, then each K of G3's
+    prompt in increasing order, the order of G3's aggregated predictions (zs, 5_rag, 10_rag,
+    15_rag). Tables written before `rag` existed count as K = 0.
+    """
+    parts = []
+    for table, path in tables:
+        missing = {"query_id", "sample", "lat", "lon"} - set(table.columns)
+        if missing:
+            raise TableError(f"{path}: not a zero-shot answers table: missing column(s) "
+                             f"{', '.join(sorted(missing))}")
+        for column in ("lat", "lon"):
+            table = as_float_column(table, column, "query_id", path)
+        rag = pl.col("rag").cast(pl.Int64).fill_null(0) if "rag" in table.columns else pl.lit(0, pl.Int64)
+        parts.append(table.select(pl.col("query_id").cast(pl.Utf8), rag.alias("rag"),
+                                  pl.col("sample").cast(pl.Int64), "lat", "lon"))
+    answers = pl.concat(parts, how="vertical")
+    twice = answers.filter(answers.select("query_id", "rag", "sample").is_duplicated())
+    if len(twice):
+        first = twice.row(0, named=True)
+        raise TableError(f"{len(twice)} zero-shot answers share a (query, rag, sample), e.g. query "
+                         f"{first['query_id']!r} rag {first['rag']} sample {first['sample']}: the same answers "
+                         f"given twice? ({', '.join(str(path) for _, path in tables)})")
+    usable = answers.filter(pl.col("lat").is_not_null() & pl.col("lon").is_not_null())
+    usable = usable.sort("query_id", "rag", "sample").with_columns(
         pl.int_range(pl.len()).over("query_id").cast(pl.Int32).alias("rank"),
         pl.lit("zeroshot").alias("source"),
         pl.lit(None, pl.Float64).alias("score"),
         pl.lit(None, pl.Utf8).alias("text"),
         pl.lit(None, pl.Utf8).alias("ref_uri"),
     )
-    return usable.select(list(CANDIDATE_SCHEMA)), len(table) - len(usable)
+    return usable.select(list(CANDIDATE_SCHEMA)), len(answers) - len(usable)
 
 
 def compile_candidates(
@@ -113,10 +131,9 @@ def compile_candidates(
         published = read_georanker_candidates(path, drop_failed_zeroshot)
         parts.append(published.table)
         summary.georanker_failed_zeroshot += published.failed_zeroshot
-    for path in zeroshot_tables:
-        table, unusable = zeroshot_candidates(read_table(path), path)
+    if zeroshot_tables:
+        table, summary.zeroshot_unusable = zeroshot_candidates([(read_table(path), path) for path in zeroshot_tables])
         parts.append(table)
-        summary.zeroshot_unusable += unusable
     if g3 is not None:
         parts.append(g3_retrieval_candidates(g3))
     if not parts:
