@@ -13,10 +13,12 @@ Each opening process then looks up `--lookups` random uris (split at `#` and loo
 `ImageStore.read_bytes` does, without reading the file) and checks every answer.
 
 Prints one JSON line: members, build_s (the cache, once), open_s, lookups_per_s,
-peak_rss_mb (peak resident set of the opening process, mapped pages included) and
-import_rss_mb (the same process after its imports, before opening), then old_build_s
-(the dict alone), old_open_s (reading the index and building the dict), old_lookups_per_s,
-old_peak_rss_mb, and load (the 1-minute load average: other work slows the rates).
+peak_rss_mb (peak resident set of the opening process, mapped pages included),
+import_rss_mb (the same process after its imports, before opening), private_mb and
+mapped_mb (its resident anonymous memory, and the cache's file pages it touched, which
+the page cache shares between workers), then old_build_s (the dict alone), old_open_s
+(reading the index and building the dict), old_lookups_per_s, old_peak_rss_mb,
+old_private_mb, and load (the 1-minute load average: other work slows the rates).
 """
 
 from __future__ import annotations
@@ -38,13 +40,22 @@ PER_SHARD = 20_000
 LENGTH = 1_000
 
 
+def _status_mb(field: str) -> float | None:
+    """A memory figure of this process from /proc/self/status (Linux), in MB; None elsewhere."""
+    status = Path("/proc/self/status")
+    if not status.is_file():
+        return None
+    for line in status.read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return None
+
+
 def _rss_mb() -> float:
     """Peak resident set of this process: VmHWM, since Linux's ru_maxrss starts a child at its parent's peak."""
-    status = Path("/proc/self/status")
-    if status.is_file():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024, 1)
+    peak = _status_mb("VmHWM")
+    if peak is not None:
+        return peak
     kilobytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 if sys.platform == "darwin" else 1)
     return round(kilobytes / 1024, 1)
 
@@ -102,7 +113,8 @@ def phase(name: str, index_path: Path, members: int, count: int) -> dict:
         store = ImageStore.open_index(index_path.parent, index_path)
         opened = time.perf_counter() - started
         rate = _lookups(lambda container, member: store.members.locate(f"{container}#{member}"), members, count)
-        return {"open_s": round(opened, 3), "lookups_per_s": rate, "peak_rss_mb": _rss_mb(), "import_rss_mb": imported}
+        return {"open_s": round(opened, 3), "lookups_per_s": rate, "peak_rss_mb": _rss_mb(), "import_rss_mb": imported,
+                "private_mb": _status_mb("RssAnon"), "mapped_mb": _status_mb("RssFile")}
     usable = read_table(index_path).filter(pl.col("problem").is_null())
     built = time.perf_counter()
     locations = {
@@ -112,7 +124,7 @@ def phase(name: str, index_path: Path, members: int, count: int) -> dict:
     done = time.perf_counter()
     rate = _lookups(lambda container, member: locations.get((container, member)), members, count)
     return {"old_build_s": round(done - built, 2), "old_open_s": round(done - started, 2),
-            "old_lookups_per_s": rate, "old_peak_rss_mb": _rss_mb()}
+            "old_lookups_per_s": rate, "old_peak_rss_mb": _rss_mb(), "old_private_mb": _status_mb("RssAnon")}
 
 
 def main() -> None:

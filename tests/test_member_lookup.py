@@ -107,3 +107,15 @@ def test_vectorized_hash_equals_the_hash_of_one_key():
     hashes = key_hashes(data, starts).tolist()
     assert hashes == [key_hash(key.encode()) for key in keys.to_list()]
     assert len(set(hashes)) == len(hashes)  # "a" and "a\x00" read the same word: the length tells them apart
+
+
+def test_a_repeated_member_reads_its_last_row_and_an_empty_index_finds_nothing(dataset):
+    root, index, _ = dataset
+    tar = index.filter(pl.col("container") == "images.tar")
+    moved = tar.filter(pl.col("member") == "mp16/2/2.jpg").with_columns(tar.filter(
+        pl.col("member") == "mp16/0/3.jpg").select("offset", "length"))
+    store = ImageStore(root, pl.concat([tar, moved, index.filter(pl.col("container") == "shard_0.msg")]))
+    assert store.read_bytes("images.tar#mp16/2/2.jpg") == TAR_FILES["mp16/0/3.jpg"]  # as a dict of the rows did
+    assert store.read_bytes("images.tar#mp16/1/1.jpg") == TAR_FILES["mp16/1/1.jpg"]
+    empty = ImageStore(root, index.filter(pl.col("container") == "images.tar").clear())
+    assert empty.members.locate("images.tar#mp16/1/1.jpg") is None

@@ -101,17 +101,16 @@ class MemberLookup:
         """From an index frame: rows with a problem are left out; a repeated member keeps its last row."""
         containers = frozenset(index["container"].unique().to_list())
         usable = index.filter(pl.col("problem").is_null()) if "problem" in index.columns else index
-        usable = usable.select(
-            pl.concat_str("container", pl.lit(separator), "member").alias("key"), "offset", "length"
-        ).unique("key", keep="last", maintain_order=True)
-        data, starts = _string_buffers(usable["key"])
-        hashes = key_hashes(data, starts)
-        order = np.argsort(hashes, kind="stable")
-        sorted_keys = usable["key"].gather(pl.Series(order))
-        key_bytes, key_start = _string_buffers(sorted_keys)
+        keyed = usable.select(pl.concat_str("container", pl.lit(separator), "member").alias("key"), "offset", "length")
+        hashes = key_hashes(*_string_buffers(keyed["key"]))
+        # Sorted by hash, then key, stably: a repeated member's rows are adjacent, the last one written last.
+        keyed = keyed.with_columns(pl.Series("hash", hashes)).sort("hash", "key", maintain_order=True)
+        last = (pl.col("hash") != pl.col("hash").shift(-1)) | (pl.col("key") != pl.col("key").shift(-1))
+        keyed = keyed.filter(last.fill_null(True))
+        key_bytes, key_start = _string_buffers(keyed["key"])
         return cls(
-            containers, hashes[order], usable["offset"].to_numpy()[order].astype(np.int64),
-            usable["length"].to_numpy()[order].astype(np.int64),
+            containers, keyed["hash"].to_numpy(), keyed["offset"].to_numpy().astype(np.int64),
+            keyed["length"].to_numpy().astype(np.int64),
             key_start - key_start[0], key_bytes[key_start[0] : key_start[-1]].copy(),
         )
 
