@@ -14,7 +14,7 @@ from geoloc.catalog.work import Executor, Workers
 from geoloc.cluster import check_engine
 from geoloc.geo import CoordinateStatus, coordinate_status
 from geoloc.images import OUTSIDE_ROOT, ImageStore
-from geoloc.tables import read_table, write_table, write_text
+from geoloc.tables import write_table, write_text
 
 DUPLICATE = "duplicate"
 
@@ -160,5 +160,6 @@ def open_store(catalog_dir: Path, source: str) -> ImageStore:
     if source not in described:
         raise CatalogError(f"{catalog_dir}: no source {source!r}; it has {', '.join(described)}")
     entry = described[source]
-    index = read_table(catalog_dir / entry["index"]) if "index" in entry else None
-    return ImageStore(Path(entry["root"]), index)
+    if "index" in entry:
+        return ImageStore.open_index(Path(entry["root"]), catalog_dir / entry["index"])
+    return ImageStore(Path(entry["root"]))

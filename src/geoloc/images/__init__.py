@@ -16,6 +16,7 @@ from geoloc.images.archives import (
 from geoloc.images.containment import OUTSIDE_ROOT, OutsideRootError, resolve_below
 from geoloc.images.discovery import IMAGE_SUFFIXES, Photo, find_photos, list_files
 from geoloc.images.exif import CORRUPT_IMAGE, GPS_PROBLEMS, ImageHeader, read_header
+from geoloc.images.members import MemberLookup
 from geoloc.images.metadata import MetadataError, strip_metadata
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "ArchiveError",
     "ImageHeader",
     "ImageStore",
+    "MemberLookup",
     "MetadataError",
     "OutsideRootError",
     "Photo",

@@ -20,6 +20,7 @@ import xxhash
 
 from geoloc.images.containment import resolve_below
 from geoloc.images.exif import CORRUPT_IMAGE, read_header
+from geoloc.images.members import MemberLookup
 from geoloc.images.msgpack_spans import Truncated, map_entries, value_end
 
 MEMBER_SEPARATOR = "#"
@@ -221,29 +222,29 @@ def read_tar_member(path: Path, offset: int, length: int) -> bytes:
 class ImageStore:
     """Opens catalog uris below a dataset root: plain paths, or `container#member` via an index.
 
-    Every uri goes through `resolve_below`: one that leaves the root is refused.
+    Every uri goes through `resolve_below`: one that leaves the root is refused. The index
+    is an index frame, or a `MemberLookup` (what `open_index` maps from an index file's
+    cache, shared by every worker that opens it).
     """
 
-    def __init__(self, root: Path, index: pl.DataFrame | None = None) -> None:
+    def __init__(self, root: Path, index: pl.DataFrame | MemberLookup | None = None) -> None:
         self.root = Path(root).resolve()
-        self._locations: dict[tuple[str, str], tuple[int, int]] = {}
-        self._containers: frozenset[str] = frozenset()
-        if index is not None:
-            self._containers = frozenset(index["container"].unique().to_list())
-            usable = index.filter(pl.col("problem").is_null())
-            self._locations = {
-                (container, member): (offset, length)
-                for container, member, offset, length in usable.select(
-                    "container", "member", "offset", "length"
-                ).iter_rows()
-            }
+        if isinstance(index, pl.DataFrame):
+            index = MemberLookup.build(index, MEMBER_SEPARATOR)
+        self.members = index
+        self._containers = index.containers if index is not None else frozenset()
+
+    @classmethod
+    def open_index(cls, root: Path, index_path: Path) -> ImageStore:
+        """A store whose member index is an index file, looked up through its memory-mapped cache."""
+        return cls(root, MemberLookup.cached(index_path, MEMBER_SEPARATOR))
 
     def read_bytes(self, uri: str) -> bytes:
         container, separator, member = uri.partition(MEMBER_SEPARATOR)
         if not separator or container not in self._containers:
             return resolve_below(self.root, uri).read_bytes()
         path = resolve_below(self.root, container, uri)
-        location = self._locations.get((container, member))
+        location = self.members.locate(uri)
         if location is None:
             raise ArchiveError(f"{uri}: not in the index of {container}")
         if container.endswith(".tar"):

@@ -109,7 +109,10 @@ class StorePhotos:
             self.store = ImageStore(location)
         elif location.is_file() and location.suffix == ".tar":
             index = tar_index(location, index_path)
-            self.store = ImageStore(location.parent, index)
+            if index_path is not None and index_path.suffix == ".parquet":  # a file: workers share its mapped cache
+                self.store = ImageStore.open_index(location.parent, index_path)
+            else:
+                self.store = ImageStore(location.parent, index)
             self.container = location.name
             self.prefix = _shared_top_folder(index["member"])
         else:
