@@ -81,6 +81,7 @@ def build_command(
         gallery_table,
         parse_bytes,
         plan_index,
+        resident_bytes,
         save_gallery_index,
     )
     from geoloc.tables import table_columns
@@ -94,7 +95,7 @@ def build_command(
         catalog_file = catalog / "catalog.parquet" if catalog.is_dir() else catalog
         present = table_columns(catalog_file)
         gallery = gallery_table(ids, read_table(catalog_file, [c for c in GALLERY_CATALOG_COLUMNS if c in present]))
-        held = gallery.estimated_size() + ids.estimated_size()
+        held = resident_bytes() + gallery.estimated_size() + ids.estimated_size()
         plan = plan_index(len(ids), parts.dim, kind, nlist=nlist, nprobe=nprobe, max_memory=limit - held,
                           part_rows=parts.meta["chunk_rows"])
         peak = plan.peak_bytes() + held
