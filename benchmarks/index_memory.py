@@ -5,7 +5,7 @@ one part at a time) as an embeddings folder in `geoloc embed`'s format, and a
 catalog with place columns, then runs `geoloc index build` in a child process. Its peak
 resident set (mapped pages included: the kernel's ru_maxrss of the child) is measured,
 and recall@10 of the built index against exact search over the same vectors. Prints one
-JSON line: rows, dim, kind, vectors_mb, index_mb (faiss.index on disk), planned_peak_mb
+JSON line: rows, dim, kind, nlist, nprobe, vectors_mb, index_mb (faiss.index on disk), planned_peak_mb
 (what the build printed), peak_rss_mb, build_s, recall_at_10.
 """
 
@@ -76,6 +76,7 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=768)
     parser.add_argument("--kind", default="auto")
     parser.add_argument("--max-memory", default=None, help="passed on to `geoloc index build`")
+    parser.add_argument("--nprobe", default=None, help="passed on to `geoloc index build`")
     parser.add_argument("--chunk-rows", type=int, default=50_000, help="rows per embeddings part, as `geoloc embed`")
     parser.add_argument("--clusters", type=int, default=3000)
     parser.add_argument("--queries", type=int, default=500)
@@ -90,8 +91,8 @@ def main() -> None:
         command = [str(Path(sys.executable).with_name("geoloc")), "index", "build", "--embeddings",
                    str(root / "embeddings"), "--catalog", str(root / "catalog"), "--out", str(root / "index"),
                    "--kind", args.kind]
-        if args.max_memory:
-            command += ["--max-memory", args.max_memory]
+        for option, value in (("--max-memory", args.max_memory), ("--nprobe", args.nprobe)):
+            command += [option, value] if value else []
         start = time.perf_counter()
         done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "COLUMNS": "1000"})
         build_s = time.perf_counter() - start
@@ -106,6 +107,8 @@ def main() -> None:
             "rows": args.rows,
             "dim": args.dim,
             "kind": gallery.info["kind"],
+            "nlist": gallery.info["nlist"],
+            "nprobe": gallery.info["nprobe"],
             "vectors_mb": round(args.rows * args.dim * 4 / 2**20),
             "index_mb": round((root / "index" / "faiss.index").stat().st_size / 2**20),
             "planned_peak_mb": round(float(planned[1]) * (1024 if planned[2] == "GiB" else 1)) if planned else None,
