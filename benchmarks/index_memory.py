@@ -5,7 +5,8 @@ one part at a time) as an embeddings folder in `geoloc embed`'s format, and a
 catalog with place columns, then runs `geoloc index build` in a child process. Its peak
 resident set (mapped pages included: the kernel's ru_maxrss of the child) is measured,
 and recall@10 of the built index against exact search over the same vectors. Prints one
-JSON line: rows, dim, kind, nlist, nprobe, vectors_mb, index_mb (faiss.index on disk), planned_peak_mb
+JSON line: rows, dim, kind, nlist, nprobe, vectors_mb, embeddings_mb (the parts on disk),
+index_mb (faiss.index on disk), gallery_mb (gallery.parquet), planned_peak_mb
 (what the build printed), peak_rss_mb, build_s, recall_at_10.
 """
 
@@ -110,6 +111,8 @@ def main() -> None:
             "nlist": gallery.info["nlist"],
             "nprobe": gallery.info["nprobe"],
             "vectors_mb": round(args.rows * args.dim * 4 / 2**20),
+            "embeddings_mb": round(sum(p.stat().st_size for p in (root / "embeddings").iterdir()) / 2**20),
+            "gallery_mb": round((root / "index" / "gallery.parquet").stat().st_size / 2**20),
             "index_mb": round((root / "index" / "faiss.index").stat().st_size / 2**20),
             "planned_peak_mb": round(float(planned[1]) * (1024 if planned[2] == "GiB" else 1)) if planned else None,
             "peak_rss_mb": round(peak_rss_mb),
