@@ -47,7 +47,7 @@ from geoloc.candidates.geoclip import geoclip_gallery
 from geoloc.candidates.retrieval import retrieval_candidates
 from geoloc.cells import CellsOptions, build_cells
 from geoloc.classifier import ClassifierSettings, classifier_candidates, train_classifier
-from geoloc.encode import write_embeddings
+from geoloc.embeddings import write_embeddings
 from geoloc.evaluate import metrics_from_distances
 from geoloc.fitting import FitSettings
 from geoloc.geo import EARTH_RADIUS_KM, distance_km, to_unit_vectors

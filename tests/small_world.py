@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from geoloc.encode import write_embeddings
+from geoloc.embeddings import write_embeddings
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("synthetic_world", ROOT / "benchmarks" / "synthetic_world.py")

@@ -9,7 +9,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from geoloc.cli import app
-from geoloc.encode import EmbeddingsError, embed_table, read_embeddings
+from geoloc.embeddings import EmbeddingsError, read_embeddings
+from geoloc.encode import embed_table
 from geoloc.encode.backbone import load_backbone
 from geoloc.index import GalleryIndex, build_faiss_index, plan_index
 

@@ -154,7 +154,7 @@ def test_distances_follow_the_truth(world):
 
 
 def test_place_texts_are_used_when_given_and_optional_when_scoring(world, tmp_path):
-    from geoloc.encode import write_embeddings
+    from geoloc.embeddings import write_embeddings
 
     texts = [f"place {k}" for k in range(5)]
     write_embeddings(tmp_path / "texts", texts, np.random.default_rng(0).normal(size=(5, 12)), "text")

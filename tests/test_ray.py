@@ -20,7 +20,8 @@ from geoloc.catalog import BuildOptions, build_catalog
 from geoloc.catalog import scan as scan_module
 from geoloc.catalog import sources as sources_module
 from geoloc.cli import app
-from geoloc.encode import CatalogImages, embed_table, read_embeddings
+from geoloc.embeddings import read_embeddings
+from geoloc.encode import CatalogImages, embed_table
 from geoloc.encode.backbone import load_backbone
 
 pytestmark = pytest.mark.ray

@@ -36,6 +36,18 @@ def table_format(path: Path) -> str:
     raise TableError(f"{path}: unknown table format {suffix or '(no suffix)'!r}; use one of {accepted}")
 
 
+def table_columns(path: str | Path) -> list[str]:
+    """The column names of a CSV or Parquet table, without reading its rows."""
+    path = Path(path)
+    kind = table_format(path)
+    if not path.is_file():
+        raise TableError(f"{path}: no such file")
+    try:
+        return pl.read_csv(path, n_rows=0).columns if kind == "csv" else list(pl.read_parquet_schema(path))
+    except (pl.exceptions.PolarsError, OSError) as error:
+        raise TableError(f"{path}: cannot read as {kind}: {error}") from error
+
+
 def read_table(path: str | Path, columns: list[str] | None = None) -> pl.DataFrame:
     """Read a CSV (every column as text, so ids keep their leading zeros) or a Parquet file.
 
@@ -48,7 +60,7 @@ def read_table(path: str | Path, columns: list[str] | None = None) -> pl.DataFra
         raise TableError(f"{path}: no such file")
     try:
         if columns is not None:
-            present = pl.read_csv(path, n_rows=0).columns if kind == "csv" else list(pl.read_parquet_schema(path))
+            present = table_columns(path)
             missing = [column for column in columns if column not in present]
             if missing:
                 found = ", ".join(present) or "none"

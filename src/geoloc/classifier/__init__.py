@@ -124,7 +124,7 @@ def train_classifier(
 ) -> int:
     """`geoloc classifier train`: label every embedded catalog photo with its cells, train, save; returns the rows."""
     from geoloc.cells import CellIndex
-    from geoloc.encode import read_embeddings
+    from geoloc.embeddings import read_embeddings
     from geoloc.tables import read_table
 
     table = read_cell_table(cells_dir)

@@ -32,7 +32,7 @@ def train_command(
     """Train one head per cell level with haversine label smoothing; saves safetensors + JSON."""
     from geoloc.cells import CellsError
     from geoloc.classifier import ClassifierError, ClassifierSettings, train_classifier
-    from geoloc.encode import EmbeddingsError
+    from geoloc.embeddings import EmbeddingsError
     from geoloc.fitting import FitSettings
 
     settings = ClassifierSettings(hidden=hidden, tau_km=tuple(tau_km) if tau_km else None,
@@ -58,7 +58,7 @@ def predict_command(
     """Write each query's top-k cells as candidates (source=classifier), query_id = the embeddings' image_id."""
     from geoloc.candidates import conform_candidates
     from geoloc.classifier import ClassifierError, classifier_candidates
-    from geoloc.encode import EmbeddingsError, read_embeddings
+    from geoloc.embeddings import EmbeddingsError, read_embeddings
     from geoloc.tables import write_table
 
     with clean_errors(ClassifierError, EmbeddingsError, TableError):

@@ -53,7 +53,8 @@ def embed_command(
     """Embed every photo of the catalog with a frozen backbone."""
     from geoloc.catalog import CatalogError
     from geoloc.cluster import ClusterError, check_engine
-    from geoloc.encode import CatalogImages, EmbeddingsError, embed_table
+    from geoloc.embeddings import EmbeddingsError
+    from geoloc.encode import CatalogImages, embed_table
     from geoloc.encode.backbone import BackboneUnavailable, load_backbone
 
     backbone = _backbone_name(backbone, clip)
@@ -79,30 +80,58 @@ def embed_command(
 def build_command(
     embeddings: Path = typer.Option(..., "--embeddings", help="Folder written by `geoloc embed`."),
     catalog: Path = typer.Option(..., "--catalog", help="Catalog folder (catalog.parquet) or a catalog file."),
-    out: Path = typer.Option(..., "--out", help="Index folder to write."),
-    kind: str = typer.Option("auto", "--kind", help="auto (exact up to 200K photos, else IVF), flat, ivf, hnsw, "
+    out: Path = typer.Option(..., "--out", help="Index folder to write (an old index there is replaced whole)."),
+    kind: str = typer.Option("auto", "--kind", help="auto (exact up to 200K photos, else IVF; compressed when that "
+                             "does not fit --max-memory), flat, ivf, hnsw, ivfsq (8-bit vectors, 4x smaller), "
                              "ivfpq (least memory, lower recall)."),
     nlist: int | None = typer.Option(None, "--nlist", min=1, help="IVF lists (default about sqrt(photos))."),
     nprobe: int | None = typer.Option(None, "--nprobe", min=1, help="IVF lists searched per query."),
+    max_memory: str | None = typer.Option(None, "--max-memory", help="Memory the build may use (32GB, 512MB); "
+                                          "default: what this machine has available now."),
 ) -> None:
-    """Build the gallery index from embeddings and the catalog's coordinates."""
-    from geoloc.encode import EmbeddingsError, read_embeddings
-    from geoloc.index import build_faiss_index, gallery_table, plan_index, save_gallery_index
+    """Build the gallery index from embeddings and the catalog's coordinates, one embeddings part at a time."""
+    from geoloc.embeddings import EmbeddingsError, open_embeddings
+    from geoloc.index import (
+        GALLERY_CATALOG_COLUMNS,
+        available_memory,
+        build_streamed,
+        gallery_table,
+        parse_bytes,
+        plan_index,
+        resident_bytes,
+        save_gallery_index,
+    )
+    from geoloc.tables import table_columns
 
-    with clean_errors(EmbeddingsError, TableError, ValueError, FileNotFoundError):
-        meta, ids, vectors = read_embeddings(embeddings)
+    with clean_errors(EmbeddingsError, TableError, ValueError, FileNotFoundError, FileExistsError):
+        limit = parse_bytes(max_memory) if max_memory is not None else available_memory()
+        parts = open_embeddings(embeddings)
+        ids = parts.ids()
         if not len(ids):
             raise EmbeddingsError(f"{embeddings}: no photo was embedded successfully; nothing to index")
         catalog_file = catalog / "catalog.parquet" if catalog.is_dir() else catalog
-        gallery = gallery_table(ids, read_table(catalog_file))
-        plan = plan_index(len(ids), vectors.shape[1], kind, nlist=nlist, nprobe=nprobe)
+        present = table_columns(catalog_file)
+        gallery = gallery_table(ids, read_table(catalog_file, [c for c in GALLERY_CATALOG_COLUMNS if c in present]))
+        held = resident_bytes() + gallery.estimated_size() + ids.estimated_size()
+        plan = plan_index(len(ids), parts.dim, kind, nlist=nlist, nprobe=nprobe, max_memory=limit - held,
+                          part_rows=parts.meta["chunk_rows"])
+        peak = plan.peak_bytes() + held
         console.print(f"{plan.kind} index over {plan.rows:,} photos x {plan.dim} dims"
                       + (f", {plan.nlist} lists, {plan.nprobe} probed" if plan.nlist else "")
-                      + f": about {plan.memory_bytes() / 2**30:.2f} GiB in memory")
+                      + f": about {size(plan.memory_bytes())} in memory, a peak of about {size(peak)} while "
+                      f"building (limit {size(limit)})")
+        if peak > limit:
+            errors.print(f"[yellow]warning[/] the build may need more than the {size(limit)} limit; a larger "
+                         "--max-memory, --kind ivfpq or fewer --nlist lists need less", highlight=False)
         with console.status("building the index", spinner="dots"):
-            index = build_faiss_index(vectors, plan)
-        save_gallery_index(index, gallery, plan, out, meta.get("backbone"))
+            index = build_streamed(lambda: (vectors for _, vectors in parts.iter_parts()), plan)
+        save_gallery_index(index, gallery, plan, out, parts.meta.get("backbone"))
     console.print(f"index -> {out}")
+
+
+def size(count: int) -> str:
+    """Bytes for a person: GiB from 1 GiB on, else MiB."""
+    return f"{count / 2**30:.2f} GiB" if count >= 2**30 else f"{count / 2**20:.0f} MiB"
 
 
 def retrieve_command(

@@ -107,7 +107,7 @@ def score_command(
 
 def _score_light(candidates: Path, adapter: Path, out: Path, top: dict[str, int], query_embeddings: Path | None,
                  gallery_embeddings: Path | None, gallery_table: Path | None, text_embeddings: Path | None) -> None:
-    from geoloc.encode import EmbeddingsError
+    from geoloc.embeddings import EmbeddingsError
     from geoloc.rank.light import Lookups, score_light_file
 
     if query_embeddings is None:
@@ -145,7 +145,7 @@ def train_command(
 
 
 def _train_light(config: Path) -> None:
-    from geoloc.encode import EmbeddingsError
+    from geoloc.embeddings import EmbeddingsError
     from geoloc.rank.light import LightTrainConfig, train_light_ranker
 
     with clean_errors(TableError, EmbeddingsError, ValueError, FileNotFoundError), \

@@ -1,18 +1,14 @@
 """Embedding photos with a frozen backbone: batched, in DataLoader workers, resumable.
 
-The output folder holds `meta.json` (backbone, dimension, rows, chunk size and a
-fingerprint of the ids being embedded) and one Parquet part per chunk of rows
-(`part-00000.parquet`: image_id, embedding as a fixed-size float32 array, error). A part
-is written atomically when its chunk is done, so a killed run resumes at the first
-missing part, and a resumed run refuses to mix another backbone or another list of
-photos into the same folder.
+The output folder is the one `geoloc.embeddings` reads (meta.json and one Parquet part
+per chunk of rows). A part is written atomically when its chunk is done, so a killed run
+resumes at the first missing part, and a resumed run refuses to mix another backbone or
+another list of photos into the same folder.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,14 +18,10 @@ import polars as pl
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from geoloc.embeddings import check_meta, embeddings_meta, write_part
 from geoloc.encode.backbone import Backbone
-from geoloc.tables import describe_ids, rows_of, write_table, write_text
 
 UNREADABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
-
-
-class EmbeddingsError(ValueError):
-    """An embeddings folder does not match the run, or is not one."""
 
 
 ReadBytes = Callable[[str, str], bytes]
@@ -143,35 +135,6 @@ ComputeParts = Callable[[list[tuple[int, pl.DataFrame]]], Iterator[tuple[int, np
 order."""
 
 
-def _meta(backbone: str, dim: int, ids: pl.Series, chunk_rows: int) -> dict:
-    """What a folder's embeddings were made of: a resumed run must match it."""
-    fingerprint = hashlib.sha256(ids.hash(seed=0).to_numpy().tobytes()).hexdigest()[:32]
-    return {"backbone": backbone, "dim": dim, "rows": len(ids), "chunk_rows": chunk_rows, "ids": fingerprint}
-
-
-def _check_meta(out: Path, meta: dict) -> None:
-    """Write meta.json, or refuse a folder holding another run's embeddings."""
-    meta_path = out / "meta.json"
-    if meta_path.is_file():
-        previous = json.loads(meta_path.read_text())
-        if previous != meta:
-            changed = sorted(key for key in meta if previous.get(key) != meta[key])
-            raise EmbeddingsError(f"{out} holds another run's embeddings (different {', '.join(changed)}); "
-                                  "use a new --out folder or delete this one")
-    else:
-        write_text(meta_path, json.dumps(meta, indent=2))
-
-
-def _write_part(out: Path, number: int, ids: pl.Series, vectors: np.ndarray, problems: list[str | None]) -> None:
-    """One chunk's part: a failed photo's row keeps its id and error, its embedding is null."""
-    table = pl.DataFrame({
-        "image_id": ids,
-        "embedding": pl.Series(vectors, dtype=pl.Array(pl.Float32, vectors.shape[1])),
-        "error": pl.Series(problems, dtype=pl.Utf8),
-    }).with_columns(pl.when(pl.col("error").is_null()).then(pl.col("embedding")).alias("embedding"))
-    write_table(table, out / f"part-{number:05d}.parquet")
-
-
 def embed_parts(
     items: pl.DataFrame,
     backbone: str,
@@ -186,7 +149,7 @@ def embed_parts(
     `compute` embeds the missing parts (here, or on a Ray cluster); each part is
     written atomically by this function as soon as it comes back.
     """
-    _check_meta(out, _meta(backbone, dim, items["image_id"], chunk_rows))
+    check_meta(out, embeddings_meta(backbone, dim, items["image_id"], chunk_rows))
     embedded = failed = skipped = 0
     chunks: dict[int, pl.DataFrame] = {}
     for number, start in enumerate(range(0, len(items), chunk_rows)):
@@ -201,7 +164,7 @@ def embed_parts(
         skipped += 1
         on_progress(len(chunk))
     for number, vectors, problems in compute(list(chunks.items())):
-        _write_part(out, number, chunks[number]["image_id"], vectors, problems)
+        write_part(out, number, chunks[number]["image_id"], vectors, problems)
         failed += sum(problem is not None for problem in problems)
         embedded += len(problems) - sum(problem is not None for problem in problems)
     return EmbedSummary(rows=len(items), embedded=embedded, failed=failed, parts_skipped=skipped)
@@ -225,46 +188,3 @@ def embed_table(
             yield number, *embed_batches(locations, read_bytes, backbone, batch_size, workers, on_progress)
 
     return embed_parts(items, backbone.name, backbone.dim, out, compute, chunk_rows, on_progress)
-
-
-def read_embeddings(folder: Path) -> tuple[dict, pl.Series, np.ndarray]:
-    """meta.json, the ids and the (rows, dim) vectors of every successfully embedded photo."""
-    meta_path = folder / "meta.json"
-    if not meta_path.is_file():
-        raise EmbeddingsError(f"{folder}: not an embeddings folder (no meta.json); make one with `geoloc embed`")
-    meta = json.loads(meta_path.read_text())
-    parts = sorted(folder.glob("part-*.parquet"))
-    expected = -(-meta["rows"] // meta["chunk_rows"]) if meta["rows"] else 0
-    if len(parts) != expected:
-        raise EmbeddingsError(f"{folder}: {len(parts)} of {expected} parts are done; run `geoloc embed` again to "
-                              "finish")
-    table = pl.concat([pl.read_parquet(part) for part in parts]).filter(pl.col("error").is_null())
-    vectors = table["embedding"].to_numpy() if len(table) else np.empty((0, meta["dim"]), dtype=np.float32)
-    return meta, table["image_id"], np.ascontiguousarray(vectors, dtype=np.float32)
-
-
-def write_embeddings(folder: Path, ids: pl.Series | list[str], vectors: np.ndarray, backbone: str,
-                     chunk_rows: int = 50_000) -> None:
-    """Write vectors made elsewhere (a synthetic world, another tool) in the layout `read_embeddings` reads.
-
-    Parts first, meta.json last, each atomically, so a folder with meta.json is complete.
-    """
-    ids = pl.Series("image_id", ids, dtype=pl.Utf8)
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    if vectors.ndim != 2 or len(vectors) != len(ids):
-        raise EmbeddingsError(f"expected one vector per id ({len(ids)}), got an array of shape {vectors.shape}")
-    for number, start in enumerate(range(0, len(ids), chunk_rows)):
-        chunk = ids.slice(start, chunk_rows)
-        _write_part(folder, number, chunk, vectors[start:start + chunk_rows], [None] * len(chunk))
-    write_text(folder / "meta.json", json.dumps(_meta(backbone, vectors.shape[1], ids, chunk_rows), indent=2))
-
-
-def embeddings_by_id(folder: Path, ids: pl.Series, what: str) -> np.ndarray:
-    """The vectors of `ids` in their order, from an embeddings folder; an error names ids it lacks."""
-    _, known, vectors = read_embeddings(folder)
-    ids = ids.cast(pl.Utf8)
-    rows = rows_of(ids, known)
-    missing = ids.filter(pl.Series(rows < 0))
-    if len(missing):
-        raise EmbeddingsError(f"{folder}: no embedding for {len(missing)} {what}: {describe_ids(missing)}")
-    return vectors[rows]

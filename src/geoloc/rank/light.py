@@ -188,7 +188,7 @@ def build_groups(frame: pl.DataFrame, lookups: Lookups, group_size: int | None =
     (image_id, lat, lon), each candidate's true distance in km. Raises TableError for ids
     without an embedding; the returned dict holds the backbones of the folders read.
     """
-    from geoloc.encode import embeddings_by_id, read_embeddings
+    from geoloc.embeddings import embeddings_by_id, embeddings_of
 
     if frame.height == 0:
         raise TableError("the candidates table is empty: nothing to rank")
@@ -216,10 +216,8 @@ def build_groups(frame: pl.DataFrame, lookups: Lookups, group_size: int | None =
     dim = query_vectors.shape[1]
     gallery_vectors, gallery_rows = np.zeros((1, dim), np.float32), np.full(frame.height, -1, np.int64)
     if lookups.gallery_embeddings is not None:
-        meta, ids, gallery_vectors = read_embeddings(lookups.gallery_embeddings)
+        meta, gallery_vectors, gallery_rows = embeddings_of(lookups.gallery_embeddings, _gallery_keys(frame, lookups))
         backbones["gallery"] = meta.get("backbone")
-        keys = _gallery_keys(frame, lookups)
-        gallery_rows = rows_of(keys, ids)
         unknown = frame.filter(pl.Series((gallery_rows < 0) & frame["ref_uri"].is_not_null().to_numpy()))
         if unknown.height:
             raise TableError(f"{lookups.gallery_embeddings}: no embedding for {unknown.height} candidate gallery "
@@ -227,8 +225,8 @@ def build_groups(frame: pl.DataFrame, lookups: Lookups, group_size: int | None =
         gallery_vectors = gallery_vectors if len(gallery_vectors) else np.zeros((1, dim), np.float32)
     text_vectors, text_rows = np.zeros((1, 1), np.float32), np.full(frame.height, -1, np.int64)
     if lookups.text_embeddings is not None:
-        _, ids, text_vectors = read_embeddings(lookups.text_embeddings)
-        text_rows = rows_of(frame["text"].replace("", None), ids)
+        _, text_vectors, text_rows = embeddings_of(lookups.text_embeddings, frame["text"].replace("", None))
+        text_vectors = text_vectors if len(text_vectors) else np.zeros((1, text_vectors.shape[1]), np.float32)
     sources = frame["source"].replace_strict({name: i for i, name in enumerate(SOURCES)}, default=0).to_numpy()
     score = (frame["score"].cast(pl.Float64, strict=False).to_numpy() if "score" in frame.columns
              else np.full(frame.height, np.nan))

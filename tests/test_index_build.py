@@ -1,0 +1,132 @@
+"""`geoloc index build` streams the embedding parts, fits a memory limit, and replaces an old index whole."""
+
+import json
+
+import faiss
+import numpy as np
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from geoloc.cli import app
+from geoloc.embeddings import embeddings_meta, read_embeddings, write_part
+from geoloc.index import GalleryIndex, build_faiss_index, parse_bytes, plan_index
+
+
+def clustered(rows: int, dim: int, seed: int = 0) -> np.ndarray:
+    """Unit vectors around 200 centres, as photos of places are."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((200, dim)).astype(np.float32)
+    vectors = centres[rng.integers(0, 200, rows)] + 0.4 * rng.standard_normal((rows, dim)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def write_gallery(root, vectors: np.ndarray, chunk_rows: int, failed_every: int = 0):
+    """Embedding parts (every `failed_every`-th photo failed) and a catalog with place columns."""
+    ids = pl.Series("image_id", [f"p{n:06d}" for n in range(len(vectors))])
+    problems = [("OSError: broken" if failed_every and n % failed_every == 3 else None) for n in range(len(ids))]
+    embeddings = root / "embeddings"
+    embeddings.mkdir()
+    for number, start in enumerate(range(0, len(ids), chunk_rows)):
+        end = start + chunk_rows
+        write_part(embeddings, number, ids[start:end], vectors[start:end], problems[start:end])
+    meta = embeddings_meta("test-backbone", vectors.shape[1], ids, chunk_rows)
+    (embeddings / "meta.json").write_text(json.dumps(meta))
+    rng = np.random.default_rng(1)
+    catalog = root / "catalog"
+    catalog.mkdir()
+    pl.DataFrame({"image_id": ids.reverse(), "uri": [f"img/{i}.jpg" for i in ids.reverse()],
+                  "lat": rng.uniform(-60, 60, len(ids)), "lon": rng.uniform(-170, 170, len(ids)),
+                  "source": "photos", "city": "Lyon", "country": "France"}).write_parquet(catalog / "catalog.parquet")
+    return embeddings, catalog, [i for i, problem in zip(ids, problems) if problem is None]
+
+
+def build(embeddings, catalog, out, *options: str):
+    result = CliRunner().invoke(app, ["index", "build", "--embeddings", str(embeddings), "--catalog", str(catalog),
+                                      "--out", str(out), *options])
+    assert result.exit_code == 0, result.output
+    return " ".join(result.stdout.split())
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf"])
+def test_streamed_build_equals_an_in_memory_build(tmp_path, kind):
+    vectors = clustered(3000, 32)
+    embeddings, catalog, kept = write_gallery(tmp_path, vectors, chunk_rows=700, failed_every=50)
+    stdout = build(embeddings, catalog, tmp_path / "index", "--kind", kind)
+    assert "a peak of about" in stdout
+    streamed = GalleryIndex.load(tmp_path / "index")
+    assert streamed.gallery["image_id"].to_list() == kept
+    assert streamed.gallery["text"][0] == "Lyon, France"
+    _, ids, in_memory_vectors = read_embeddings(embeddings)
+    assert ids.to_list() == kept
+    in_memory = build_faiss_index(in_memory_vectors, plan_index(len(ids), 32, kind))
+    queries = clustered(100, 32, seed=5)
+    expected_scores, expected_rows = in_memory.search(queries, 10)
+    scores, rows = streamed.search(queries, 10)
+    np.testing.assert_array_equal(rows, expected_rows)
+    np.testing.assert_array_equal(scores, expected_scores)
+    if kind == "flat":
+        np.testing.assert_array_equal(faiss.rev_swig_ptr(streamed.index.get_xb(), in_memory_vectors.size),
+                                      in_memory_vectors.ravel())
+
+
+def test_a_small_memory_limit_picks_a_compressed_index_that_still_finds_neighbours(tmp_path, monkeypatch):
+    monkeypatch.setattr("geoloc.index.resident_bytes", lambda: 0)  # the test process's own size is not the build's
+    vectors = clustered(100_000, 32)
+    embeddings, catalog, _ = write_gallery(tmp_path, vectors, chunk_rows=5000)
+    stdout = build(embeddings, catalog, tmp_path / "index", "--max-memory", "16MB", "--nprobe", "32")
+    assert stdout.startswith("ivfsq index over 100,000 photos") and "(limit 16 MiB)" in stdout
+    gallery = GalleryIndex.load(tmp_path / "index")
+    assert gallery.info["kind"] == "ivfsq"
+    queries = vectors[:300] + 0.05 * np.random.default_rng(2).standard_normal((300, 32)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    exact = faiss.IndexFlatIP(32)
+    exact.add(vectors)
+    _, truth = exact.search(queries, 10)
+    _, found = gallery.search(queries, 10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, truth)])
+    assert recall >= 0.9
+
+
+def test_auto_keeps_the_vectors_while_they_fit_and_compresses_when_not():
+    flat = plan_index(4_700_000, 768, part_rows=50_000)
+    sq = plan_index(4_700_000, 768, "ivfsq", part_rows=50_000)
+    pq = plan_index(4_700_000, 768, "ivfpq", part_rows=50_000)
+    assert pq.peak_bytes() < sq.peak_bytes() < flat.peak_bytes()
+    assert plan_index(4_700_000, 768, max_memory=flat.peak_bytes(), part_rows=50_000).kind == "ivf"
+    assert plan_index(4_700_000, 768, max_memory=flat.peak_bytes() - 1, part_rows=50_000).kind == "ivfsq"
+    assert plan_index(4_700_000, 2304, max_memory=32 * 2**30, part_rows=50_000).kind == "ivfsq"
+    assert plan_index(4_700_000, 768, max_memory=sq.peak_bytes() - 1, part_rows=50_000).kind == "ivfpq"
+    assert plan_index(4_700_000, 768, max_memory=1, part_rows=50_000).kind == "ivfpq"
+    assert (parse_bytes("32GB"), parse_bytes("1.5 GiB"), parse_bytes("512m"), parse_bytes("1000")) == (
+        32 * 2**30, 3 * 2**29, 512 * 2**20, 1000)
+    with pytest.raises(ValueError, match="not a memory size"):
+        parse_bytes("lots")
+
+
+def test_a_build_failing_midway_leaves_the_old_index_whole(tmp_path, monkeypatch):
+    embeddings, catalog, _ = write_gallery(tmp_path, clustered(400, 16), chunk_rows=150)
+    out = tmp_path / "index"
+    build(embeddings, catalog, out)
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+
+    def dies_midway(index, path):
+        open(path, "wb").write(b"half an index")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(faiss, "write_index", dies_midway)
+    result = CliRunner().invoke(app, ["index", "build", "--embeddings", str(embeddings), "--catalog", str(catalog),
+                                      "--out", str(out), "--kind", "hnsw"])
+    assert result.exit_code != 0 and str(result.exception) == "disk full"
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["catalog", "embeddings", "index"]
+
+
+def test_a_folder_that_is_not_an_index_is_not_replaced(tmp_path):
+    embeddings, catalog, _ = write_gallery(tmp_path, clustered(100, 16), chunk_rows=50)
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "mine.txt").write_text("keep me")
+    result = CliRunner().invoke(app, ["index", "build", "--embeddings", str(embeddings), "--catalog", str(catalog),
+                                      "--out", str(tmp_path / "notes")])
+    assert result.exit_code != 0 and "is not a gallery index" in result.output
+    assert (tmp_path / "notes" / "mine.txt").read_text() == "keep me"
