@@ -17,7 +17,7 @@ from torch import nn
 from typer.testing import CliRunner
 
 from geoloc.cli import app
-from geoloc.encode import read_embeddings
+from geoloc.embeddings import read_embeddings
 from geoloc.encode.backbone import load_backbone
 
 PROJECTION = 32

@@ -9,6 +9,7 @@ another list of photos into the same folder.
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
