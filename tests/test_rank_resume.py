@@ -14,6 +14,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from geoloc.catalog.work import work_folder
 from geoloc.cli import app
 from geoloc.rank import ranking
 from geoloc.rank.dryrun import build_tiny_qwen2_vl, random_photo
@@ -39,8 +40,9 @@ def write_world(root: Path, queries: int) -> Path:
     for query in range(queries):
         random_photo(rng, 56).save(root / "photos" / f"q{query:03d}.jpg")
         random_photo(rng, 56).save(root / "photos" / f"g{query:03d}.jpg")
-        rows.append((f"q{query:03d}.jpg", "retrieval", 0, *rng.uniform(-80, 80, 2), "Paris France", f"g{query:03d}.jpg"))
-        rows.append((f"q{query:03d}.jpg", "zeroshot", 0, *rng.uniform(-80, 80, 2), "", None))
+        name = f"q{query:03d}.jpg"
+        rows.append((name, "retrieval", 0, *rng.uniform(-80, 80, 2), "Paris France", f"g{query:03d}.jpg"))
+        rows.append((name, "zeroshot", 0, *rng.uniform(-80, 80, 2), "", None))
     rows.append(("gone.jpg", "zeroshot", 0, 1.0, 2.0, "", None))  # an unreadable query: reported, not predicted
     pl.DataFrame(rows, schema=["query_id", "source", "rank", "lat", "lon", "text", "ref_uri"],
                  orient="row").write_parquet(root / "candidates.parquet")
@@ -70,7 +72,7 @@ def uninterrupted(world) -> pl.DataFrame:
     out = world / "uninterrupted.parquet"
     result = CliRunner().invoke(app, arguments(world, out))
     assert result.exit_code == 0, result.output
-    assert not ranking.work_folder(out).exists()
+    assert not work_folder(out).exists()
     predictions = pl.read_parquet(out)
     assert predictions.height == QUERIES
     return predictions
@@ -79,7 +81,7 @@ def uninterrupted(world) -> pl.DataFrame:
 def test_a_killed_run_resumes_where_it_stopped_and_writes_what_an_uninterrupted_run_writes(
         world, uninterrupted, tmp_path, monkeypatch):
     out = tmp_path / "predictions.parquet"
-    parts = ranking.work_folder(out)
+    parts = work_folder(out)
     process = start(world, out)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None and len(list(parts.glob("part-*.parquet"))) < 8:
@@ -114,7 +116,7 @@ def test_a_rerun_with_other_settings_refuses_the_parts_until_restarted(world, un
     result = CliRunner().invoke(app, arguments(world, out))
     assert result.exit_code == 0, result.output
     assert "part(s) still with other processes" in result.output and not out.exists()
-    assert len(list(ranking.work_folder(out).glob("part-*.parquet"))) == 6
+    assert len(list(work_folder(out).glob("part-*.parquet"))) == 6
     monkeypatch.delenv("RANK")
     monkeypatch.delenv("WORLD_SIZE")
 
@@ -136,4 +138,4 @@ def test_two_processes_split_one_run_and_the_last_writes_what_one_process_writes
     assert [process.returncode for process in processes] == [0, 0], outputs
     assert any(f"{QUERIES} of {QUERIES + 1} queries predicted" in output for output in outputs), outputs
     assert pl.read_parquet(out).equals(uninterrupted)
-    assert not ranking.work_folder(out).exists()
+    assert not work_folder(out).exists()

@@ -17,6 +17,7 @@ import importlib
 import json
 import multiprocessing
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -177,3 +178,46 @@ def file_digest(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+class ResumeError(ValueError):
+    """A work folder holds the parts of a run made with other settings."""
+
+
+def work_folder(out: Path) -> Path:
+    """Where a resumable run keeps its finished parts: beside its output, removed once that is written."""
+    return out.with_name(out.name + ".parts")
+
+
+def claim_work_folder(folder: Path, settings: dict[str, Any], restart: bool = False) -> None:
+    """Make `folder` the work folder of a run with `settings`; its parts are reused only by the same run.
+
+    `restart` discards what a previous run left there first.
+    """
+    if restart:
+        shutil.rmtree(folder, ignore_errors=True)
+    changed = record_settings(folder / "settings.json", settings)
+    if changed:
+        raise ResumeError(f"{folder} holds the parts of a run with other settings (different {', '.join(changed)}); "
+                          "rerun with --restart to discard them, or write to another --out")
+
+
+def remove_work_folder(folder: Path) -> None:
+    """Remove a work folder that another process may be removing too: renamed away first, so only one does."""
+    removing = folder.with_name(f".{folder.name}.{os.getpid()}.removing")
+    try:
+        folder.rename(removing)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(removing)
+
+
+def model_identity(model: str | Path) -> dict[str, Any]:
+    """A model folder's files by size and modification time (weights are too big to hash on every run);
+    a hub id as given."""
+    folder = Path(model)
+    if not folder.is_dir():
+        return {"id": str(model)}
+    return {"path": str(folder.resolve()),
+            "files": {str(f.relative_to(folder)): [f.stat().st_size, f.stat().st_mtime_ns]
+                      for f in sorted(folder.rglob("*")) if f.is_file()}}

@@ -77,9 +77,10 @@ def score_command(
     With a GeoRanker adapter the photos are read (--images, --gallery); with a light ranker
     folder their embeddings are (--query-embeddings, --gallery-embeddings, --text-embeddings).
     """
+    from geoloc.catalog.work import work_folder
     from geoloc.rank.light import is_light_ranker
     from geoloc.rank.model import ModelLoadError
-    from geoloc.rank.ranking import score_file, work_folder
+    from geoloc.rank.ranking import score_file
 
     if is_light_ranker(adapter):
         _score_light(candidates, adapter, out, _parse_top(top), query_embeddings, gallery_embeddings, gallery_table,

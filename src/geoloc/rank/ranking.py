@@ -9,7 +9,6 @@ reported; a candidate whose gallery photo cannot be read is dropped and counted.
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +31,6 @@ REQUIRED_COLUMNS = ("query_id", "source", "rank", "lat", "lon")
 PREDICTION_COLUMNS = {"image_id": pl.Utf8, "lat": pl.Float64, "lon": pl.Float64, "score": pl.Float64}
 PART_QUERIES = 64
 """Queries per part of a resumable run: what a kill can lose, and a few minutes of a 7B model on one GPU."""
-SETTINGS_FILE = "settings.json"
 
 
 @dataclass
@@ -45,10 +43,6 @@ class RankingReport:
     """Whether this process wrote the output: not when other processes' parts are still pending (or
     another process wrote it)."""
     pending_parts: int = 0
-
-
-class ResumeError(ValueError):
-    """The work folder beside the output holds parts that another run's settings made."""
 
 
 def read_candidates(path: Path) -> pl.DataFrame:
@@ -177,22 +171,6 @@ def rank_candidates(
     return predictions_of(results)
 
 
-def work_folder(out: Path) -> Path:
-    """Where a resumable scoring run keeps its finished parts: beside its output, removed once that is written."""
-    return out.with_name(out.name + ".parts")
-
-
-def _model_identity(model: str | Path) -> dict:
-    """A model folder's files by size and modification time (its weights are too big to hash on every run);
-    a hub id as given."""
-    folder = Path(model)
-    if not folder.is_dir():
-        return {"id": str(model)}
-    return {"path": str(folder.resolve()),
-            "files": {str(f.relative_to(folder)): [f.stat().st_size, f.stat().st_mtime_ns]
-                      for f in sorted(folder.rglob("*")) if f.is_file()}}
-
-
 def _code_identity() -> dict:
     """The versions and sources that make the prompts and the rewards: other code, other scores."""
     from importlib.metadata import version
@@ -245,7 +223,19 @@ def score_file(
     """
     import torch
 
-    from geoloc.catalog.work import Share, Task, Workers, cache_paths, file_digest, record_settings, run_cached
+    from geoloc.catalog.work import (
+        ResumeError,
+        Share,
+        Task,
+        Workers,
+        cache_paths,
+        claim_work_folder,
+        file_digest,
+        model_identity,
+        remove_work_folder,
+        run_cached,
+        work_folder,
+    )
     from geoloc.rank.model import ModelLoadError, adapter_base, load_processor, load_reward_model
     from geoloc.rank.photos import StorePhotos
 
@@ -258,22 +248,17 @@ def score_file(
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', share.rank)) % torch.cuda.device_count()}"
     device = device or "cpu"
     work = work_folder(out)
-    if restart:
-        if share.world > 1:
-            raise ResumeError(f"--restart under a launcher would discard other processes' parts: delete {work} "
-                              "first, or restart from a single process")
-        shutil.rmtree(work, ignore_errors=True)
+    if restart and share.world > 1:
+        raise ResumeError(f"--restart under a launcher would discard other processes' parts: delete {work} "
+                          "first, or restart from a single process")
     settings = {
         "candidates": file_digest(candidates_path), "images": _where(images), "images_index": _where(images_index),
-        "gallery": _where(gallery), "gallery_index": _where(gallery_index), "adapter": _model_identity(adapter),
-        "base": _model_identity(base), "top": dict(sorted(top.items())), "negatives": num_negatives,
+        "gallery": _where(gallery), "gallery_index": _where(gallery_index), "adapter": model_identity(adapter),
+        "base": model_identity(base), "top": dict(sorted(top.items())), "negatives": num_negatives,
         "batch_size": batch_size, "shared_prefix": shared_prefix, "dtype": dtype,
         "device": torch.device(device).type, "part_queries": part_queries, "code": _code_identity(),
     }
-    changed = record_settings(work / SETTINGS_FILE, settings)
-    if changed:
-        raise ResumeError(f"{work} holds the parts of a run with other settings (different {', '.join(changed)}); "
-                          "rerun with --restart to discard them, or write to another --out")
+    claim_work_folder(work, settings, restart)
 
     scored, negatives = select_candidates(frame, top, num_negatives)
     queries = query_candidates(scored)
@@ -315,16 +300,7 @@ def score_file(
             return RankingReport()
     predictions, report = predictions_of(pl.concat(frames) if frames else pl.DataFrame(schema=QUERY_COLUMNS))
     write_table(predictions, out)
-    _remove_folder(work)
+    remove_work_folder(work)
     report.written = True
     return report
 
-
-def _remove_folder(folder: Path) -> None:
-    """Remove a folder that another process may be removing too: renamed away first, so only one does."""
-    removing = folder.with_name(f".{folder.name}.{os.getpid()}.removing")
-    try:
-        folder.rename(removing)
-    except FileNotFoundError:
-        return
-    shutil.rmtree(removing)
