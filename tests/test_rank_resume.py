@@ -8,44 +8,26 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from geoloc.catalog.work import work_folder
 from geoloc.cli import app
 from geoloc.rank import ranking
-from geoloc.rank.dryrun import build_tiny_qwen2_vl, random_photo
-from geoloc.rank.model import LoraSettings, new_reward_model, save_adapter
+from geoloc.rank.dryrun import toy_scoring_run
 
 ROOT = Path(__file__).resolve().parents[1]
 QUERIES = 16
 
 
 def write_world(root: Path, queries: int) -> Path:
-    """A tiny base model, an adapter far from its initial values, photos and a candidates table."""
-    base = build_tiny_qwen2_vl(root / "base")
-    torch.manual_seed(3)
-    model = new_reward_model(str(base), LoraSettings(rank=4, alpha=8))
-    with torch.no_grad():
-        for parameter in model.parameters():
-            if parameter.requires_grad:
-                parameter.normal_(std=0.5)
-    save_adapter(model, root / "adapter")
-    rng = np.random.default_rng(0)
-    (root / "photos").mkdir()
-    rows = []
-    for query in range(queries):
-        random_photo(rng, 56).save(root / "photos" / f"q{query:03d}.jpg")
-        random_photo(rng, 56).save(root / "photos" / f"g{query:03d}.jpg")
-        name = f"q{query:03d}.jpg"
-        rows.append((name, "retrieval", 0, *rng.uniform(-80, 80, 2), "Paris France", f"g{query:03d}.jpg"))
-        rows.append((name, "zeroshot", 0, *rng.uniform(-80, 80, 2), "", None))
-    rows.append(("gone.jpg", "zeroshot", 0, 1.0, 2.0, "", None))  # an unreadable query: reported, not predicted
-    pl.DataFrame(rows, schema=["query_id", "source", "rank", "lat", "lon", "text", "ref_uri"],
-                 orient="row").write_parquet(root / "candidates.parquet")
+    """A toy scoring run, and a query whose photo does not exist: reported, not predicted."""
+    toy_scoring_run(root, queries)
+    candidates = pl.read_parquet(root / "candidates.parquet")
+    unreadable = candidates.head(1).with_columns(query_id=pl.lit("gone.jpg"), source=pl.lit("zeroshot"),
+                                                 ref_uri=pl.lit(None, pl.Utf8))
+    pl.concat([candidates, unreadable]).write_parquet(root / "candidates.parquet")
     return root
 
 
