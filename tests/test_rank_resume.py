@@ -10,6 +10,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from geoloc.catalog.work import work_folder
@@ -99,6 +100,8 @@ def test_a_rerun_with_other_settings_refuses_the_parts_until_restarted(world, un
     assert result.exit_code == 0, result.output
     assert "part(s) still with other processes" in result.output and not out.exists()
     assert len(list(work_folder(out).glob("part-*.parquet"))) == 6
+    under_launcher = CliRunner().invoke(app, arguments(world, out, "--restart"))
+    assert under_launcher.exit_code == 2 and "--restart under a launcher" in under_launcher.output
     monkeypatch.delenv("RANK")
     monkeypatch.delenv("WORLD_SIZE")
 
@@ -121,3 +124,16 @@ def test_two_processes_split_one_run_and_the_last_writes_what_one_process_writes
     assert any(f"{QUERIES} of {QUERIES + 1} queries predicted" in output for output in outputs), outputs
     assert pl.read_parquet(out).equals(uninterrupted)
     assert not work_folder(out).exists()
+
+
+def test_each_process_under_a_launcher_takes_its_own_gpu(monkeypatch):
+    from geoloc.catalog.work import Share
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    assert ranking.default_device(Share(6, 8)) == "cuda:2"
+    monkeypatch.delenv("LOCAL_RANK")
+    assert ranking.default_device(Share(5, 8)) == "cuda:1"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert ranking.default_device(Share(5, 8)) == "cpu"

@@ -171,6 +171,15 @@ def rank_candidates(
     return predictions_of(results)
 
 
+def default_device(share: Share) -> str:
+    """The process's own GPU under a launcher (LOCAL_RANK, else its rank, modulo the GPUs), else the CPU."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return "cpu"
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', share.rank)) % torch.cuda.device_count()}"
+
+
 def _code_identity() -> dict:
     """The versions and sources that make the prompts and the rewards: other code, other scores."""
     from importlib.metadata import version
@@ -244,9 +253,7 @@ def score_file(
     base = base or adapter_base(adapter)
     if not base:
         raise ModelLoadError(f"{adapter}: the adapter does not record its base model; pass --base")
-    if device is None and torch.cuda.is_available():  # one GPU per process under a launcher
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', share.rank)) % torch.cuda.device_count()}"
-    device = device or "cpu"
+    device = device or default_device(share)
     work = work_folder(out)
     if restart and share.world > 1:
         raise ResumeError(f"--restart under a launcher would discard other processes' parts: delete {work} "
