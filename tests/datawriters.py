@@ -7,6 +7,7 @@ tar archives by tarfile.
 
 from __future__ import annotations
 
+import csv
 import io
 import tarfile
 from collections.abc import Iterable, Sequence
@@ -129,3 +130,14 @@ def write_tar(path: Path, files: dict[str, bytes]) -> None:
             info = tarfile.TarInfo(name)
             info.size = len(data)
             archive.addfile(info, io.BytesIO(data))
+
+
+def write_georanker_csv(path, rows: list[dict]) -> None:
+    """The layout GeoRanker's compile script writes: Python's str() of each list, in a CSV cell."""
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["IMG_ID", "LAT", "LON", "candidate_gps_lis",
+                                                    "candidate_text_lis", "reverse_gps_lis", "zs_gps_lis",
+                                                    "candidate_img_lis"])
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({key: str(value) if isinstance(value, list) else value for key, value in row.items()})

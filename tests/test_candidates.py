@@ -59,9 +59,10 @@ def test_compile_merges_every_source_with_place_texts(inputs):
     assert paris["source"].to_list() == ["retrieval"] * 3 + ["zeroshot"]
     assert paris["rank"].to_list() == [0, 1, 2, 0]
     assert paris["ref_uri"].to_list() == ["g/1.jpg", "g/0.jpg", "g/4.jpg", None]
-    # Gallery metadata gives the retrieval texts (empty columns skipped), reverse geocoding the rest.
-    assert paris["text"][1] == "Louvre, Paris, Île-de-France, France"
-    assert paris["text"][3].endswith("France")
+    # Gallery metadata gives the retrieval texts as GeoRanker's prompts name them: city, state and
+    # country joined by spaces, empty ones skipped; zero-shot answers stay nameless.
+    assert paris["text"][1] == "Paris Île-de-France France"
+    assert paris["text"][3] is None
     assert (paris["lat"][0], paris["lon"][0]) == (45.7640, 4.8357)
     assert table.filter(pl.col("source") == "geoclip")["text"][0]  # a place name, even at sea
     assert table.columns == ["query_id", "source", "rank", "lat", "lon", "score", "text", "ref_uri"]
@@ -136,3 +137,17 @@ def test_source_positions_are_stable_for_trained_light_rankers():
     from geoloc.candidates import SOURCES
 
     assert SOURCES == ("retrieval", "reverse", "classifier", "geoclip", "zeroshot")
+
+
+def test_zeroshot_tables_of_several_runs_rank_as_one_source_by_rag_then_sample(inputs, tmp_path):
+    _, _, plain, _ = inputs  # written before the rag column existed: K = 0
+    rag = tmp_path / "rag.csv"
+    pl.DataFrame({"query_id": ["q-paris.jpg"] * 4, "image": ["p"] * 4, "rag": [10, 5, 10, 5], "sample": [0, 1, 1, 0],
+                  "lat": [10.0, 5.1, 10.1, 5.0], "lon": [1.0] * 4, "answer": ["x"] * 4, "error": [None] * 4,
+                  "rag_retrieval": [10, 5, 10, 5], "rag_reverse": [10, 5, 10, 5]}).write_csv(rag)
+    table, summary = compile_candidates(zeroshot_tables=[rag, plain])
+    paris = table.filter(pl.col("query_id") == "q-paris.jpg")
+    assert paris["rank"].to_list() == [0, 1, 2, 3, 4] and paris["lat"].to_list() == [48.85, 5.0, 5.1, 10.0, 10.1]
+    assert summary.zeroshot_unusable == 1
+    with pytest.raises(TableError, match=r"share a \(query, rag, sample\).*given twice"):
+        compile_candidates(zeroshot_tables=[rag, plain, rag])

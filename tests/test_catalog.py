@@ -151,13 +151,14 @@ def test_every_quarantine_reason_is_documented_and_reachable(mp16, tmp_path):
     write_gldv2(gldv2, {"abc": (1, photo(*BERLIN, seed=1))}, {1: "Same_bytes_as_mp16"})
     geotag = tmp_path / "geotag"
     write_wwgeotag(geotag, {"1/no.jpg": image_bytes(None), "1/kept.jpg": photo(*TOKYO, seed=99)})
+    (geotag / "1" / "leak.jpg").symlink_to(mp16 / "shard_00000.msg")
     coords = tmp_path / "coords.csv"
     pl.DataFrame({"landmark_id": [2], "lat": [1.0], "lon": [1.0]}).write_csv(coords)
     out = tmp_path / "out"
     summary = build(out, [("mp16", mp16), ("gldv2", gldv2), ("wwgeotag", geotag)], landmark_coords=coords)
     catalog, quarantine = read_outputs(out)
     assert set(quarantine["reason"]) == set(QUARANTINE_REASONS)
-    candidates = 10 + 1 + 2
+    candidates = 10 + 1 + 3
     assert catalog.height + quarantine.height == candidates
     assert sum(summary.kept.values()) + summary.total_refused == candidates
 
@@ -225,3 +226,30 @@ def test_cli_build_prints_the_summary_and_refuses_bad_arguments(mp16, tmp_path):
     assert result.exit_code == 2 and "KIND one of" in result.output
     result = runner.invoke(app, ["catalog", "build", "--source", f"wwgeotag={mp16}", "--out", str(tmp_path / "x")])
     assert result.exit_code == 2 and "numbered photo folders" in result.output
+
+
+def test_uris_outside_the_root_are_quarantined_and_a_hash_is_a_file_name(tmp_path):
+    outside = tmp_path / "elsewhere.jpg"
+    outside.write_bytes(photo(*TOKYO, seed=41))
+    table_dir = tmp_path / "table"
+    write_files(table_dir, {"a#1.jpg": photo(*LIMA, seed=42), "img/b.jpg": photo(*BERLIN, seed=43)})
+    (table_dir / "in.jpg").symlink_to(table_dir / "img" / "b.jpg")
+    (table_dir / "out.jpg").symlink_to(outside)
+    uris = ["a#1.jpg", "in.jpg", "../elsewhere.jpg", str(outside), "/etc/passwd", "out.jpg"]
+    pl.DataFrame({"path": uris, "lat": [LIMA[0], BERLIN[0], 1.0, 2.0, 3.0, 4.0],
+                  "lon": [LIMA[1], BERLIN[1], 1.0, 2.0, 3.0, 4.0]}).write_csv(table_dir / "points.csv")
+    photos = tmp_path / "photos"
+    write_files(photos, {"trip/c#2.jpg": photo(*CAPE_TOWN, seed=44)})
+    (photos / "trip" / "leak.jpg").symlink_to(outside)
+    out = tmp_path / "out"
+    summary = build(out, [("csv", table_dir / "points.csv"), ("photos", photos)])
+    catalog, quarantine = read_outputs(out)
+    assert catalog.select("uri", "source").rows() == [("a#1.jpg", "csv"), ("in.jpg", "csv"),
+                                                     ("trip/c#2.jpg", "photos")]
+    refused = quarantine.filter(pl.col("reason") == "outside_root")
+    assert refused.select("source", "uri").rows() == [("csv", "../elsewhere.jpg"), ("csv", str(outside)),
+                                                      ("csv", "/etc/passwd"), ("csv", "out.jpg"),
+                                                      ("photos", "trip/leak.jpg")]
+    assert all(f"'{uri}'" in detail for uri, detail in refused.select("uri", "detail").iter_rows())
+    assert summary.refused == {("csv", "outside_root"): 4, ("photos", "outside_root"): 1}
+    assert open_store(out, "csv").read_bytes("a#1.jpg") == photo(*LIMA, seed=42)

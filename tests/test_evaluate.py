@@ -29,13 +29,13 @@ EDGE_CASES = [
 ]
 
 
-def independent_metrics(distance) -> dict:
+def independent_metrics(distance, inclusive: bool = False) -> dict:
     """Recompute every figure the way a published script would: one photo at a time."""
     n = len(EDGE_CASES)
     errors = [distance(true, pred) for _, true, pred in EDGE_CASES if pred is not None]
     figures = {"n": n, "missing": n - len(errors)}
     for threshold in (1, 25, 200, 750, 2500):
-        figures[f"acc_{threshold}km"] = sum(e <= threshold for e in errors) / n
+        figures[f"acc_{threshold}km"] = sum((e <= threshold) if inclusive else (e < threshold) for e in errors) / n
     figures["median_km"] = float(np.median(errors))
     figures["mean_km"] = sum(errors) / len(errors)
     figures["geoscore"] = sum(5000 * math.exp(-e / 1492.7) for e in errors) / n
@@ -55,6 +55,7 @@ def benchmark_files(tmp_path):
     return truth, predictions
 
 
+@pytest.mark.parametrize("inclusive", [False, True])
 @pytest.mark.parametrize(
     "method, reference",
     [
@@ -62,17 +63,26 @@ def benchmark_files(tmp_path):
         ("geodesic", lambda a, b: geopy_geodesic(a, b, ellipsoid="WGS-84").km),
     ],
 )
-def test_figures_match_an_independent_computation(benchmark_files, method, reference):
+def test_figures_match_an_independent_computation(benchmark_files, method, reference, inclusive):
     truth, predictions = benchmark_files
-    metrics = evaluate_files(predictions, truth, method=method).metrics
-    expected = independent_metrics(reference)
+    metrics = evaluate_files(predictions, truth, method=method, inclusive=inclusive).metrics
+    expected = independent_metrics(reference, inclusive)
     for key, value in expected.items():
         assert metrics[key] == pytest.approx(value, rel=1e-9, abs=1e-9), key
     assert metrics["unknown"] == 0
-    # Within 1 km: identical and the south pole (any longitude there is the same point).
+    # Within 1 km: identical (0 km) and the south pole (any longitude there is the same point).
     # Within 25 km: also the north pole (0.1 degree off, 11 km) and the city-level guess.
     assert metrics["acc_1km"] == pytest.approx(2 / 11)
     assert metrics["acc_25km"] == pytest.approx(4 / 11)
+
+
+def test_a_photo_exactly_at_a_radius_counts_only_with_inclusive():
+    distances = np.array([25.0, 24.999, 25.001, 200.0, 0.0, np.nan])
+    below = metrics_from_distances(distances)
+    at_most = metrics_from_distances(distances, inclusive=True)
+    assert below["acc_25km"] == pytest.approx(2 / 6) and at_most["acc_25km"] == pytest.approx(3 / 6)
+    assert below["acc_200km"] == pytest.approx(4 / 6) and at_most["acc_200km"] == pytest.approx(5 / 6)
+    assert below["acc_1km"] == at_most["acc_1km"] == pytest.approx(1 / 6)
 
 
 def test_missing_predictions_count_as_misses_not_as_dropped_rows():
@@ -121,6 +131,21 @@ def test_unknown_ids_are_reported_and_not_scored(tmp_path):
     assert evaluation.unknown_ids.to_list() == ["stranger"]
 
 
+def test_ids_sharing_a_join_hash_are_still_told_apart(benchmark_files, monkeypatch):
+    """The id join runs on 64-bit hashes and proves each match; colliding hashes fall back to the strings."""
+    import geoloc.evaluate as evaluation_module
+
+    truth, predictions = benchmark_files
+    expected = evaluate_files(predictions, truth).metrics
+    monkeypatch.setattr(evaluation_module, "_id_key", lambda: pl.lit(7, dtype=pl.UInt64).alias("_key"))
+    colliding = evaluate_files(predictions, truth)
+    assert colliding.metrics == expected
+    with_stranger = pl.concat([pl.read_parquet(predictions), pl.DataFrame({"image_id": ["x.jpg"], "lat": [1.0],
+                                                                          "lon": [2.0]})])
+    with_stranger.write_parquet(predictions)
+    assert evaluate_files(predictions, truth).unknown_ids.to_list() == ["x.jpg"]
+
+
 @pytest.mark.parametrize("side", ["truth", "predictions"])
 def test_duplicate_ids_are_an_error_that_names_them(tmp_path, side):
     rows = {"truth": "image_id,lat,lon\na,1,1\nb,2,2\n", "predictions": "image_id,lat,lon\na,1,1\nb,2,2\n"}
@@ -138,8 +163,8 @@ def test_duplicate_ids_are_an_error_that_names_them(tmp_path, side):
         ("image_id,lat,lon\na,1,1\n", "image_id,lat,lon\na,1,181\n", r"impossible coordinates.*'a'"),
         ("image_id,lat,lon\na,,1\n", "image_id,lat,lon\na,1,1\n", r"no coordinates: 'a'"),
         ("image_id,lat,lon\na,north,1\n", "image_id,lat,lon\na,1,1\n", r"not numbers: a='north'"),
-        ("id,latitude,longitude\na,1,1\n", "image_id,lat,lon\na,1,1\n", r"expected columns \(image_id, lat, lon\) or "
-                                                                          r"\(IMG_ID, LAT, LON\)"),
+        ("id,lat_deg,lon_deg\na,1,1\n", "image_id,lat,lon\na,1,1\n",
+         r"expected columns \(image_id, lat, lon\) or \(IMG_ID, LAT, LON\) or \(id, latitude, longitude\)"),
     ],
 )
 def test_bad_input_is_a_clear_error(tmp_path, truth_text, predictions_text, message):
@@ -177,15 +202,28 @@ def test_truth_can_come_from_the_predictions_themselves(tmp_path):
         evaluate_files(tmp_path / "q.csv")
 
 
-def test_cli_json_is_the_last_line_with_every_figure(benchmark_files):
+@pytest.mark.parametrize("inclusive", [False, True])
+def test_cli_json_is_the_last_line_with_every_figure(benchmark_files, inclusive):
     truth, predictions = benchmark_files
-    result = CliRunner().invoke(app, ["evaluate", str(predictions), "--truth", str(truth), "--json"])
+    flags = ["--inclusive"] if inclusive else []
+    result = CliRunner().invoke(app, ["evaluate", str(predictions), "--truth", str(truth), "--json", *flags])
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout.strip().splitlines()[-1])
-    expected = independent_metrics(lambda a, b: geopy_great_circle(a, b, radius=EARTH_RADIUS_KM).km)
+    expected = independent_metrics(lambda a, b: geopy_great_circle(a, b, radius=EARTH_RADIUS_KM).km, inclusive)
     for key, value in expected.items():
         assert payload[key] == pytest.approx(value), key
     assert payload["distance"] == "great-circle"
+    assert payload["radius_rule"] == ("<=" if inclusive else "<")
+
+
+def test_cli_table_states_the_radius_rule(tmp_path):
+    (tmp_path / "truth.csv").write_text("image_id,lat,lon\na,0,0\n")
+    (tmp_path / "p.csv").write_text("image_id,lat,lon\na,0,0\n")
+    for flags, rule in (([], "<"), (["--inclusive"], "<=")):
+        result = CliRunner().invoke(app, ["evaluate", str(tmp_path / "p.csv"), "--truth", str(tmp_path / "truth.csv"),
+                                          "--no-continents", *flags], env={"COLUMNS": "200"})
+        assert result.exit_code == 0, result.output
+        assert f"counted when error {rule} radius" in result.stdout
 
 
 def test_cli_table_has_a_per_continent_breakdown(benchmark_files):
@@ -206,3 +244,29 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path):
     assert result.exit_code == 2
     assert "appear more than once" in result.stderr
     assert "Traceback" not in result.output
+
+
+def test_a_benchmark_file_of_the_wrong_size_is_warned_about_and_still_scored(tmp_path):
+    (tmp_path / "yfcc4k_places365.csv").write_text("IMG_ID,LAT,LON\na,10,10\nb,20,20\nc,30,30\n")
+    (tmp_path / "p.csv").write_text("image_id,lat,lon\na,10,10\n")
+    arguments = ["evaluate", str(tmp_path / "p.csv"), "--truth", str(tmp_path / "yfcc4k_places365.csv"), "--json"]
+    result = CliRunner().invoke(app, arguments)
+    assert result.exit_code == 0, result.output
+    assert "3 photos, but yfcc4k_places365.csv has 4,536" in " ".join(result.stderr.split())
+    assert json.loads(result.stdout.strip().splitlines()[-1])["acc_1km"] == pytest.approx(1 / 3)
+
+
+@pytest.mark.parametrize("name, rows, warned", [
+    ("im2gps3k_places365.csv", 2997, False),
+    ("im2gps3k_places365.csv", 2996, True),
+    ("IM2GPS3K_places365.csv", 11, True),
+    ("my_benchmark.csv", 11, False),
+])
+def test_size_warning_only_for_a_benchmark_name_with_another_count(tmp_path, name, rows, warned):
+    (tmp_path / name).write_text("IMG_ID,LAT,LON\n" + "".join(f"{i},1,{i % 180}\n" for i in range(rows)))
+    (tmp_path / "p.csv").write_text("image_id,lat,lon\n0,1,0\n")
+    result = CliRunner().invoke(app, ["evaluate", str(tmp_path / "p.csv"), "--truth", str(tmp_path / name), "--json"])
+    assert result.exit_code == 0, result.output
+    assert ("warning" in result.stderr) is warned
+    if warned:
+        assert "2,997" in result.stderr

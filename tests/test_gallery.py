@@ -153,3 +153,32 @@ def test_mp16_shards_to_catalog_to_embeddings_to_retrieval(tiny_clip, tmp_path):
     assert result.exit_code == 0, result.output
     best = pl.read_csv(out).row(0, named=True)
     assert best["ref_uri"].endswith("ba/08/3.jpg") and (best["lat"], best["lon"]) == (13.0, 17.0)
+
+
+def test_a_hash_in_a_file_name_goes_from_catalog_to_embeddings_and_escapes_are_refused(tiny_clip, tmp_path):
+    from datawriters import photo, write_files
+
+    photos, table_dir = tmp_path / "photos", tmp_path / "table"
+    write_files(photos, {"a#1.jpg": photo(48.85, 2.29, seed=1), "trip/b.jpg": photo(-33.85, 151.21, seed=2)})
+    write_files(table_dir, {"c#3.jpg": photo(35.65, 139.74, seed=3)})
+    pl.DataFrame({"path": ["c#3.jpg"], "lat": [35.65], "lon": [139.74]}).write_csv(table_dir / "points.csv")
+    (tmp_path / "secret.jpg").write_bytes(photo(1.0, 1.0, seed=4))
+    runner = CliRunner()
+    catalog_dir, embeddings = tmp_path / "catalog", tmp_path / "embeddings"
+    result = runner.invoke(app, ["catalog", "build", "--source", f"photos={photos}",
+                                 "--source", f"csv={table_dir / 'points.csv'}", "--out", str(catalog_dir)])
+    assert result.exit_code == 0, result.output
+    catalog = pl.read_parquet(catalog_dir / "catalog.parquet")
+    assert sorted(catalog["uri"]) == ["a#1.jpg", "c#3.jpg", "trip/b.jpg"]
+    # A catalog edited by someone else: the row leaving the root is refused at embedding time.
+    planted = catalog.head(1).with_columns(pl.lit("x").alias("image_id"), pl.lit("../secret.jpg").alias("uri"))
+    pl.concat([catalog, planted]).write_parquet(catalog_dir / "catalog.parquet")
+    result = runner.invoke(app, ["embed", "--catalog", str(catalog_dir), "--backbone", str(tiny_clip), "--out",
+                                 str(embeddings), "--workers", "0", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "3 photo(s) embedded, 1 unreadable" in result.stdout
+    _, ids, vectors = read_embeddings(embeddings)
+    table = pl.concat([pl.read_parquet(part) for part in sorted(embeddings.glob("part-*.parquet"))])
+    refused = table.filter(pl.col("image_id") == "x")
+    assert "'../secret.jpg'" in refused["error"][0] and "outside" in refused["error"][0]
+    assert set(ids) == {"a#1.jpg", "c#3.jpg", "trip/b.jpg"} and len(vectors) == 3

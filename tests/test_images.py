@@ -13,6 +13,7 @@ from geoloc.images import (
     CORRUPT_IMAGE,
     ArchiveError,
     ImageStore,
+    OutsideRootError,
     content_hash,
     index_shard,
     index_tar,
@@ -180,3 +181,44 @@ def test_store_reports_members_not_in_the_index(tmp_path):
     store = ImageStore(tmp_path, index_shard(tmp_path / "shard_0.msg"))
     with pytest.raises(ArchiveError, match="not in the index"):
         store.read_bytes("shard_0.msg#zzz.jpg")
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    """A root with a photo, a `#` in a plain file name, symlinks in and out, and a secret beside it."""
+    root = tmp_path / "root"
+    (root / "img").mkdir(parents=True)
+    (root / "img" / "a.jpg").write_bytes(photo(*EIFFEL, seed=1))
+    (root / "a#1.jpg").write_bytes(photo(*EIFFEL, seed=2))
+    (tmp_path / "secret.jpg").write_bytes(photo(*SYDNEY, seed=3))
+    (root / "inside.jpg").symlink_to(root / "img" / "a.jpg")
+    (root / "linked").symlink_to(root / "img")
+    (root / "out.jpg").symlink_to(tmp_path / "secret.jpg")
+    (root / "outdir").symlink_to(tmp_path)
+    return root
+
+
+@pytest.mark.parametrize("uri", ["../secret.jpg", "img/../../secret.jpg", "out.jpg", "outdir/secret.jpg"])
+def test_uris_escaping_the_root_are_refused_with_their_name(dataset, uri):
+    with pytest.raises(OutsideRootError, match=f"'{uri}'.* outside "):
+        ImageStore(dataset).read_bytes(uri)
+
+
+def test_absolute_uris_are_refused_even_inside_the_root(dataset):
+    for uri in ["/etc/passwd", str(dataset / "img" / "a.jpg")]:
+        with pytest.raises(OutsideRootError, match="an absolute path"):
+            ImageStore(dataset).read_bytes(uri)
+
+
+def test_symlinks_inside_the_root_a_hash_in_a_file_name_and_members_beside_it(dataset):
+    store = ImageStore(dataset)
+    original = (dataset / "img" / "a.jpg").read_bytes()
+    assert store.read_bytes("inside.jpg") == store.read_bytes("linked/a.jpg") == store.read_bytes("img/./a.jpg")
+    assert store.read_bytes("inside.jpg") == original
+    assert store.read_bytes("a#1.jpg") == photo(*EIFFEL, seed=2)
+    write_shard(dataset / "shard_0.msg", [{"id": "x#2.jpg", "image": photo(*SYDNEY, seed=4)}])
+    store = ImageStore(dataset, index_shard(dataset / "shard_0.msg"))
+    assert store.read_bytes("shard_0.msg#x#2.jpg") == photo(*SYDNEY, seed=4)
+    assert store.read_bytes("a#1.jpg") == photo(*EIFFEL, seed=2)
+    with pytest.raises(OutsideRootError, match="'../secret.jpg'"):
+        store.read_bytes("../secret.jpg")

@@ -49,3 +49,27 @@ def test_unreadable_missing_and_escaping_photos_are_value_errors_naming_the_uri(
             store(uri)
     with pytest.raises(FileNotFoundError, match="no such folder"):
         StorePhotos(photos / "nowhere")
+
+
+def test_georanker_preparation_sizes_by_28_and_reencodes_gallery_photos_as_pillow_jpeg(tmp_path):
+    import io
+
+    from PIL import Image
+
+    from geoloc.rank.photos import GEORANKER_GALLERY, GEORANKER_QUERY, prepare_photo
+
+    rng = np.random.default_rng(5)
+    encoded = io.BytesIO()
+    random_photo(rng, (61, 100)).save(encoded, format="PNG")
+    query = prepare_photo(encoded.getvalue(), GEORANKER_QUERY)
+    assert query.mode == "RGB" and query.size == (112, 56)  # each side the nearest multiple of 28
+    gallery = prepare_photo(encoded.getvalue(), GEORANKER_GALLERY)
+    assert gallery.size == (112, 56)
+    jpeg = io.BytesIO()
+    Image.open(io.BytesIO(encoded.getvalue())).save(jpeg, format="JPEG")  # Pillow's defaults: quality 75
+    expected = Image.open(jpeg).convert("RGB").resize((112, 56))
+    assert np.array_equal(np.asarray(gallery), np.asarray(expected))
+    assert not np.array_equal(np.asarray(gallery), np.asarray(query))
+    transparent = io.BytesIO()
+    random_photo(rng, 56).convert("RGBA").save(transparent, format="PNG")  # not writable as JPEG: made RGB first
+    assert prepare_photo(transparent.getvalue(), GEORANKER_GALLERY).size == (56, 56)

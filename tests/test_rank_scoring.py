@@ -3,30 +3,15 @@
 import numpy as np
 import polars as pl
 import pytest
-import torch
 from PIL import Image
 from typer.testing import CliRunner
 
 from geoloc.cli import app
 from geoloc.evaluate import evaluate_files
-from geoloc.rank.dryrun import build_tiny_qwen2_vl, random_photo, toy_query_group
-from geoloc.rank.model import LoraSettings, load_processor, new_reward_model, save_adapter
+from geoloc.rank.dryrun import random_photo, toy_query_group
+from geoloc.rank.model import save_adapter
 from geoloc.rank.prompts import Place
 from geoloc.rank.scoring import QueryGroup, RewardScorer
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """A tiny base model and a reward model whose LoRA and value head are far from their initial values."""
-    base = str(build_tiny_qwen2_vl(tmp_path_factory.mktemp("tiny-qwen2-vl")))
-    torch.manual_seed(3)
-    model = new_reward_model(base, LoraSettings(rank=4, alpha=8))
-    with torch.no_grad():
-        for parameter in model.parameters():
-            if parameter.requires_grad:
-                parameter.normal_(std=0.5)
-    model.eval()
-    return base, model, load_processor(base)
 
 
 def vision_patches(model) -> list[int]:
@@ -103,6 +88,7 @@ def test_cli_score_writes_predictions_that_evaluate_reads(tiny, tmp_path):
         "ranker", "score", "--candidates", str(tmp_path / "candidates.parquet"), "--images",
         str(tmp_path / "queries"), "--gallery", str(tmp_path / "gallery"), "--adapter", str(adapter),
         "--base", base, "--out", str(out), "--top", "retrieval=2", "--negatives", "1", "--batch-size", "2",
+        "--raw-photos",  # the default preparation is GeoRanker's: tests/test_georanker_fidelity.py
     ])
     assert result.exit_code == 0, result.output
     assert "1 query photo(s) unreadable" in result.output and "1 candidate(s) dropped" in result.output

@@ -132,3 +132,21 @@ def test_cli_embed_on_ray_resumes_a_part_and_refuses_bad_engines(photo_catalog, 
     assert pl.read_parquet(out / "part-00001.parquet").equals(pl.read_parquet(first))
     result = runner.invoke(app, [*command[:-6], "--engine", "spark"])
     assert result.exit_code == 2 and "expected one of local, ray" in result.output
+
+
+def test_cli_embed_on_ray_takes_the_g3_backbone_like_any_other(photo_catalog, tmp_path):
+    """`--backbone g3:PATH --clip DIR` reaches the actors and workers by name: the same vectors as a local run."""
+    from conftest import build_tiny_g3
+
+    clip_dir, checkpoint = build_tiny_g3(tmp_path / "g3")
+    runner = CliRunner()
+    common = ["embed", "--catalog", str(photo_catalog), "--backbone", f"g3:{checkpoint}", "--clip", str(clip_dir),
+              "--device", "cpu", "--batch-size", "4", "--chunk-rows", "10"]
+    result = runner.invoke(app, [*common, "--out", str(tmp_path / "local"), "--workers", "0"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, [*common, "--out", str(tmp_path / "ray"), "--engine", "ray"])
+    assert result.exit_code == 0, result.output
+    local, on_ray = read_embeddings(tmp_path / "local"), read_embeddings(tmp_path / "ray")
+    assert on_ray[0] == local[0] and on_ray[0]["backbone"].startswith(f"g3:{checkpoint.resolve()}?clip=")
+    assert on_ray[1].to_list() == local[1].to_list()
+    np.testing.assert_array_equal(on_ray[2], local[2])

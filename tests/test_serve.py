@@ -1,12 +1,16 @@
 """`geoloc serve`: the API through FastAPI's test client, the page in a real headless Chromium."""
 
+import http.client
 import io
 import json
 import os
+import select
 import shutil
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -16,6 +20,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from typer.testing import CliRunner
 
+from geoloc import serve as serve_module
 from geoloc.candidates import geoclip as geoclip_module
 from geoloc.candidates.geoclip import GeoClip, geoclip_gallery
 from geoloc.cli import app as cli
@@ -208,22 +213,31 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.fixture
-def live_server(guesser):
+@contextmanager
+def serving(app) -> Iterator[int]:
+    """`app` under uvicorn on a free loopback port, in a thread, for as long as the block runs."""
     import uvicorn
 
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(lambda: guesser, ServeSettings(tiles=None)), host="127.0.0.1",
-                                           port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                           timeout_graceful_shutdown=5))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    try:
+        deadline = time.monotonic() + 20
+        while not server.started:
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.05)
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture
+def live_server(guesser):
+    with serving(create_app(lambda: guesser, ServeSettings(tiles=None))) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 def test_drop_a_photo_in_the_browser_and_see_it_on_the_map(browser, live_server, tmp_path):
@@ -322,19 +336,8 @@ def test_the_batch_map_shows_the_whole_confidence_region(browser, tmp_path, radi
 
 @pytest.mark.parametrize("radius_km", [5.0, 15000.0])
 def test_the_serve_page_shows_the_whole_confidence_region(browser, tmp_path, radius_km):
-    import uvicorn
-
-    port = free_port()
     guess = uncertain_guess(radius_km)
-    app = create_app(lambda: (lambda photos: [guess]), ServeSettings(tiles=None))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 20
-        while not server.started:
-            assert time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.05)
+    with serving(create_app(lambda: (lambda photos: [guess]), ServeSettings(tiles=None))) as port:
         photo = tmp_path / "photo.jpg"
         photo.write_bytes(jpeg())
         page = browser.new_page(viewport={"width": 1024, "height": 640})
@@ -346,6 +349,134 @@ def test_the_serve_page_shows_the_whole_confidence_region(browser, tmp_path, rad
         assert_region_in_view(page, radius_km)
         page.screenshot(path=f"/tmp/serve_map_{int(radius_km)}.png")
         page.close()
+
+
+# --- over real sockets: stalled uploads, the event loop, the token's scheme ---------------------
+
+BOUNDARY = "geoloc-test-boundary"
+
+
+def multipart(photo: bytes) -> bytes:
+    head = (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"photo\"; filename=\"a.jpg\"\r\n"
+            "Content-Type: image/jpeg\r\n\r\n").encode()
+    return head + photo + f"\r\n--{BOUNDARY}--\r\n".encode()
+
+
+def call(port: int, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
+    """(status, JSON body) of one request on its own connection."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+    try:
+        sent = dict(headers or {})
+        if body is not None:
+            sent["Content-Type"] = f"multipart/form-data; boundary={BOUNDARY}"
+        connection.request(method, path, body=body, headers=sent)
+        response = connection.getresponse()
+        return response.status, json.loads(response.read() or b"null")
     finally:
-        server.should_exit = True
-        thread.join(10)
+        connection.close()
+
+
+def wait_ready(port: int, headers: dict | None = None) -> None:
+    deadline = time.monotonic() + 20
+    while call(port, "GET", "/api/health", headers=headers)[0] != 200:
+        assert time.monotonic() < deadline, "the model never became ready"
+        time.sleep(0.05)
+
+
+def stalled_upload(port: int, photo: bytes) -> socket.socket:
+    """A client that sends its headers and half its photo, then nothing more."""
+    body = multipart(photo)
+    client = socket.create_connection(("127.0.0.1", port), timeout=20)
+    client.sendall(f"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(body)}\r\n"
+                   f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n\r\n".encode() + body[:len(body) // 2])
+    return client
+
+
+def answer_of(client: socket.socket) -> tuple[int, bytes]:
+    """The status of what the server sent back, and everything up to the server closing the connection."""
+    received = b""
+    while chunk := client.recv(65536):
+        received += chunk
+    client.close()
+    return int(received.split(b" ", 2)[1]), received
+
+
+def stub_app(**settings) -> object:
+    guess = uncertain_guess(5.0)
+    return create_app(lambda: (lambda photos: [guess]), ServeSettings(tiles=None, **settings))
+
+
+def test_ten_stalled_uploads_get_408_and_a_good_photo_still_gets_its_answer():
+    with serving(stub_app(max_queue=8, upload_timeout_s=1.0)) as port:
+        wait_ready(port)
+        stalled = [stalled_upload(port, jpeg()) for _ in range(10)]
+        # Eight hold the queue; the two beyond it are turned away at once, the connection closed.
+        turned_away = []
+        while len(turned_away) < 2:
+            readable, _, _ = select.select([c for c in stalled if c not in turned_away], [], [], 20)
+            assert readable, "no answer to the uploads beyond the queue"
+            turned_away += readable
+        assert all(answer_of(c)[0] == 503 for c in turned_away)
+        holding = [c for c in stalled if c not in turned_away]
+        statuses = []
+        deadline = time.monotonic() + 30
+        while not statuses or statuses[-1] == 503:
+            assert time.monotonic() < deadline, "the stalled uploads kept the good photo out"
+            statuses.append(call(port, "POST", "/api/predict", multipart(jpeg()))[0])
+            time.sleep(0.1)
+        assert statuses[-1] == 200 and set(statuses) <= {200, 503}
+        answers = [answer_of(c) for c in holding]
+        assert [status for status, _ in answers] == [408] * 8
+        assert all(b"did not arrive within 1 s" in text for _, text in answers)
+
+
+def test_an_upload_trickling_in_past_the_limit_gets_408():
+    with serving(stub_app(upload_timeout_s=0.5)) as port:
+        wait_ready(port)
+        client = stalled_upload(port, jpeg())
+        client.setblocking(False)
+        for _ in range(200):  # one byte every 50 ms: never stalled, never done in time
+            if select.select([client], [], [], 0.05)[0]:
+                break
+            client.send(b"x")
+        client.setblocking(True)
+        assert answer_of(client)[0] == 408
+        assert call(port, "POST", "/api/predict", multipart(jpeg()))[0] == 200
+
+
+def test_health_answers_while_a_photo_decodes(monkeypatch):
+    decoding, release = threading.Event(), threading.Event()
+    real_decode = serve_module.decode_photo
+
+    def slow_decode(data, max_pixels=None):
+        decoding.set()
+        assert release.wait(20)
+        return real_decode(data, max_pixels)
+
+    monkeypatch.setattr(serve_module, "decode_photo", slow_decode)
+    with serving(stub_app()) as port:
+        wait_ready(port)
+        upload = {}
+        worker = threading.Thread(target=lambda: upload.update(answer=call(port, "POST", "/api/predict",
+                                                                           multipart(jpeg()))))
+        worker.start()
+        try:
+            assert decoding.wait(20)
+            assert call(port, "GET", "/api/health") == (200, {"status": "ok"})
+            assert not upload, "the photo is still decoding"
+        finally:
+            release.set()
+            worker.join(20)
+        assert upload["answer"][0] == 200
+
+
+def test_the_bearer_scheme_is_matched_in_any_case():
+    with serving(stub_app(token="s3cret")) as port:
+        assert call(port, "GET", "/api/health")[0] == 401
+        wait_ready(port, {"authorization": "bearer s3cret"})
+        for value in ("Bearer s3cret", "BEARER s3cret", "bearer  s3cret"):
+            assert call(port, "GET", "/api/health", headers={"authorization": value})[0] == 200, value
+        for value in ("bearer nope", "Basic s3cret", "s3cret", "bearers3cret"):
+            assert call(port, "GET", "/api/health", headers={"authorization": value})[0] == 401, value
+        status, _ = call(port, "POST", "/api/predict", multipart(jpeg()), {"authorization": "bearer s3cret"})
+        assert status == 200

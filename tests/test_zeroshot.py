@@ -1,16 +1,20 @@
 """`geoloc candidates zeroshot` against a local chat-completions stand-in that misbehaves on purpose."""
 
+import ast
 import base64
 import hashlib
 import io
 import json
+import re
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 from PIL import Image, PngImagePlugin
@@ -27,6 +31,10 @@ class Reply:
     content: str | None = None
     delay_s: float = 0.0
     headers: dict = field(default_factory=dict)
+    choices: int | None = None
+    """How many choices to return (default: the n asked); `{i}` in content becomes the choice's index."""
+    content_for: Callable[[str], str] | None = None
+    """The content from the request's prompt, when it depends on it (before `{i}` is replaced)."""
 
 
 @dataclass
@@ -80,14 +88,21 @@ def make_handler(stand_in: StandIn):
             assert header.startswith("data:image/") and header.endswith(";base64")
             sent = base64.b64decode(encoded)
             photo = hashlib.sha256(sent).hexdigest()
-            reply = stand_in.arrive(photo, mime=header[5:-7], temperature=body.get("temperature"), data=sent)
+            image = next(p["image_url"] for p in parts if p["type"] == "image_url")
+            prompt = next(p["text"] for p in parts if p["type"] == "text")
+            reply = stand_in.arrive(photo, mime=header[5:-7], temperature=body.get("temperature"), data=sent,
+                                    n=body.get("n"), max_tokens=body.get("max_tokens"), detail=image.get("detail"),
+                                    parts=[p["type"] for p in parts], prompt=prompt)
             time.sleep(reply.delay_s)
             if reply.status != 200:
                 return self._send(reply.status, {"error": {"message": "scripted failure"}}, reply.headers)
+            count = reply.choices if reply.choices is not None else body.get("n") or 1
+            content = reply.content_for(prompt) if reply.content_for else reply.content or ""
             self._send(200, {
                 "id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                "choices": [{"index": 0, "finish_reason": "stop",
-                             "message": {"role": "assistant", "content": reply.content}}],
+                "choices": [{"index": i, "finish_reason": "stop",
+                             "message": {"role": "assistant", "content": content.replace("{i}", str(i))}}
+                            for i in range(count)],
             })
 
     return Handler
@@ -154,11 +169,11 @@ class FencedFallback(dict):
         return [Reply(content='```json\n{"latitude": "33.8568° S", "longitude": "151.2153° E"}\n```')]
 
 
-def run_zeroshot(folder: Path, base_url: str, tmp_path: Path, env: dict, samples: int = 2):
+def run_zeroshot(folder: Path, base_url: str, tmp_path: Path, env: dict, samples: int = 2, *extra: str):
     out, cache = tmp_path / "answers.parquet", tmp_path / "cache.sqlite"
     arguments = ["candidates", "zeroshot", str(folder), "--model", "stand-in-vl", "--base-url", base_url,
                  "--samples", str(samples), "--concurrency", "4", "--timeout", "0.5", "--out", str(out),
-                 "--cache", str(cache)]
+                 "--cache", str(cache), *extra]
     result = CliRunner().invoke(app, arguments, env=env)
     return result, out, cache
 
@@ -296,3 +311,249 @@ def test_no_photo_metadata_reaches_the_endpoint_pixels_unchanged(serve, tmp_path
     # JPEG: the entropy-coded data is byte-for-byte the original's (no re-encode).
     jpeg = originals["a.jpg"]
     assert sent["image/jpeg"].endswith(jpeg[jpeg.index(b"\xff\xda"):])
+
+
+def test_cache_key_covers_endpoint_and_sampling_settings(serve, tmp_path):
+    folder = tmp_path / "one"
+    folder.mkdir()
+    write_photo(folder / "a.jpg", (120, 30, 60))
+    first, first_url = serve(AnswerEverything([Reply(content='{"latitude": 10, "longitude": 20}')]))
+    second, second_url = serve(AnswerEverything([Reply(content='{"latitude": -30, "longitude": -40}')]))
+    env = {"GEOLOC_API_KEY": SECRET}
+
+    def ask(base_url: str, *extra: str) -> tuple[float, int]:
+        result, out, _ = run_zeroshot(folder, base_url, tmp_path, env, 1, *extra)
+        assert result.exit_code == 0, result.output
+        return pl.read_parquet(out)["lat"][0], len(first.requests) + len(second.requests)
+
+    assert ask(first_url) == (10, 1)
+    assert ask(second_url) == (-30, 2), "same model name, other endpoint: its own answer"
+    assert ask(first_url + "/") == (10, 2), "the same settings (trailing slash aside) hit the cache"
+    assert ask(first_url, "--max-tokens", "50") == (10, 3), "another max_tokens misses the cache"
+    assert ask(first_url, "--temperature", "0.2") == (10, 4)
+    assert ask(first_url, "--max-tokens", "50") == (10, 4)
+
+
+def test_georanker_preset_asks_ten_answers_in_one_request(serve, tmp_path):
+    from geoloc.candidates.zeroshot import GEORANKER_PROMPT
+
+    folder = tmp_path / "one"
+    folder.mkdir()
+    write_photo(folder / "a.jpg", (20, 140, 60))
+    answers = AnswerEverything([Reply(content='{"latitude": 4{i}.5, "longitude": 2.{i}}'),
+                                Reply(content="I cannot tell where this is.")])
+    stand_in, base_url = serve(answers)
+    env = {"GEOLOC_API_KEY": SECRET}
+    out, cache = tmp_path / "answers.parquet", tmp_path / "cache.sqlite"
+    arguments = ["candidates", "zeroshot", str(folder), "--model", "stand-in-vl", "--base-url", base_url,
+                 "--preset", "georanker", "--out", str(out), "--cache", str(cache)]
+    result = CliRunner().invoke(app, arguments, env=env)
+    assert result.exit_code == 0, result.output
+    [request] = stand_in.requests
+    assert (request["n"], request["temperature"], request["max_tokens"], request["detail"]) == (10, 1.2, 200, "low")
+    assert request["prompt"] == GEORANKER_PROMPT and request["parts"] == ["text", "image_url"]
+    assert GEORANKER_PROMPT.count("\n                ") == 4 and GEORANKER_PROMPT.startswith("Suppose you are")
+    table = pl.read_parquet(out)
+    assert table["sample"].to_list() == list(range(10))
+    assert table["lat"].to_list() == [float(f"4{i}.5") for i in range(10)]
+    assert CliRunner().invoke(app, arguments, env=env).exit_code == 0 and len(stand_in.requests) == 1
+
+    # Flags override the preset; an answer without coordinates stays empty, never (0, 0).
+    result = CliRunner().invoke(app, [*arguments, "--samples", "2", "--temperature", "0.3"], env=env)
+    assert result.exit_code == 0, result.output
+    assert (stand_in.requests[-1]["n"], stand_in.requests[-1]["temperature"]) == (2, 0.3)
+    table = pl.read_parquet(out)
+    assert table["lat"].to_list() == [None, None] and table["error"].null_count() == 0
+
+
+def test_an_endpoint_that_returns_fewer_answers_than_asked_is_asked_again_for_the_rest(serve, tmp_path):
+    folder = tmp_path / "one"
+    folder.mkdir()
+    write_photo(folder / "a.jpg", (200, 140, 60))
+    stand_in, base_url = serve(AnswerEverything([Reply(content='{"latitude": 1{i}, "longitude": 2}', choices=3)]))
+    env = {"GEOLOC_API_KEY": SECRET}
+    result, out, _ = run_zeroshot(folder, base_url, tmp_path, env, 5, "--answers-per-request", "5")
+    assert result.exit_code == 0, result.output
+    table = pl.read_parquet(out)
+    assert table["lat"].to_list() == [10, 11, 12, None, None]
+    assert table["error"][3] == "the endpoint returned 3 of the 5 answers asked in one request"
+    result, out, _ = run_zeroshot(folder, base_url, tmp_path, env, 5, "--answers-per-request", "5")
+    assert [r["n"] for r in stand_in.requests] == [5, 2]  # only the two missing samples, in one request
+    assert pl.read_parquet(out)["lat"].to_list() == [10, 11, 12, 10, 11]
+
+
+G3_RAG_REQUEST = """Suppose you are an expert in geo-localization, Please analyze this image and give me a guess of the location.
+                Your answer must be to the coordinates level in (latitude, longitude) format.
+                For your reference, these are coordinates of some similar images: {similar}, and these are coordinates of some dissimilar images: {dissimilar}.
+                Remember, you must have an answer, just output your best guess, don't answer me that you can't give an location.
+                Your answer should be in the following JSON format without any other information: {{"latitude": float,"longitude": float}}.
+                Your answer should be in the following JSON format without any other information: {{"latitude": float,"longitude": float}}.
+                """  # noqa: E501
+"""G3's llm_predict.py get_response_rag text as its source writes it (an f-string there, hence the braces)."""
+NAMED = re.compile(r"similar images: (.*), and these are coordinates of some dissimilar images: (.*)\.\n")
+
+
+def named_neighbours(prompt: str) -> tuple[list[list[float]], list[list[float]]]:
+    """The coordinates a G3 prompt names, read back from its list notation."""
+    similar, dissimilar = NAMED.search(prompt).groups()
+    return tuple([ast.literal_eval(pair) for pair in ast.literal_eval(text)] for text in (similar, dissimilar))
+
+
+def answer_by_k(prompt: str) -> str:
+    """Answers whose latitude says which K asked: the number of dissimilar neighbours named (0: plain)."""
+    k = len(named_neighbours(prompt)[1]) if "dissimilar images" in prompt else 0
+    return f'{{"latitude": {k}.{{i}}, "longitude": 1.5}}'
+
+
+def neighbour_table(rng: np.random.Generator) -> pl.DataFrame:
+    """a.jpg: 20 retrieval and 20 reverse neighbours; b.jpg: 7 and 20; c.jpg: none. Rows shuffled."""
+    rows = []
+    for query_id, counts in (("a.jpg", {"retrieval": 20, "reverse": 20}), ("b.jpg", {"retrieval": 7, "reverse": 20})):
+        for source, count in counts.items():
+            lats = [round(v, int(d)) for v, d in zip(rng.uniform(-90, 90, count), rng.integers(0, 9, count))]
+            lons = [round(v, int(d)) for v, d in zip(rng.uniform(-180, 180, count), rng.integers(0, 9, count))]
+            rows += [(query_id, source, rank, lat, lon) for rank, (lat, lon) in enumerate(zip(lats, lons))]
+    rows[3] = ("a.jpg", "retrieval", 3, 5e-05, 40.0)  # numbers G3 writes as 5e-05 and 40.0
+    rows += [("a.jpg", "geoclip", 0, 1.0, 1.0), ("elsewhere.jpg", "retrieval", 0, 2.0, 2.0)]
+    table = pl.DataFrame(rows, schema=["query_id", "source", "rank", "lat", "lon"], orient="row")
+    return table.sample(fraction=1.0, shuffle=True, seed=3).with_columns(ref_uri=pl.lit("g/x.jpg"))
+
+
+def first_k(table: pl.DataFrame, query_id: str, source: str, k: int) -> list[list[float]]:
+    rows = table.filter((pl.col("query_id") == query_id) & (pl.col("source") == source)).sort("rank").head(k)
+    return [[lat, lon] for lat, lon in rows.select("lat", "lon").iter_rows()]
+
+
+def test_rag_prompts_name_exactly_the_neighbours_given_once_per_photo_and_k(serve, tmp_path):
+    from geoloc.candidates.zeroshot import GEORANKER_PROMPT, NO_NEIGHBOURS
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shas = {name: write_photo(folder / name, colour)
+            for name, colour in (("a.jpg", (200, 0, 0)), ("b.jpg", (0, 200, 0)), ("c.jpg", (0, 0, 200)))}
+    photo_of = {sha: name for name, sha in shas.items()}
+    stand_in, base_url = serve(AnswerEverything([Reply(content_for=answer_by_k)]))
+    neighbours = neighbour_table(np.random.default_rng(7))
+    neighbours.write_parquet(tmp_path / "neighbours.parquet")
+    env = {"GEOLOC_API_KEY": SECRET}
+
+    def zeroshot(out: str, *extra: str):
+        arguments = ["candidates", "zeroshot", str(folder), "--model", "stand-in-vl", "--base-url", base_url,
+                     "--out", str(tmp_path / out), "--cache", str(tmp_path / "cache.sqlite"), *extra]
+        result = CliRunner().invoke(app, arguments, env=env)
+        assert result.exit_code == 0, result.output
+        return result
+
+    zeroshot("plain.parquet", "--preset", "g3")
+    assert [r["prompt"] for r in stand_in.requests] == [GEORANKER_PROMPT] * 3
+    sampling = {(r["n"], r["temperature"], r["max_tokens"], r["detail"]) for r in stand_in.requests}
+    assert sampling == {(10, 1.2, 200, "low")}
+    result = zeroshot("rag.parquet", "--neighbours", str(tmp_path / "neighbours.parquet"),
+                      "--rag", "15", "--rag", "5", "--rag", "10")
+    rag_requests = stand_in.requests[3:]
+    asked = set()
+    for request in rag_requests:
+        assert (request["n"], request["temperature"], request["max_tokens"], request["detail"]) == (10, 1.2, 200, "low")
+        photo = photo_of[request["photo"]]
+        similar, dissimilar = named_neighbours(request["prompt"])
+        k = len(dissimilar)  # both photos have 20 reverse neighbours
+        assert similar == first_k(neighbours, photo, "retrieval", k)
+        assert dissimilar == first_k(neighbours, photo, "reverse", k)
+        expected = G3_RAG_REQUEST.format(similar=str([f"[{lat}, {lon}]" for lat, lon in similar]),
+                                         dissimilar=str([f"[{lat}, {lon}]" for lat, lon in dissimilar]))
+        assert request["prompt"] == expected
+        asked.add((photo, k))
+    assert len(rag_requests) == 6 and asked == {(p, k) for p in ("a.jpg", "b.jpg") for k in (5, 10, 15)}
+    a_prompt = next(r["prompt"] for r in rag_requests if photo_of[r["photo"]] == "a.jpg")
+    assert "'[5e-05, 40.0]'" in a_prompt
+
+    table = pl.read_parquet(tmp_path / "rag.parquet")
+    assert table.height == 3 * 3 * 10
+    b = table.filter((pl.col("query_id") == "b.jpg") & (pl.col("sample") == 0))
+    assert b.select("rag", "rag_retrieval", "rag_reverse", "lat").rows() == [(5, 5, 5, 5.0), (10, 7, 10, 10.0),
+                                                                               (15, 7, 15, 15.0)]
+    c = table.filter(pl.col("query_id") == "c.jpg")
+    assert c["lat"].null_count() == 30 and set(c["error"]) == {NO_NEIGHBOURS}
+    assert "1 photo(s) have no retrieval or reverse candidates" in result.stderr and "'c.jpg'" in result.stderr
+    assert "2 prompt(s) name fewer neighbours than their K" in result.stderr
+
+    # A rerun is served from the cache; other neighbours for a.jpg are other prompts, asked again.
+    assert "0 request(s) sent" in zeroshot("rag.parquet", "--neighbours", str(tmp_path / "neighbours.parquet"),
+                                           "--rag", "5", "--rag", "10", "--rag", "15").stdout
+    moved = neighbours.with_columns(lat=pl.when((pl.col("query_id") == "a.jpg") & (pl.col("rank") == 0))
+                                    .then(-pl.col("lat")).otherwise(pl.col("lat")))
+    moved.write_parquet(tmp_path / "moved.parquet")
+    zeroshot("moved.parquet", "--neighbours", str(tmp_path / "moved.parquet"), "--rag", "5", "--rag", "10",
+             "--rag", "15")
+    assert sorted(photo_of[r["photo"]] for r in stand_in.requests[9:]) == ["a.jpg"] * 3
+
+    # compile: every answer of both runs is one zeroshot source, plain first, then K = 5, 10, 15.
+    out = tmp_path / "candidates.parquet"
+    result = CliRunner().invoke(app, ["candidates", "compile", "--out", str(out), "--zeroshot",
+                                      str(tmp_path / "plain.parquet"), "--zeroshot", str(tmp_path / "rag.parquet")])
+    assert result.exit_code == 0, result.output
+    a = pl.read_parquet(out).filter(pl.col("query_id") == "a.jpg")
+    assert a["source"].unique().to_list() == ["zeroshot"] and a["rank"].to_list() == list(range(40))
+    assert a["lat"].to_list() == [float(f"{k}.{i}") for k in (0, 5, 10, 15) for i in range(10)]
+    assert "30 zero-shot answer(s) had no usable coordinates" in result.stdout
+
+
+def test_rag_refuses_missing_or_unmatched_neighbours_before_any_request(serve, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    write_photo(folder / "a.jpg", (10, 20, 30))
+    stand_in, base_url = serve(AnswerEverything([Reply(content='{"latitude": 1, "longitude": 2}')]))
+    base = ["candidates", "zeroshot", str(folder), "--model", "m", "--base-url", base_url, "--out",
+            str(tmp_path / "out.parquet"), "--cache", str(tmp_path / "cache.sqlite"), "--rag", "5"]
+    env = {"GEOLOC_API_KEY": SECRET}
+    result = CliRunner().invoke(app, base, env=env)
+    assert result.exit_code == 2 and "--neighbours" in result.stderr
+    retrieval_only = tmp_path / "retrieval.csv"
+    pl.DataFrame({"query_id": ["a.jpg"], "source": ["retrieval"], "rank": [0], "lat": [1.0], "lon": [2.0]}
+                 ).write_csv(retrieval_only)
+    result = CliRunner().invoke(app, [*base, "--neighbours", str(retrieval_only)], env=env)
+    assert result.exit_code == 2 and "no reverse candidates" in result.stderr and "--reverse K" in result.stderr
+    others = tmp_path / "others.csv"
+    pl.DataFrame({"query_id": ["x/a.jpg"] * 2, "source": ["retrieval", "reverse"], "rank": [0, 0],
+                  "lat": [1.0, 3.0], "lon": [2.0, 4.0]}).write_csv(others)
+    result = CliRunner().invoke(app, [*base, "--neighbours", str(others)], env=env)
+    assert result.exit_code == 2 and "names none of these 1 photos" in result.stderr and "'x/a.jpg'" in result.stderr
+    twice = tmp_path / "twice.csv"
+    pl.DataFrame({"query_id": ["a.jpg"] * 3, "source": ["retrieval", "retrieval", "reverse"], "rank": [0, 0, 0],
+                  "lat": [1.0, 5.0, 3.0], "lon": [2.0, 6.0, 4.0]}).write_csv(twice)
+    result = CliRunner().invoke(app, [*base, "--neighbours", str(twice)], env=env)
+    assert result.exit_code == 2 and "share a (query, source, rank)" in result.stderr
+    assert stand_in.requests == [] and not (tmp_path / "out.parquet").exists()
+
+
+def test_rag_zero_is_the_plain_prompt_and_georankers_five_are_the_plain_answers(serve, tmp_path):
+    """One run with --rag 0 --rag 2; compiled with the neighbours, GeoRanker's --top picks the plain answers."""
+    from geoloc.candidates.compile import compile_candidates
+    from geoloc.candidates.zeroshot import GEORANKER_PROMPT
+    from geoloc.rank.ranking import select_candidates
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    write_photo(folder / "a.jpg", (90, 90, 200))
+    stand_in, base_url = serve(AnswerEverything([Reply(content_for=answer_by_k)]))
+    neighbours = tmp_path / "neighbours.parquet"
+    pl.DataFrame({"query_id": ["a.jpg"] * 6, "source": ["retrieval"] * 3 + ["reverse"] * 3,
+                  "rank": [2, 0, 1, 0, 1, 2], "lat": [3.0, 1.0, 2.0, -1.0, -2.0, -3.0], "lon": [0.5] * 6,
+                  "text": ["Paris France"] * 6, "ref_uri": ["g/1.jpg", "g/2.jpg", "g/3.jpg"] + [None] * 3,
+                  }).write_parquet(neighbours)
+    out = tmp_path / "answers.parquet"
+    result = CliRunner().invoke(app, ["candidates", "zeroshot", str(folder), "--model", "m", "--base-url", base_url,
+                                      "--neighbours", str(neighbours), "--rag", "2", "--rag", "0", "--out", str(out),
+                                      "--cache", str(tmp_path / "cache.sqlite")], env={"GEOLOC_API_KEY": SECRET})
+    assert result.exit_code == 0, result.output
+    plain, rag = sorted(stand_in.requests, key=lambda r: "dissimilar" in r["prompt"])
+    assert plain["prompt"] == GEORANKER_PROMPT and named_neighbours(rag["prompt"]) == ([[1.0, 0.5], [2.0, 0.5]],
+                                                                                        [[-1.0, 0.5], [-2.0, 0.5]])
+    assert {r["n"] for r in stand_in.requests} == {10}
+    table = pl.read_parquet(out)
+    assert table["rag"].to_list() == [0] * 10 + [2] * 10 and table["rag_retrieval"].to_list() == [None] * 10 + [2] * 10
+
+    candidates, _ = compile_candidates([neighbours], [out])
+    scored, negatives = select_candidates(candidates, {"retrieval": 10, "zeroshot": 5, "reverse": 0}, 5)
+    assert scored.group_by("source").len().sort("source").rows() == [("retrieval", 3), ("zeroshot", 5)]
+    assert scored.filter(pl.col("source") == "zeroshot")["lat"].to_list() == [0.0, 0.1, 0.2, 0.3, 0.4]

@@ -79,16 +79,22 @@ def exif_position(source: bytes | Path) -> dict | None:
     return None if header.lat is None or header.lon is None else {"lat": header.lat, "lon": header.lon}
 
 
-def decode_photo(data: bytes, max_pixels: int | None = None) -> Image.Image:
-    """RGB pixels of an encoded photo; raises one of UNREADABLE (a bomb too) with the reason.
+def open_photo(data: bytes, max_pixels: int | None = None) -> Image.Image:
+    """The decoded photo in its own mode; raises one of UNREADABLE (a bomb too) with the reason.
 
     `max_pixels` refuses larger images from their header, before any pixel is decoded.
     """
-    with Image.open(io.BytesIO(data)) as image:
-        if max_pixels is not None and image.width * image.height > max_pixels:
-            raise Image.DecompressionBombError(
-                f"{image.width}x{image.height} = {image.width * image.height:,} pixels; the limit is {max_pixels:,}")
-        image.load()
+    image = Image.open(io.BytesIO(data))
+    if max_pixels is not None and image.width * image.height > max_pixels:
+        raise Image.DecompressionBombError(
+            f"{image.width}x{image.height} = {image.width * image.height:,} pixels; the limit is {max_pixels:,}")
+    image.load()
+    return image
+
+
+def decode_photo(data: bytes, max_pixels: int | None = None) -> Image.Image:
+    """RGB pixels of an encoded photo (see open_photo)."""
+    with open_photo(data, max_pixels) as image:
         return image.convert("RGB")
 
 

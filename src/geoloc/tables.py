@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -59,31 +60,46 @@ def read_table(path: str | Path, columns: list[str] | None = None) -> pl.DataFra
         raise TableError(f"{path}: cannot read as {kind}: {error}") from error
 
 
-def write_table(frame: pl.DataFrame, path: str | Path) -> None:
-    """Write atomically: a temporary file beside the target, renamed once complete."""
-    path = Path(path)
-    kind = table_format(path)
+def replace_durably(path: Path, write: Callable[[Path], None]) -> None:
+    """`write(temporary)` beside `path`, then flushed to disk, renamed over `path`, and the rename flushed too.
+
+    A reader sees the old file or the whole new one, never a part, even after a power cut:
+    without the fsyncs a rename may reach the disk before the data it points to.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     os.close(handle)
+    temporary = Path(name)
     try:
-        if kind == "csv":
-            frame.write_csv(temporary)
-        else:
-            frame.write_parquet(temporary)
+        write(temporary)
+        _fsync(temporary, os.O_RDONLY)
         os.replace(temporary, path)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
+    _fsync(path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+
+
+def _fsync(path: Path, flags: int) -> None:
+    descriptor = os.open(path, flags)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def write_table(frame: pl.DataFrame, path: str | Path) -> None:
+    """Write atomically and durably (see `replace_durably`)."""
+    path = Path(path)
+    if table_format(path) == "csv":
+        replace_durably(path, frame.write_csv)
+    else:
+        replace_durably(path, frame.write_parquet)
 
 
 def write_text(path: str | Path, text: str) -> None:
-    """Write a text file atomically (temporary file beside it, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.part")
-    partial.write_text(text, encoding="utf-8")
-    os.replace(partial, path)
+    """Write a UTF-8 text file atomically and durably (see `replace_durably`)."""
+    replace_durably(Path(path), lambda temporary: temporary.write_text(text, encoding="utf-8"))
 
 
 def select_layout(frame: pl.DataFrame, path: Path, layouts: list[dict[str, str]]) -> pl.DataFrame:

@@ -1,7 +1,7 @@
 """Candidate locations for query photos, from every generator, in one table schema.
 
-Schema (docs/architecture.md): query_id, source (retrieval / classifier / geoclip /
-zeroshot), rank (0 = the generator's best), lat, lon, score (the generator's own, not
+Schema (docs/architecture.md): query_id, source (retrieval / reverse / classifier /
+geoclip / zeroshot), rank (0 = the generator's best), lat, lon, score (the generator's own, not
 comparable across sources; null when it has none), text (place names), ref_uri (the
 gallery photo behind a retrieval candidate, else null).
 """
@@ -17,9 +17,8 @@ from geoloc.tables import TableError, describe_ids
 SOURCES = ("retrieval", "reverse", "classifier", "geoclip", "zeroshot")
 """Every known source, in the order a report lists them and the union's first pick follows.
 
-`reverse` is reserved (G3's dissimilar-image neighbours, which nothing makes yet): it stays
-so that the light ranker's per-source features keep their positions in trained models."""
-RESERVED_SOURCES = ("reverse",)
+The order is fixed: the light ranker's per-source features sit at these positions in
+trained models. `reverse` is G3's dissimilar-image neighbours (`geoloc retrieve --reverse`)."""
 
 CANDIDATE_SCHEMA = {
     "query_id": pl.Utf8,
@@ -52,7 +51,7 @@ def conform_candidates(frame: pl.DataFrame, path: Path | str) -> pl.DataFrame:
     unknown = frame.filter(~pl.col("source").is_in(SOURCES))["source"].unique()
     if len(unknown):
         raise TableError(f"{path}: unknown candidate source(s) {describe_ids(unknown)}; known: "
-                         f"{', '.join(s for s in SOURCES if s not in RESERVED_SOURCES)}")
+                         f"{', '.join(SOURCES)}")
     impossible = frame.filter(
         pl.col("lat").is_null() | pl.col("lon").is_null() | (pl.col("lat").abs() > 90) | (pl.col("lon").abs() > 180)
     )

@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from geoloc.encode.backbone import Backbone
 from geoloc.geo import great_circle_km
+from geoloc.tables import replace_durably
 
 GEOCLIP_IMAGE_DIM = 768
 """GeoCLIP's MLP reads CLIP ViT-L/14 projections: a backbone must produce 768 features."""
@@ -98,10 +99,7 @@ class GeoClip:
         gallery = torch.from_numpy(self.gallery)
         parts = [self.heads.location_encoder(gallery[i : i + batch_size]) for i in range(0, len(gallery), batch_size)]
         features = torch.nn.functional.normalize(torch.cat(parts), dim=1).contiguous()
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        partial = cached.with_suffix(f".{os.getpid()}.part")
-        save_file({"features": features}, partial)
-        os.replace(partial, cached)
+        replace_durably(cached, lambda temporary: save_file({"features": features}, str(temporary)))
         return features
 
     @torch.inference_mode()

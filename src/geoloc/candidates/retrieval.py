@@ -1,4 +1,10 @@
-"""Retrieval candidates: the gallery photos nearest to each query photo (source=retrieval)."""
+"""Retrieval candidates: the gallery photos nearest to each query photo (source=retrieval), and reverse ones.
+
+Reverse candidates (source=reverse) are the gallery photos nearest to the *negated* query
+vector: our reading of G3's "dissimilar images", whose making G3's code does not show.
+Their score is the inner product with the vector searched, -query . photo, so higher is
+more dissimilar.
+"""
 
 from __future__ import annotations
 
@@ -9,15 +15,22 @@ from geoloc.candidates import CANDIDATE_SCHEMA
 from geoloc.index import GalleryIndex
 
 
-def retrieval_candidates(index: GalleryIndex, query_ids: list[str], vectors: np.ndarray, k: int) -> pl.DataFrame:
-    """k candidates per query at its nearest gallery photos, scored by cosine similarity."""
-    scores, rows = index.search(vectors, k)
+def retrieval_candidates(index: GalleryIndex, query_ids: list[str], vectors: np.ndarray, k: int,
+                         source: str = "retrieval") -> pl.DataFrame:
+    """k candidates per query at its nearest gallery photos, scored by inner product with the vector searched.
+
+    The inner product is the cosine similarity for normalized backbones; G3's vectors
+    give [-3, 3]. `source="reverse"` searches the negated query vectors.
+    """
+    if source not in ("retrieval", "reverse"):
+        raise ValueError(f"source must be retrieval or reverse, not {source!r}")
+    scores, rows = index.search(-vectors if source == "reverse" else vectors, k)
     found = rows >= 0
     query_rows, ranks = np.nonzero(found)
     gallery = index.gallery[rows[found]]
     return pl.DataFrame({
         "query_id": pl.Series(np.asarray(query_ids, dtype=object)[query_rows], dtype=pl.Utf8),
-        "source": "retrieval",
+        "source": source,
         "rank": ranks.astype(np.int32),
         "lat": gallery["lat"],
         "lon": gallery["lon"],

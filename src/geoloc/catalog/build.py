@@ -13,14 +13,14 @@ from geoloc.catalog.sources import READERS, BuildOptions, CatalogError
 from geoloc.catalog.work import Executor, Workers
 from geoloc.cluster import check_engine
 from geoloc.geo import CoordinateStatus, coordinate_status
-from geoloc.images import ImageStore
-from geoloc.tables import read_table, write_table
+from geoloc.images import OUTSIDE_ROOT, ImageStore
+from geoloc.tables import write_table, write_text
 
 DUPLICATE = "duplicate"
 
 QUARANTINE_REASONS = (
     "bad_coordinates", "null_island", "missing_image", "missing_metadata",
-    "corrupt_image", "no_gps", "unresolved_landmark", DUPLICATE,
+    "corrupt_image", "no_gps", "unresolved_landmark", OUTSIDE_ROOT, DUPLICATE,
 )
 """Every reason a row can be refused for, as written in quarantine.parquet."""
 
@@ -148,9 +148,7 @@ def build_catalog(sources: list[tuple[str, Path]], out: Path, options: BuildOpti
     write_table(catalog, out / CATALOG_FILE)
     write_table(quarantine, out / QUARANTINE_FILE)
     write_table(catalog.select(pl.col("uri").alias("path"), "lat", "lon"), out / PATH_TO_COORDS_FILE)
-    temporary = out / f".{SOURCES_FILE}.part"
-    temporary.write_text(json.dumps(described, indent=2))
-    temporary.replace(out / SOURCES_FILE)
+    write_text(out / SOURCES_FILE, json.dumps(described, indent=2))
     kept = dict(catalog.group_by("source").len().iter_rows())
     refused = {(s, r): n for s, r, n in quarantine.group_by("source", "reason").len().iter_rows()}
     return BuildSummary({kind: kept.get(kind, 0) for kind in kinds}, refused)
@@ -162,5 +160,6 @@ def open_store(catalog_dir: Path, source: str) -> ImageStore:
     if source not in described:
         raise CatalogError(f"{catalog_dir}: no source {source!r}; it has {', '.join(described)}")
     entry = described[source]
-    index = read_table(catalog_dir / entry["index"]) if "index" in entry else None
-    return ImageStore(Path(entry["root"]), index)
+    if "index" in entry:
+        return ImageStore.open_index(Path(entry["root"]), catalog_dir / entry["index"])
+    return ImageStore(Path(entry["root"]))

@@ -122,6 +122,7 @@ def catalog_hashes(catalog_dir: Path, catalog: pl.DataFrame, options: BuildOptio
     """(source, uri, phash) of every catalog photo, decoded in cached chunks."""
     tasks = []
     for (source,), rows in catalog.group_by("source", maintain_order=True):
+        open_store(catalog_dir, source)  # builds a member index's lookup cache once, before the workers map it
         uris = rows["uri"].to_list()
         for start in range(0, len(uris), HASH_CHUNK_ROWS):
             chunk = uris[start : start + HASH_CHUNK_ROWS]

@@ -8,7 +8,7 @@ from pathlib import Path
 import polars as pl
 
 from geoloc.catalog.work import Executor, Task, cache_key, run_cached
-from geoloc.images import CORRUPT_IMAGE, content_hash, read_header
+from geoloc.images import CORRUPT_IMAGE, OUTSIDE_ROOT, OutsideRootError, content_hash, read_header, resolve_below
 
 MISSING_IMAGE = "missing_image"
 
@@ -20,7 +20,10 @@ SCAN_SCHEMA = {
     "problem": pl.Utf8,
     "detail": pl.Utf8,
 }
-"""One row per file: `problem` is null, MISSING_IMAGE, CORRUPT_IMAGE or one of GPS_PROBLEMS."""
+"""One row per file: `problem` is null, OUTSIDE_ROOT, MISSING_IMAGE, CORRUPT_IMAGE or one of GPS_PROBLEMS."""
+
+SCAN_VERSION = 2
+"""Part of every chunk's cache key: bumped when the checks change (2: uris outside the root refused)."""
 
 CHUNK_FILES = 2000
 """Files per task: big enough that process hand-over costs nothing per file."""
@@ -31,7 +34,9 @@ def inspect_files(root: str, uris: Sequence[str], want_gps: bool) -> pl.DataFram
     for uri in uris:
         content, lat, lon, problem, detail = None, None, None, None, None
         try:
-            data = Path(root, uri).read_bytes()
+            data = resolve_below(Path(root), uri).read_bytes()
+        except OutsideRootError as error:
+            problem, detail = OUTSIDE_ROOT, str(error)
         except FileNotFoundError:
             problem, detail = MISSING_IMAGE, "no such file"
         except OSError as error:
@@ -50,7 +55,7 @@ def scan_files(root: Path, uris: Sequence[str], want_gps: bool, cache_dir: Path,
     """inspect_files over all `uris` in resumable chunks spread over the workers."""
     chunks = [list(uris[start:start + chunk_files]) for start in range(0, len(uris), chunk_files)]
     tasks = [
-        Task(cache_key(root.resolve(), want_gps, *chunk), inspect_files, (str(root), chunk, want_gps))
+        Task(cache_key(SCAN_VERSION, root.resolve(), want_gps, *chunk), inspect_files, (str(root), chunk, want_gps))
         for chunk in chunks
     ]
     frames = run_cached(tasks, cache_dir, workers, label)

@@ -15,7 +15,7 @@ import polars as pl
 
 from geoloc.catalog.scan import CHUNK_FILES, MISSING_IMAGE, scan_files
 from geoloc.catalog.work import Executor, Task, cache_key, run_cached
-from geoloc.images import CORRUPT_IMAGE, IMAGE_SUFFIXES, MEMBER_SEPARATOR, index_shard, list_files
+from geoloc.images import CORRUPT_IMAGE, GPS_PROBLEMS, IMAGE_SUFFIXES, MEMBER_SEPARATOR, index_shard, list_files
 from geoloc.tables import as_float_column, read_table, select_layout
 
 MISSING_METADATA = "missing_metadata"
@@ -153,7 +153,7 @@ def read_gldv2(root: Path, options: BuildOptions, workers: Executor) -> SourceRo
 def _exif_candidates(root: Path, uris: list[str], options: BuildOptions, workers: Executor, kind: str) -> SourceRows:
     scanned = scan_files(root, uris, True, options.work_dir / f"{kind}-files", workers,
                          f"reading EXIF ({kind})", options.chunk_files)
-    is_gps_problem = pl.col("problem").is_not_null() & (pl.col("problem") != CORRUPT_IMAGE)
+    is_gps_problem = pl.col("problem").is_in(GPS_PROBLEMS)
     reason = pl.when(is_gps_problem).then(pl.lit(NO_GPS)).otherwise(pl.col("problem")).alias("reason")
     detail = pl.when(is_gps_problem).then(pl.col("problem") + ": " + pl.col("detail")).otherwise(pl.col("detail"))
     candidates = scanned.with_columns(pl.col("uri").alias("image_id"), reason, detail.alias("detail"))

@@ -20,7 +20,7 @@ from numpy.typing import NDArray
 from scipy.spatial import cKDTree
 
 from geoloc.geo import chord_to_km, to_unit_vectors
-from geoloc.tables import write_text
+from geoloc.tables import replace_durably, write_text
 
 CONFIG_FILE = "classifier.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -155,9 +155,7 @@ def save_classifier(folder: Path, model: HierarchicalClassifier, cells: CellTabl
                                    "coordinates": np.ascontiguousarray(memory.coordinates, dtype=np.float64),
                                    "cells": np.ascontiguousarray(memory.cells, dtype=np.int64)}),
     ):
-        partial = folder / f".{name}.part"
-        save(tensors, str(partial))
-        partial.replace(folder / name)
+        replace_durably(folder / name, lambda temporary: save(tensors, str(temporary)))  # noqa: B023 - called at once
     write_text(folder / CONFIG_FILE, json.dumps(asdict(model.config), indent=2) + "\n")
 
 

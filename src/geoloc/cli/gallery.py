@@ -13,12 +13,28 @@ from geoloc.tables import TableError, read_table, write_table
 index_app = typer.Typer(help="The searchable gallery (FAISS) with its coordinates and place texts.",
                         no_args_is_help=True)
 
+BACKBONE_HELP = ("CLIP or any Hugging Face vision model (a hub id or a local folder), or g3:PATH for G3's geo-aligned "
+                 "encoder (its g3.pth or a safetensors copy).")
+CLIP_HELP = ("g3 backbone: the CLIP model whose configuration and image processor G3 uses, a hub id or a local "
+             "folder (default openai/clip-vit-large-patch14).")
+
+
+def _backbone_name(backbone: str, clip: str | None) -> str:
+    """The name a backbone is recorded and reloaded under (G3's: absolute path and its CLIP)."""
+    from geoloc.encode.g3 import g3_spec, is_g3
+
+    if is_g3(backbone):
+        return g3_spec(backbone, clip)
+    if clip is not None:
+        raise typer.BadParameter("goes with --backbone g3:PATH only", param_hint="--clip")
+    return backbone
+
 
 def embed_command(
     catalog: Path = typer.Option(..., "--catalog", help="Folder written by `geoloc catalog build`."),
     out: Path = typer.Option(..., "--out", help="Embeddings folder (resumable: run again to finish)."),
-    backbone: str = typer.Option("openai/clip-vit-large-patch14", "--backbone",
-                                 help="CLIP or any Hugging Face vision model: a hub id or a local folder."),
+    backbone: str = typer.Option("openai/clip-vit-large-patch14", "--backbone", help=BACKBONE_HELP),
+    clip: str | None = typer.Option(None, "--clip", help=CLIP_HELP),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Photos per forward pass."),
     workers: int = typer.Option(2, "--workers", min=0, help="local engine: DataLoader processes reading and "
                                 "decoding photos."),
@@ -40,6 +56,7 @@ def embed_command(
     from geoloc.encode import CatalogImages, EmbeddingsError, embed_table
     from geoloc.encode.backbone import BackboneUnavailable, load_backbone
 
+    backbone = _backbone_name(backbone, clip)
     with clean_errors(BackboneUnavailable, EmbeddingsError, CatalogError, TableError, FileNotFoundError, ClusterError):
         items = read_table(catalog / "catalog.parquet", columns=["image_id", "uri", "source"])
         if check_engine(engine) == "ray":
@@ -91,13 +108,18 @@ def build_command(
 def retrieve_command(
     images: list[Path] = typer.Argument(..., help="Query photos, or folders of photos."),
     index: Path = typer.Option(..., "--index", help="Folder written by `geoloc index build`."),
-    out: Path = typer.Option(..., "--out", help="Candidates table (.parquet or .csv), source=retrieval."),
+    out: Path = typer.Option(..., "--out", help="Candidates table (.parquet or .csv), source=retrieval (and reverse)."),
     k: int = typer.Option(20, "--k", min=1, help="Candidates per photo."),
+    reverse: int = typer.Option(0, "--reverse", min=0, help="Also the K gallery photos nearest to the negated query "
+                                "vector (source=reverse: G3's dissimilar images, as we define them)."),
     backbone: str | None = typer.Option(None, "--backbone", help="Defaults to the one that embedded the gallery."),
+    clip: str | None = typer.Option(None, "--clip", help=CLIP_HELP),
     batch_size: int = typer.Option(64, "--batch-size", min=1),
     device: str = typer.Option("auto", "--device"),
 ) -> None:
-    """The k gallery photos nearest to each query photo, as candidates."""
+    """The k gallery photos nearest to each query photo (and the --reverse K farthest), as candidates."""
+    import polars as pl
+
     from geoloc.candidates.retrieval import retrieval_candidates
     from geoloc.encode import embed_batches, read_file
     from geoloc.encode.backbone import BackboneUnavailable, load_backbone
@@ -107,7 +129,7 @@ def retrieve_command(
     with clean_errors(BackboneUnavailable, FileNotFoundError, TableError, ValueError):
         gallery = GalleryIndex.load(index)
         photos = find_photos(images)
-        model = load_backbone(backbone or gallery.info["backbone"], device=device)
+        model = load_backbone(_backbone_name(backbone or gallery.info["backbone"], clip), device=device)
         with progress_bar("embedding") as progress:
             task = progress.add_task("photos", total=len(photos))
             vectors, problems = embed_batches([("", str(p.path)) for p in photos], read_file, model, batch_size,
@@ -116,9 +138,28 @@ def retrieve_command(
         for photo, problem in zip(photos, problems):
             if problem is not None:
                 errors.print(f"[yellow]skipped[/] {photo.path}: {problem}", highlight=False)
-        table = retrieval_candidates(gallery, [photos[row].query_id for row in readable], vectors[readable], k)
+        query_ids = [photos[row].query_id for row in readable]
+        table = retrieval_candidates(gallery, query_ids, vectors[readable], k)
+        if reverse:
+            table = pl.concat([table, retrieval_candidates(gallery, query_ids, vectors[readable], reverse,
+                                                           source="reverse")])
         write_table(table, out)
     console.print(f"{len(readable)} photo(s), {len(table)} candidates -> {out}")
+
+
+@index_app.command("convert-g3")
+def convert_g3_command(
+    checkpoint: Path = typer.Argument(..., help="G3's g3.pth (a state dict)."),
+    out: Path | None = typer.Option(None, "--out", help="Default: the same name with .safetensors, beside it."),
+) -> None:
+    """Copy G3's checkpoint to safetensors once: later loads run no pickle code and read only the vision parts."""
+    from geoloc.encode.backbone import BackboneUnavailable
+    from geoloc.encode.g3 import convert_g3
+
+    out = out or checkpoint.with_suffix(".safetensors")
+    with clean_errors(BackboneUnavailable):
+        count = convert_g3(checkpoint, out)
+    console.print(f"{count:,} tensors -> {out}; use --backbone g3:{out}")
 
 
 def register(app: typer.Typer, panel: str) -> None:

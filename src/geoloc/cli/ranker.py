@@ -54,6 +54,10 @@ def score_command(
                                    rich_help_panel=GEORANKER),
     plain: bool = typer.Option(False, "--plain", help="Every prompt through the whole model, as GeoRanker does.",
                                rich_help_panel=GEORANKER),
+    raw_photos: bool = typer.Option(False, "--raw-photos", help="Hand the processor the decoded photos as they "
+                                    "are, instead of as GeoRanker's evaluate.py prepares them (gallery photos "
+                                    "re-encoded as JPEG, every photo sized by qwen-vl-utils).",
+                                    rich_help_panel=GEORANKER),
     dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16.", rich_help_panel=GEORANKER),
     device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda if any; "
                                       "under a launcher, the process's own GPU).", rich_help_panel=GEORANKER),
@@ -94,7 +98,7 @@ def score_command(
             candidates, out, images=images, adapter=adapter, base=base, gallery=gallery, images_index=images_index,
             gallery_index=gallery_index, top=_parse_top(top),
             num_negatives=negatives, batch_size=batch_size, shared_prefix=not plain, dtype=dtype, device=device,
-            part_queries=part_queries, restart=restart, progress=progress,
+            raw_photos=raw_photos, part_queries=part_queries, restart=restart, progress=progress,
             say=lambda line: errors.print(line, highlight=False),
         )
     if not report.written:

@@ -22,6 +22,8 @@ def serve_command(
     max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", min=0.1),
     max_pixels: int = typer.Option(50_000_000, "--max-pixels", min=1),
     max_queue: int = typer.Option(8, "--max-queue", min=1, help="Photos admitted at once; beyond, 503."),
+    upload_timeout: float = typer.Option(30.0, "--upload-timeout", min=0.1, help="Seconds an upload may take "
+                                         "to arrive whole; beyond, 408 and its place in the queue is freed."),
     tiles: str = typer.Option("https://tile.openstreetmap.org/{z}/{x}/{y}.png", "--tiles",
                               help="Tile URL template for the page's map, or 'none' for the bundled outline only "
                               "(tile servers see which areas are viewed)."),
@@ -37,7 +39,7 @@ def serve_command(
                      "could use it. Set GEOLOC_TOKEN (or --token), or pass --insecure if you mean it.")
         raise typer.Exit(code=2)
     settings = ServeSettings(max_upload_bytes=int(max_upload_mb * 2**20), max_pixels=max_pixels,
-                             max_queue=max_queue, token=token or None,
+                             max_queue=max_queue, upload_timeout_s=upload_timeout, token=token or None,
                              tiles=None if tiles.lower() == "none" else tiles)
 
     def load_guesser():

@@ -42,16 +42,24 @@ def read_file(source: str, uri: str) -> bytes:
 
 
 class CatalogImages:
-    """A ReadBytes for catalog rows: each source's own store (folder, shards, tar)."""
+    """A ReadBytes for catalog rows: each source's own store (folder, shards, tar).
+
+    Every store is opened here, before any worker starts: a member index's lookup cache
+    is built once, and forked or unpickled workers map the same files instead of each
+    building its own.
+    """
 
     def __init__(self, catalog_dir: Path) -> None:
+        from geoloc.catalog.build import SOURCES_FILE, open_store
+
         self.catalog_dir = catalog_dir
-        self.stores: dict = {}
+        sources = json.loads((catalog_dir / SOURCES_FILE).read_text())
+        self.stores = {source: open_store(catalog_dir, source) for source in sources}
 
     def __call__(self, source: str, uri: str) -> bytes:
         from geoloc.catalog.build import open_store
 
-        if source not in self.stores:
+        if source not in self.stores:  # names the sources the catalog has
             self.stores[source] = open_store(self.catalog_dir, source)
         return self.stores[source].read_bytes(uri)
 

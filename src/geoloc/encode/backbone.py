@@ -3,7 +3,8 @@
 CLIP checkpoints load as their vision tower plus projection only (the text tower is
 never read); any other vision model loads through AutoModel and is pooled. Features
 come out raw (GeoCLIP's heads were trained on raw CLIP projections); `embed`
-normalizes them for retrieval.
+normalizes them for retrieval. `g3:PATH` names G3's geo-aligned encoder
+(`geoloc.encode.g3`), whose vectors are final as they come.
 """
 
 from __future__ import annotations
@@ -73,6 +74,8 @@ class Backbone:
     dim: int
     device: torch.device
     dtype: torch.dtype
+    renormalize: bool = True
+    """False where the model returns its final vectors itself (G3's three separately normalized thirds)."""
 
     def pixel_values(self, images: list[Image.Image]) -> torch.Tensor:
         return pixel_values(self.processor, images)
@@ -82,7 +85,9 @@ class Backbone:
         """Raw (unnormalized) features, float32, on the CPU."""
         pixel_values = pixel_values.to(self.device, self.dtype)
         output = self.model(pixel_values=pixel_values)
-        if self.is_clip:
+        if isinstance(output, torch.Tensor):
+            features = output
+        elif self.is_clip:
             features = output.image_embeds
         elif getattr(output, "pooler_output", None) is not None:
             features = output.pooler_output
@@ -91,8 +96,9 @@ class Backbone:
         return features.float().cpu()
 
     def embed_pixels(self, pixel_values: torch.Tensor) -> np.ndarray:
-        """L2-normalized float32 embeddings of preprocessed images, one row per image."""
-        return torch.nn.functional.normalize(self.features(pixel_values), dim=-1).numpy()
+        """L2-normalized float32 embeddings of preprocessed images, one row per image (G3's: as they come)."""
+        features = self.features(pixel_values)
+        return (torch.nn.functional.normalize(features, dim=-1) if self.renormalize else features).numpy()
 
     def embed(self, images: list[Image.Image]) -> np.ndarray:
         """L2-normalized float32 embeddings, one row per image."""
@@ -109,6 +115,10 @@ def load_image_processor(name: str) -> object:
     """Only the preprocessing of a backbone (no weights): what CPU workers need to prepare photos."""
     from transformers import AutoImageProcessor
 
+    if name.startswith("g3:"):
+        from geoloc.encode.g3 import g3_image_processor
+
+        return g3_image_processor(name)
     try:
         with offline_unless_reachable(name):
             return AutoImageProcessor.from_pretrained(name)
@@ -126,6 +136,10 @@ def backbone_dim(name: str) -> int:
     """The embedding size of a backbone, from its config alone."""
     from transformers import AutoConfig
 
+    if name.startswith("g3:"):
+        from geoloc.encode.g3 import g3_dim
+
+        return g3_dim(name)
     try:
         with offline_unless_reachable(name):
             return _dim(AutoConfig.from_pretrained(name))
@@ -134,10 +148,14 @@ def backbone_dim(name: str) -> int:
 
 
 def load_backbone(name: str, device: str = "auto", dtype: str = "auto") -> Backbone:
-    """Load a hub id or local folder; BackboneUnavailable names what is missing."""
+    """Load a hub id, a local folder or `g3:PATH`; BackboneUnavailable names what is missing."""
     from transformers import AutoConfig, AutoImageProcessor, AutoModel, CLIPVisionModelWithProjection
     from transformers.utils import logging as hf_logging
 
+    if name.startswith("g3:"):
+        from geoloc.encode.g3 import load_g3_backbone
+
+        return load_g3_backbone(name, device, dtype)
     target = pick_device(device)
     torch_dtype = pick_dtype(target, dtype)
     # A CLIP checkpoint's text tower is skipped on purpose; its load report is noise.

@@ -1,9 +1,10 @@
-"""Benchmark evaluation: how far predictions are from the truth.
+"""Benchmark evaluation: how far predictions are from the truth, and in the right area or not.
 
-Reads truth files in the public IM2GPS3K / YFCC4K metadata layout (IMG_ID, LAT, LON) or
-ours (image_id, lat, lon), and predictions in the predictions schema. Every photo of the
-truth file counts: a photo without a prediction is a miss at every radius and scores 0,
-never silently dropped.
+Reads truth files in the public IM2GPS3K / YFCC4K metadata layout (IMG_ID, LAT, LON),
+OSV-5M's (id, latitude, longitude, with its own area labels) or ours (image_id, lat, lon),
+and predictions in the predictions schema. Every photo of the truth file counts: a photo
+without a prediction is a miss at every radius and in every area and scores 0, never
+silently dropped.
 """
 
 from __future__ import annotations
@@ -16,13 +17,18 @@ import polars as pl
 from numpy.typing import NDArray
 
 from geoloc.geo import ACCURACY_THRESHOLDS_KM, CoordinateStatus, DistanceMethod, coordinate_status, distance_km
+from geoloc.places.areas import AREAS, OSV5M_LABEL_COLUMNS, area_accuracies, area_labels
 from geoloc.tables import TRUTH_LAYOUTS, TableError, as_float_column, describe_ids, read_table, select_layout
 
 GEOSCORE_MAX = 5000.0
 GEOSCORE_SCALE_KM = 1492.7
 """GeoGuessr's score: 5000 at the exact spot, decaying with this scale in km."""
 
+OSV5M_TRUTH_LAYOUT = {"id": "image_id", "latitude": "lat", "longitude": "lon"}
+BENCHMARK_TRUTH_LAYOUTS = [*TRUTH_LAYOUTS, OSV5M_TRUTH_LAYOUT]
 PREDICTION_LAYOUTS = [{"image_id": "image_id", "lat": "lat", "lon": "lon"}]
+BENCHMARK_SIZES = {"im2gps3k_places365.csv": 2997, "yfcc4k_places365.csv": 4536}
+"""Rows of the public benchmark metadata files, by file name: IM2GPS3K, YFCC4K."""
 EMBEDDED_TRUTH_LAYOUTS = [{"image_id": "image_id", "true_lat": "lat", "true_lon": "lon"}]
 
 
@@ -35,6 +41,7 @@ METRIC_KEYS: tuple[str, ...] = (
     "missing",
     "unknown",
     *(accuracy_key(t) for t in ACCURACY_THRESHOLDS_KM),
+    *(f"acc_{area}" for area in AREAS),
     "median_km",
     "mean_km",
     "geoscore",
@@ -50,6 +57,8 @@ class Evaluation:
     """image_id, lat, lon and distance_km (null where the photo has no prediction)."""
     unknown_ids: pl.Series = field(default_factory=lambda: pl.Series("image_id", [], dtype=pl.Utf8))
     """Ids that have a prediction but are not in the truth file: reported, never scored."""
+    inclusive: bool = False
+    """The radius rule the figures were counted with (see metrics_from_distances)."""
 
 
 def _reject_duplicates(frame: pl.DataFrame, path: Path, what: str) -> None:
@@ -80,9 +89,33 @@ def _id_lat_lon(frame: pl.DataFrame, path: Path, layouts: list[dict[str, str]]) 
     return frame
 
 
-def truth_table(frame: pl.DataFrame, path: Path, layouts: list[dict[str, str]] = TRUTH_LAYOUTS) -> pl.DataFrame:
-    """Validated truth: unique ids, every photo with real coordinates."""
-    truth = _id_lat_lon(frame, path, layouts)
+def size_warning(truth_path: str | Path, rows: int) -> str | None:
+    """A warning when a file named like a public benchmark's metadata has another row count.
+
+    Figures over a partial (or padded) copy are not the benchmark's; they are still computed.
+    """
+    name = Path(truth_path).name
+    expected = BENCHMARK_SIZES.get(name.lower())
+    if expected is None or rows == expected:
+        return None
+    return (f"{truth_path}: {rows:,} photos, but {name} has {expected:,}: "
+            "the figures are not comparable with published ones")
+
+
+def truth_table(
+    frame: pl.DataFrame, path: Path, layouts: list[dict[str, str]] = BENCHMARK_TRUTH_LAYOUTS
+) -> pl.DataFrame:
+    """Validated truth: unique ids, every photo with real coordinates.
+
+    OSV-5M's own area labels, where the file has them, come along as columns named by
+    area (null where the file says "nan").
+    """
+    labels = [
+        pl.col(column).cast(pl.Utf8).replace("nan", None).alias(area)
+        for column, area in OSV5M_LABEL_COLUMNS.items()
+        if column in frame.columns
+    ]
+    truth = pl.concat([_id_lat_lon(frame, path, layouts), frame.select(labels)], how="horizontal")
     _reject_duplicates(truth, path, "truth")
     missing = truth.filter(pl.col("lat").is_null() | pl.col("lon").is_null())["image_id"]
     if len(missing):
@@ -116,14 +149,25 @@ def load_predictions(path: str | Path) -> tuple[pl.DataFrame, pl.DataFrame | Non
     return prediction_table(frame, path), embedded
 
 
-def metrics_from_distances(distances_km: NDArray[np.float64]) -> dict[str, float | int | None]:
-    """Benchmark figures from one distance per truth photo, NaN where there is no prediction."""
+def radius_rule(inclusive: bool) -> str:
+    """How a photo counts at a radius: '<' (GeoRanker, G3, OSV-5M, PIGEON) or '<=' (GeoCLIP)."""
+    return "<=" if inclusive else "<"
+
+
+def metrics_from_distances(
+    distances_km: NDArray[np.float64], inclusive: bool = False
+) -> dict[str, float | int | None]:
+    """Benchmark figures from one distance per truth photo, NaN where there is no prediction.
+
+    A photo counts at a radius when its error is below it, or at most it with `inclusive`.
+    """
     distances_km = np.asarray(distances_km, dtype=np.float64)
     n = int(distances_km.size)
     predicted = distances_km[~np.isnan(distances_km)]
+    within = np.less_equal if inclusive else np.less
     metrics: dict[str, float | int | None] = {"n": n, "missing": n - int(predicted.size), "unknown": 0}
     for threshold in ACCURACY_THRESHOLDS_KM:
-        metrics[accuracy_key(threshold)] = float(np.count_nonzero(predicted <= threshold) / n) if n else None
+        metrics[accuracy_key(threshold)] = float(np.count_nonzero(within(predicted, threshold)) / n) if n else None
     metrics["median_km"] = float(np.median(predicted)) if predicted.size else None
     metrics["mean_km"] = float(predicted.mean()) if predicted.size else None
     score_sum = (GEOSCORE_MAX * np.exp(-predicted / GEOSCORE_SCALE_KM)).sum()
@@ -132,20 +176,19 @@ def metrics_from_distances(distances_km: NDArray[np.float64]) -> dict[str, float
 
 
 def evaluate(
-    predictions: pl.DataFrame, truth: pl.DataFrame, method: DistanceMethod = "great-circle"
+    predictions: pl.DataFrame,
+    truth: pl.DataFrame,
+    method: DistanceMethod = "great-circle",
+    inclusive: bool = False,
+    areas: bool = True,
 ) -> Evaluation:
-    """Score validated predictions against validated truth (see load_truth / load_predictions)."""
-    # One full join gives both the scored photos and the predictions nobody asked for.
-    joined = truth.with_columns(pl.lit(True).alias("in_truth")).join(
-        predictions.select("image_id", pl.col("lat").alias("pred_lat"), pl.col("lon").alias("pred_lon")),
-        on="image_id",
-        how="full",
-        coalesce=True,
-        maintain_order="left",
-    )
-    in_truth = joined["in_truth"].is_not_null()
-    unknown = joined.filter(~in_truth)["image_id"]
-    joined = joined.filter(in_truth)
+    """Score validated predictions against validated truth (see load_truth / load_predictions).
+
+    With `areas`, also the country / region / sub-region / city accuracies (OSV-5M's rule,
+    geoloc.places.areas), truth labels from the truth table where it has them; without,
+    those figures are None (they cost a nearest-place search per photo).
+    """
+    joined, unknown = _join_predictions(truth, predictions)
     distances = distance_km(
         joined["lat"].to_numpy(),
         joined["lon"].to_numpy(),
@@ -153,38 +196,118 @@ def evaluate(
         joined["pred_lon"].to_numpy(),
         method=method,
     )
-    metrics = metrics_from_distances(distances)
+    metrics = metrics_from_distances(distances, inclusive=inclusive)
     metrics["unknown"] = len(unknown)
+    metrics.update(_area_figures(joined, areas))
     scored = joined.select("image_id", "lat", "lon").with_columns(
         pl.Series("distance_km", distances).fill_nan(None)
     )
-    return Evaluation(metrics=metrics, truth=scored, unknown_ids=unknown)
+    return Evaluation(metrics=metrics, truth=scored, unknown_ids=unknown, inclusive=inclusive)
+
+
+def _id_key() -> pl.Expr:
+    """A 64-bit hash of each image id, the join key of _join_predictions."""
+    return pl.col("image_id").hash().alias("_key")
+
+
+def _join_predictions(truth: pl.DataFrame, predictions: pl.DataFrame) -> tuple[pl.DataFrame, pl.Series]:
+    """The truth rows in order with pred_lat / pred_lon (null where none), and the prediction ids not in the truth.
+
+    Joined on 64-bit hashes of the ids, two to three times faster than on the strings, and
+    every match then proved by comparing the ids themselves; should two ids share a hash,
+    the join is redone on the strings.
+    """
+    keyed = predictions.select(
+        _id_key(),
+        pl.col("image_id").alias("_pred_id"),
+        pl.col("lat").alias("pred_lat"),
+        pl.col("lon").alias("pred_lon"),
+    )
+    truth_keys = truth.with_columns(_id_key())
+    joined = truth_keys.join(keyed, on="_key", how="left", maintain_order="left")
+    matched = joined["_pred_id"].is_not_null()
+    proven = joined.height == truth.height and bool((~matched | (joined["_pred_id"] == joined["image_id"])).all())
+    if proven:
+        if matched.sum() == predictions.height:  # ids are unique on both sides: every prediction is scored
+            unknown = pl.Series("image_id", [], dtype=pl.Utf8)
+        else:
+            unknown = keyed.join(truth_keys.select("_key"), on="_key", how="anti")["_pred_id"].alias("image_id")
+        return joined.drop("_key", "_pred_id"), unknown
+    by_id = keyed.drop("_key").rename({"_pred_id": "image_id"})
+    joined = truth.join(by_id, on="image_id", how="left", maintain_order="left")
+    return joined, by_id.join(truth.select("image_id"), on="image_id", how="anti")["image_id"]
+
+
+def _area_figures(joined: pl.DataFrame, areas: bool) -> dict[str, float | None]:
+    """acc_<area> of truth rows joined with pred_lat / pred_lon (null where no prediction)."""
+    if not areas:
+        return {f"acc_{area}": None for area in AREAS}
+    missing = [area for area in AREAS if area not in joined.columns]
+    truth_labels = joined.select(area for area in AREAS if area in joined.columns)
+    if missing:
+        computed = area_labels(joined["lat"].to_numpy(), joined["lon"].to_numpy()).select(missing)
+        truth_labels = pl.concat([truth_labels, computed], how="horizontal")
+    predicted = joined.select(pl.col("pred_lat", "pred_lon").fill_null(np.nan))
+    return area_accuracies(predicted["pred_lat"].to_numpy(), predicted["pred_lon"].to_numpy(), truth_labels)
 
 
 def evaluate_files(
     predictions_path: str | Path,
     truth_path: str | Path | None = None,
     method: DistanceMethod = "great-circle",
+    inclusive: bool = False,
+    areas: bool = True,
 ) -> Evaluation:
     """Evaluate a predictions file against a truth file, or against its own true_lat/true_lon."""
-    predictions, embedded_truth = load_predictions(predictions_path)
-    if truth_path is not None:
-        truth = load_truth(truth_path)
-    elif embedded_truth is not None:
-        truth = embedded_truth
-    else:
-        raise TableError(f"{predictions_path}: no truth given and no true_lat / true_lon columns to use; "
-                         "pass --truth with the benchmark's metadata file")
-    return evaluate(predictions, truth, method=method)
+    return evaluate_many([predictions_path], truth_path, method=method, inclusive=inclusive, areas=areas)[0]
+
+
+def evaluate_many(
+    predictions_paths: list[str | Path],
+    truth_path: str | Path | None = None,
+    method: DistanceMethod = "great-circle",
+    inclusive: bool = False,
+    areas: bool = True,
+) -> list[Evaluation]:
+    """Evaluate several predictions files (methods side by side) against one truth file, read once."""
+    truth = None
+    evaluations = []
+    for predictions_path in predictions_paths:
+        predictions, embedded_truth = load_predictions(predictions_path)
+        if truth_path is not None:
+            truth = truth if truth is not None else load_truth(truth_path)
+            scored_against = truth
+        elif embedded_truth is not None:
+            scored_against = embedded_truth
+        else:
+            raise TableError(f"{predictions_path}: no truth given and no true_lat / true_lon columns to use; "
+                             "pass --truth with the benchmark's metadata file")
+        evaluations.append(evaluate(predictions, scored_against, method=method, inclusive=inclusive, areas=areas))
+    return evaluations
+
+
+def accuracy_curve(
+    distances_km: NDArray[np.float64], radii_km: NDArray[np.float64], inclusive: bool = False
+) -> NDArray[np.float64]:
+    """Share of the photos counted at each radius (NaN distance: no prediction, a miss everywhere)."""
+    distances_km = np.asarray(distances_km, dtype=np.float64)
+    if not distances_km.size:
+        return np.full(np.shape(radii_km), np.nan)
+    ordered = np.sort(distances_km[~np.isnan(distances_km)])
+    counted = np.searchsorted(ordered, radii_km, side="right" if inclusive else "left")
+    return counted / distances_km.size
 
 
 def breakdown_by(evaluation: Evaluation, groups: NDArray[np.object_], name: str) -> pl.DataFrame:
-    """The same figures per group of truth photos (say, per continent), largest group first."""
+    """The same figures per group of truth photos (say, per continent), largest group first.
+
+    Counted with the evaluation's own radius rule, so the groups add up to the whole.
+    """
     distances = evaluation.truth["distance_km"].fill_null(np.nan).to_numpy()
     groups = np.asarray(groups, dtype=object)
     rows = []
     for group in np.unique(groups):
-        metrics = metrics_from_distances(distances[groups == group])
+        metrics = metrics_from_distances(distances[groups == group], inclusive=evaluation.inclusive)
         del metrics["unknown"]
         rows.append({name: str(group), **metrics})
     return pl.DataFrame(rows).sort(["n", name], descending=[True, False])

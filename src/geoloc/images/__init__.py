@@ -1,4 +1,7 @@
-"""Image stores (folder, MessagePack shards, tar via offset index), EXIF GPS from headers, photo discovery."""
+"""Image stores (folder, MessagePack shards, tar via offset index), EXIF GPS from headers, photo discovery.
+
+Every catalog uri is opened through `resolve_below`: below its root, or refused.
+"""
 
 from geoloc.images.archives import (
     INDEX_SCHEMA,
@@ -10,8 +13,10 @@ from geoloc.images.archives import (
     index_tar,
     load_tar_index_pickle,
 )
+from geoloc.images.containment import OUTSIDE_ROOT, OutsideRootError, resolve_below
 from geoloc.images.discovery import IMAGE_SUFFIXES, Photo, find_photos, list_files
 from geoloc.images.exif import CORRUPT_IMAGE, GPS_PROBLEMS, ImageHeader, read_header
+from geoloc.images.members import MemberLookup
 from geoloc.images.metadata import MetadataError, strip_metadata
 
 __all__ = [
@@ -20,10 +25,13 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "INDEX_SCHEMA",
     "MEMBER_SEPARATOR",
+    "OUTSIDE_ROOT",
     "ArchiveError",
     "ImageHeader",
     "ImageStore",
+    "MemberLookup",
     "MetadataError",
+    "OutsideRootError",
     "Photo",
     "content_hash",
     "find_photos",
@@ -32,5 +40,6 @@ __all__ = [
     "list_files",
     "load_tar_index_pickle",
     "read_header",
+    "resolve_below",
     "strip_metadata",
 ]

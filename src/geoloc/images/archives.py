@@ -18,11 +18,16 @@ import msgpack
 import polars as pl
 import xxhash
 
+from geoloc.images.containment import resolve_below
 from geoloc.images.exif import CORRUPT_IMAGE, read_header
+from geoloc.images.members import MemberLookup
 from geoloc.images.msgpack_spans import Truncated, map_entries, value_end
 
 MEMBER_SEPARATOR = "#"
-"""A catalog uri `container#member` names a member of a shard or tar, relative to the dataset root."""
+"""A catalog uri `container#member` names a member of a shard or tar, relative to the dataset root.
+
+Only where `container` is an archive the store has an index for: elsewhere `#` is an
+ordinary character of a file name (`a#1.jpg`)."""
 
 INDEX_SCHEMA = {
     "container": pl.Utf8,
@@ -157,6 +162,9 @@ class _TarInfoOnly(pickle.Unpickler):
 def load_tar_index_pickle(path: Path, container: str) -> pl.DataFrame:
     """A published `tar_index.pkl` (TarInfo objects, in a dict or list) as an index frame.
 
+    A dict's keys are the names photos are asked for by (MP16-Pro's IMG_ID in GeoRanker's
+    files), whatever the member is called inside the tar; a list's members keep their names.
+
     Read with a restricted unpickler: any other class in the file is refused, so a
     malicious pickle cannot execute code. The content hash and header check stay null.
     """
@@ -165,14 +173,18 @@ def load_tar_index_pickle(path: Path, container: str) -> pl.DataFrame:
             loaded = _TarInfoOnly(handle).load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as error:
         raise ArchiveError(f"{path}: not a readable tar index: {error}") from error
-    members = list(loaded.values()) if isinstance(loaded, dict) else loaded
-    if not isinstance(members, (list, tuple)):
+    if isinstance(loaded, dict):  # GeoRanker looks a photo up by its key (the MP16-Pro IMG_ID): so do we
+        named = [(str(key), info) for key, info in loaded.items()]
+    elif isinstance(loaded, (list, tuple)):
+        named = [(getattr(info, "name", None), info) for info in loaded]
+    else:
         raise ArchiveError(f"{path}: expected a dict or list of TarInfo, found {type(loaded).__name__}")
-    infos = [info for info in members if isinstance(info, tarfile.TarInfo) and info.isfile()]
+    named = [(name, info) for name, info in named if isinstance(info, tarfile.TarInfo) and info.isfile()]
+    infos = [info for _, info in named]
     located = pl.DataFrame(
         {
             "container": [container] * len(infos),
-            "member": [info.name for info in infos],
+            "member": [name for name, _ in named],
             "offset": [info.offset_data for info in infos],
             "length": [info.size for info in infos],
         },
@@ -208,26 +220,31 @@ def read_tar_member(path: Path, offset: int, length: int) -> bytes:
 
 
 class ImageStore:
-    """Opens catalog uris below a dataset root: plain paths, or `container#member` via an index."""
+    """Opens catalog uris below a dataset root: plain paths, or `container#member` via an index.
 
-    def __init__(self, root: Path, index: pl.DataFrame | None = None) -> None:
-        self.root = Path(root)
-        self._locations: dict[tuple[str, str], tuple[int, int]] = {}
-        if index is not None:
-            usable = index.filter(pl.col("problem").is_null())
-            self._locations = {
-                (container, member): (offset, length)
-                for container, member, offset, length in usable.select(
-                    "container", "member", "offset", "length"
-                ).iter_rows()
-            }
+    Every uri goes through `resolve_below`: one that leaves the root is refused. The index
+    is an index frame, or a `MemberLookup` (what `open_index` maps from an index file's
+    cache, shared by every worker that opens it).
+    """
+
+    def __init__(self, root: Path, index: pl.DataFrame | MemberLookup | None = None) -> None:
+        self.root = Path(root).resolve()
+        if isinstance(index, pl.DataFrame):
+            index = MemberLookup.build(index, MEMBER_SEPARATOR)
+        self.members = index
+        self._containers = index.containers if index is not None else frozenset()
+
+    @classmethod
+    def open_index(cls, root: Path, index_path: Path) -> ImageStore:
+        """A store whose member index is an index file, looked up through its memory-mapped cache."""
+        return cls(root, MemberLookup.cached(index_path, MEMBER_SEPARATOR))
 
     def read_bytes(self, uri: str) -> bytes:
         container, separator, member = uri.partition(MEMBER_SEPARATOR)
-        path = self.root / container
-        if not separator:
-            return path.read_bytes()
-        location = self._locations.get((container, member))
+        if not separator or container not in self._containers:
+            return resolve_below(self.root, uri).read_bytes()
+        path = resolve_below(self.root, container, uri)
+        location = self.members.locate(uri)
         if location is None:
             raise ArchiveError(f"{uri}: not in the index of {container}")
         if container.endswith(".tar"):

