@@ -130,3 +130,59 @@ def test_missing_backbone_says_what_is_missing_and_what_to_do(tmp_path, monkeypa
     result = CliRunner().invoke(app, ["predict", str(ROOT / "examples" / "kauai.jpg"), "--backbone",
                                       "nobody/no-such-clip"])
     assert result.exit_code == 2 and "pass --backbone DIR" in result.stderr
+
+
+def test_predict_out_resumes_after_an_interruption_and_refuses_other_settings(tiny_clip, small_gallery, tmp_path,
+                                                                             monkeypatch):
+    from geoloc import predict as predict_module
+    from geoloc.catalog.work import work_folder
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for seed in range(6):
+        noisy_photo(folder / f"{seed}.jpg", seed=seed, exif_gps=(10.0 + seed, 20.0) if seed % 2 else None)
+    (folder / "3b-broken.jpg").write_bytes(b"not a photo")
+
+    def predict(out: Path, *extra: str):
+        return CliRunner().invoke(app, ["predict", str(folder), "--backbone", str(tiny_clip), "--json", "--out",
+                                        str(out), "--batch-size", "2", "--part-photos", "2", "--device", "cpu",
+                                        *extra])
+
+    whole = predict(tmp_path / "whole.geojson")
+    assert whole.exit_code == 0, whole.output
+    out = tmp_path / "resumed.geojson"
+    batches = []
+    guess_images = predict_module.guess_images
+
+    def dies_at_the_third_batch(*arguments):
+        batches.append(1)
+        if len(batches) == 3:
+            raise KeyboardInterrupt
+        return guess_images(*arguments)
+
+    monkeypatch.setattr(predict_module, "guess_images", dies_at_the_third_batch)
+    assert predict(out).exit_code != 0
+    assert not out.exists() and len(list(work_folder(out).glob("part-*.parquet"))) == 2
+
+    refused = predict(out, "--top-k", "3")
+    assert refused.exit_code == 2 and "different top_k" in refused.output and "--restart" in refused.output
+
+    batches.clear()
+    resumed = predict(out)
+    assert resumed.exit_code == 0, resumed.output
+    assert len(batches) == 2  # photos 4-7 only: 4 of 7 were answered (the broken one among them)
+    assert "resuming: 4 photo(s) already answered" in resumed.stderr
+    assert "3b-broken.jpg" in resumed.stderr.replace("\n", "")
+    assert not work_folder(out).exists()
+    # The kept answers come back exactly; those computed again match to float32 rounding (a model's CPU
+    # kernels need not give the last bit alike for one photo after a different history of batches).
+    expected, got = (json.loads(path.read_text())["features"] for path in (tmp_path / "whole.geojson", out))
+    assert got[:4] == expected[:4] and len(got) == len(expected) == 6
+    for mine, theirs in zip(got[4:], expected[4:]):
+        assert mine["geometry"] == theirs["geometry"]
+        assert [c["place"] for c in mine["properties"]["candidates"]] == \
+            [c["place"] for c in theirs["properties"]["candidates"]]
+        assert [c["prob"] for c in mine["properties"]["candidates"]] == \
+            pytest.approx([c["prob"] for c in theirs["properties"]["candidates"]], rel=1e-5)
+    assert [line for line in resumed.stdout.splitlines() if line.startswith("{")][:4] == \
+        [line for line in whole.stdout.splitlines() if line.startswith("{")][:4]

@@ -33,15 +33,12 @@ def embeddings_meta(backbone: str, dim: int, ids: pl.Series, chunk_rows: int) ->
 
 def check_meta(out: Path, meta: dict) -> None:
     """Write meta.json, or refuse a folder holding another run's embeddings."""
-    meta_path = out / "meta.json"
-    if meta_path.is_file():
-        previous = json.loads(meta_path.read_text())
-        if previous != meta:
-            changed = sorted(key for key in meta if previous.get(key) != meta[key])
-            raise EmbeddingsError(f"{out} holds another run's embeddings (different {', '.join(changed)}); "
-                                  "use a new --out folder or delete this one")
-    else:
-        write_text(meta_path, json.dumps(meta, indent=2))
+    from geoloc.catalog.work import record_settings
+
+    changed = record_settings(out / "meta.json", meta)
+    if changed:
+        raise EmbeddingsError(f"{out} holds another run's embeddings (different {', '.join(changed)}); "
+                              "use a new --out folder or delete this one")
 
 
 def write_part(out: Path, number: int, ids: pl.Series, vectors: np.ndarray, problems: list[str | None]) -> None:

@@ -3,12 +3,15 @@
 Photos are decoded in batches (Pillow's decompression-bomb guard stays on), scored by
 GeoCLIP, and each answer carries place names, ranked alternatives with probabilities,
 and a confidence radius. A photo's own EXIF GPS is reported beside the guess and never
-used to make it. Unreadable files are reported and skipped; the rest go on.
+used to make it. Unreadable files are reported and skipped; the rest go on. With an
+output file, answers are kept part by part beside it, so a killed run over a large folder
+resumes where it stopped (`guess_photos_resumable`).
 """
 
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,6 +25,8 @@ from geoloc.images import Photo
 from geoloc.places import place_names
 
 UNREADABLE = (OSError, SyntaxError, ValueError, UnidentifiedImageError, Image.DecompressionBombError)
+PART_PHOTOS = 1000
+"""Photos per part of a resumable run: what a kill can lose."""
 
 
 @dataclass(frozen=True)
@@ -115,6 +120,68 @@ def guess_photos(
         for photo in batch:
             yield failures.get(photo.query_id) or next(guesses)
         on_progress(len(batch))
+
+
+def answers_table(answers: list[PhotoGuess | Unreadable]) -> pl.DataFrame:
+    """Answers as a table that keeps every detail: one JSON object per photo."""
+    records = [{"guess": asdict(answer)} if isinstance(answer, PhotoGuess) else {"unreadable": asdict(answer)}
+               for answer in answers]
+    return pl.DataFrame({"answer": [json.dumps(record) for record in records]}, schema={"answer": pl.Utf8})
+
+
+def answers_of(table: pl.DataFrame) -> list[PhotoGuess | Unreadable]:
+    """The answers `answers_table` holds, as they were (JSON keeps every float exactly)."""
+    answers: list[PhotoGuess | Unreadable] = []
+    for record in map(json.loads, table["answer"]):
+        if "unreadable" in record:
+            answers.append(Unreadable(**record["unreadable"]))
+            continue
+        guess = record["guess"]
+        answers.append(PhotoGuess(**{**guess, "candidates": [Alternative(**c) for c in guess["candidates"]]}))
+    return answers
+
+
+def photos_fingerprint(photos: list[Photo]) -> str:
+    """Which files a run answers: ids, paths, sizes and modification times."""
+    from geoloc.catalog.work import cache_key
+
+    stats = [(photo.query_id, photo.path.resolve(), photo.path.stat().st_size, photo.path.stat().st_mtime_ns)
+             if photo.path.exists() else (photo.query_id, photo.path) for photo in photos]
+    return cache_key(*stats)
+
+
+def guess_photos_resumable(
+    photos: list[Photo],
+    load_geoclip: Callable[[], GeoClip],
+    work: Path,
+    settings: dict,
+    top_k: int = 5,
+    batch_size: int = 16,
+    part_photos: int = PART_PHOTOS,
+    restart: bool = False,
+    on_start: Callable[[int], None] = lambda done: None,
+    on_progress: Callable[[int], None] = lambda done: None,
+) -> list[PhotoGuess | Unreadable]:
+    """Every photo's answer, in order, the parts a previous run with the same `settings` left in `work` reused.
+
+    `on_start(done)` says how many photos were answered already; GeoCLIP is loaded only if
+    any are left. The caller removes `work` once it has written its output.
+    """
+    from geoloc.catalog.work import Task, Workers, cache_paths, claim_work_folder, run_cached
+
+    claim_work_folder(work, {**settings, "photos": photos_fingerprint(photos), "top_k": top_k,
+                             "batch_size": batch_size, "part_photos": part_photos}, restart)
+    parts = [photos[start:start + part_photos] for start in range(0, len(photos), part_photos)]
+    loaded: list[GeoClip] = []
+
+    def guess_part(number: int) -> pl.DataFrame:
+        if not loaded:
+            loaded.append(load_geoclip())
+        return answers_table(list(guess_photos(parts[number], loaded[0], top_k, batch_size, on_progress)))
+
+    tasks = [Task(f"part-{number:05d}", guess_part, (number,)) for number in range(len(parts))]
+    on_start(sum(len(part) for part, path in zip(parts, cache_paths(tasks, work)) if path.is_file()))
+    return [answer for frame in run_cached(tasks, work, Workers(1), None) for answer in answers_of(frame)]
 
 
 def guess_images(loaded: list[LoadedPhoto], geoclip: GeoClip, top_k: int) -> list[PhotoGuess]:

@@ -14,27 +14,69 @@ DEFAULT_BACKBONE = "openai/clip-vit-large-patch14"
 BACKBONE_HELP = "CLIP ViT-L/14 for GeoCLIP: a hub id or a local folder with its files."
 
 
-def _guesses(photos_or_folders: list[Path], backbone: str, top_k: int, batch_size: int, device: str):
-    """Load GeoCLIP, then answer every photo; returns (guesses, unreadable)."""
+def _guesses(photos_or_folders: list[Path], backbone: str, top_k: int, batch_size: int, device: str,
+             out: Path | None = None, part_photos: int = 1000, restart: bool = False):
+    """Load GeoCLIP, then answer every photo; returns (guesses, unreadable).
+
+    With `out`, answers are kept in its work folder as they come (see guess_photos_resumable).
+    """
     from geoloc.candidates.geoclip import GeoClip
+    from geoloc.catalog.work import work_folder
     from geoloc.encode.backbone import load_backbone
     from geoloc.images import find_photos
-    from geoloc.predict import PhotoGuess, guess_photos
+    from geoloc.predict import PhotoGuess, guess_photos, guess_photos_resumable
 
     photos = find_photos(photos_or_folders)
     if not photos:
         raise FileNotFoundError("no photos found in " + ", ".join(map(str, photos_or_folders)))
-    with console.status("loading GeoCLIP", spinner="dots"):
-        geoclip = GeoClip(load_backbone(backbone, device=device))
-    guesses, unreadable = [], []
+
+    def load_geoclip() -> GeoClip:
+        with console.status("loading GeoCLIP", spinner="dots"):
+            return GeoClip(load_backbone(backbone, device=device))
+
     with progress_bar("locating") as progress:
         task = progress.add_task("photos", total=len(photos))
-        for answer in guess_photos(photos, geoclip, top_k=top_k, batch_size=batch_size,
-                                   on_progress=lambda n: progress.advance(task, n)):
-            (guesses if isinstance(answer, PhotoGuess) else unreadable).append(answer)
+
+        def advance(count: int) -> None:
+            progress.advance(task, count)
+
+        if out is None:
+            answers = list(guess_photos(photos, load_geoclip(), top_k=top_k, batch_size=batch_size,
+                                        on_progress=advance))
+        else:
+            answers = guess_photos_resumable(photos, load_geoclip, work_folder(out), _settings(backbone, device),
+                                             top_k, batch_size, part_photos, restart, _resuming(out, advance),
+                                             advance)
+    guesses = [answer for answer in answers if isinstance(answer, PhotoGuess)]
+    unreadable = [answer for answer in answers if not isinstance(answer, PhotoGuess)]
     for failure in unreadable:
         errors.print(f"[yellow]skipped[/] {failure.image}: {failure.reason}", highlight=False)
     return guesses, unreadable
+
+
+def _settings(backbone: str, device: str) -> dict:
+    """What else makes a guess: the model, the device kind, the code's versions."""
+    from importlib.metadata import version
+
+    import torch
+
+    from geoloc.catalog.work import model_identity
+
+    kind = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else torch.device(device).type
+    return {"backbone": model_identity(backbone), "device": kind,
+            "versions": {name: version(name) for name in ("geoloc", "geoclip", "torch", "transformers")}}
+
+
+def _resuming(out: Path, advance):
+    """`on_start` for a resumable run: the bar starts at what is done, and says so."""
+    from geoloc.catalog.work import work_folder
+
+    def on_start(done: int) -> None:
+        if done:
+            errors.print(f"resuming: {done} photo(s) already answered in {work_folder(out)}", highlight=False)
+            advance(done)
+
+    return on_start
 
 
 def predict_command(
@@ -52,8 +94,12 @@ def predict_command(
                                      "viewed."),
     batch_size: int = typer.Option(16, "--batch-size", min=1),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 ..."),
+    part_photos: int = typer.Option(1000, "--part-photos", min=1, help="With --out: photos per part kept in "
+                                    "OUT.parts/ as they finish, so a rerun answers only the missing ones."),
+    restart: bool = typer.Option(False, "--restart", help="With --out: discard the parts a previous run left."),
 ) -> None:
     """Where was each photo taken: best guess, place, alternatives and a confidence radius."""
+    from geoloc.catalog.work import remove_work_folder, work_folder
     from geoloc.encode.backbone import BackboneUnavailable
     from geoloc.evaluate import load_truth
     from geoloc.maps import map_html
@@ -64,11 +110,13 @@ def predict_command(
         if truth is not None:
             table = load_truth(truth)
             known = dict(zip(table["image_id"], zip(table["lat"], table["lon"])))
-        guesses, unreadable = _guesses(photos, backbone, top_k, batch_size, device)
+        guesses, unreadable = _guesses(photos, backbone, top_k, batch_size, device, out, part_photos, restart)
         if out is not None and out.suffix.lower() == ".geojson":
             write_text(out, json.dumps(predictions_geojson(guesses)))
         elif out is not None:
             write_table(predictions_table(guesses), out)
+        if out is not None:
+            remove_work_folder(work_folder(out))
         if map_file is not None:
             write_text(map_file, map_html(guesses, known, tiles))
     for guess in guesses:

@@ -59,8 +59,12 @@ def score_command(
                                     "re-encoded as JPEG, every photo sized by qwen-vl-utils).",
                                     rich_help_panel=GEORANKER),
     dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16.", rich_help_panel=GEORANKER),
-    device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda if any).",
-                                      rich_help_panel=GEORANKER),
+    device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda if any; "
+                                      "under a launcher, the process's own GPU).", rich_help_panel=GEORANKER),
+    part_queries: int = typer.Option(64, "--part-queries", min=1, help="Queries per part kept in OUT.parts/ as "
+                                     "they finish: a rerun scores only missing parts.", rich_help_panel=GEORANKER),
+    restart: bool = typer.Option(False, "--restart", help="Discard the parts a previous run left in OUT.parts/.",
+                                 rich_help_panel=GEORANKER),
     query_embeddings: Path | None = typer.Option(None, "--query-embeddings", help="Embeddings of the query photos"
                                                  ", image_id = query_id.", rich_help_panel=LIGHT),
     gallery_embeddings: Path | None = typer.Option(None, "--gallery-embeddings", help="Embeddings of "
@@ -77,6 +81,7 @@ def score_command(
     With a GeoRanker adapter the photos are read (--images, --gallery); with a light ranker
     folder their embeddings are (--query-embeddings, --gallery-embeddings, --text-embeddings).
     """
+    from geoloc.catalog.work import work_folder
     from geoloc.rank.light import is_light_ranker
     from geoloc.rank.model import ModelLoadError
     from geoloc.rank.ranking import score_file
@@ -87,14 +92,20 @@ def score_command(
         return
     if images is None:
         raise typer.BadParameter("--images is required to score with a GeoRanker adapter", param_hint="--images")
-    with clean_errors(TableError, ModelLoadError, ArchiveError, FileNotFoundError), \
+    with clean_errors(TableError, ModelLoadError, ArchiveError, FileNotFoundError, ValueError), \
             progress_callback("scoring queries") as progress:
         report = score_file(
             candidates, out, images=images, adapter=adapter, base=base, gallery=gallery, images_index=images_index,
             gallery_index=gallery_index, top=_parse_top(top),
             num_negatives=negatives, batch_size=batch_size, shared_prefix=not plain, dtype=dtype, device=device,
-            raw_photos=raw_photos, progress=progress,
+            raw_photos=raw_photos, part_queries=part_queries, restart=restart, progress=progress,
+            say=lambda line: errors.print(line, highlight=False),
         )
+    if not report.written:
+        left = (f"{report.pending_parts} part(s) still with other processes; the last to finish writes {out}"
+                if report.pending_parts else f"another process writes {out}")
+        console.print(f"this process's parts are done in {work_folder(out)}; {left}", highlight=False)
+        return
     console.print(f"{report.predicted} of {report.queries} queries predicted -> {out}")
     if report.unreadable_queries:
         shown = ", ".join(repr(query) for query, _ in report.unreadable_queries[:5])

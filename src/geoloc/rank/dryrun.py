@@ -181,3 +181,38 @@ def toy_query_group(rng, retrieval: int, zeroshot: int, photo_size: int | tuple[
         gallery_photos=[random_photo(rng, photo_size) for _ in range(retrieval)] + [None] * zeroshot,
         negatives=[place(True) for _ in range(negatives)],
     )
+
+
+def toy_scoring_run(folder: str | Path, queries: int, retrieval: int = 1, zeroshot: int = 1, photo_size: int = 56,
+                    size: TinySize = TinySize(), seed: int = 0) -> Path:
+    """Everything `geoloc ranker score` reads, in `folder`: base/ (a tiny model), adapter/ (LoRA and value head
+    drawn far from their initial values, so rewards differ), photos/ (q000.jpg ... with one gallery photo per
+    retrieval candidate) and candidates.parquet. Returns the folder."""
+    import numpy as np
+    import polars as pl
+    import torch
+
+    from geoloc.rank.model import LoraSettings, new_reward_model, save_adapter
+
+    folder = Path(folder)
+    base = build_tiny_qwen2_vl(folder / "base", size, seed)
+    torch.manual_seed(seed + 3)
+    model = new_reward_model(str(base), LoraSettings(rank=4, alpha=8))
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.requires_grad:
+                parameter.normal_(std=0.5)
+    save_adapter(model, folder / "adapter")
+    rng = np.random.default_rng(seed)
+    (folder / "photos").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for query in range(queries):
+        name = f"q{query:03d}.jpg"
+        random_photo(rng, photo_size).save(folder / "photos" / name)
+        for rank in range(retrieval):
+            random_photo(rng, photo_size).save(folder / "photos" / f"g{query:03d}-{rank}.jpg")
+            rows.append((name, "retrieval", rank, *rng.uniform(-80, 80, 2), "Paris France", f"g{query:03d}-{rank}.jpg"))
+        rows.extend((name, "zeroshot", rank, *rng.uniform(-80, 80, 2), "", None) for rank in range(zeroshot))
+    pl.DataFrame(rows, schema=["query_id", "source", "rank", "lat", "lon", "text", "ref_uri"],
+                 orient="row").write_parquet(folder / "candidates.parquet")
+    return folder

@@ -8,9 +8,11 @@ reported; a candidate whose gallery photo cannot be read is dropped and counted.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
@@ -20,10 +22,15 @@ from geoloc.rank.prompts import Place
 from geoloc.rank.scoring import QueryGroup, RewardScorer
 from geoloc.tables import TableError, as_float_column, read_table, write_table
 
+if TYPE_CHECKING:
+    from geoloc.catalog.work import Share
+
 DEFAULT_TOP = {"retrieval": 10, "zeroshot": 5}
 """GeoRanker's default: the 10 best retrieval candidates (with gallery photos) and 5 zero-shot ones."""
 REQUIRED_COLUMNS = ("query_id", "source", "rank", "lat", "lon")
 PREDICTION_COLUMNS = {"image_id": pl.Utf8, "lat": pl.Float64, "lon": pl.Float64, "score": pl.Float64}
+PART_QUERIES = 64
+"""Queries per part of a resumable run: what a kill can lose, and a few minutes of a 7B model on one GPU."""
 
 
 @dataclass
@@ -32,6 +39,10 @@ class RankingReport:
     predicted: int = 0
     unreadable_queries: list[tuple[str, str]] = field(default_factory=list)
     dropped_candidates: int = 0
+    written: bool = False
+    """Whether this process wrote the output: not when other processes' parts are still pending (or
+    another process wrote it)."""
+    pending_parts: int = 0
 
 
 def read_candidates(path: Path) -> pl.DataFrame:
@@ -70,6 +81,74 @@ def _places(frame: pl.DataFrame) -> list[Place]:
     return [Place(lat, lon, text) for lat, lon, text in zip(frame["lat"], frame["lon"], frame["text"])]
 
 
+QUERY_COLUMNS = {**PREDICTION_COLUMNS, "error": pl.Utf8, "dropped": pl.Int64}
+"""What scoring one query leaves (a row per query): its prediction (null where it has none), why its photo
+could not be read, how many of its candidates were dropped. A resumable run keeps these as its parts."""
+
+QueryCandidates = tuple[str, pl.DataFrame]
+"""One query's id and the candidates of it to score."""
+
+
+def query_candidates(scored: pl.DataFrame) -> list[QueryCandidates]:
+    """The candidates to score, one entry per query, in query_id order."""
+    return [(query_id, frame) for (query_id,), frame in
+            scored.partition_by("query_id", as_dict=True, maintain_order=True).items()]
+
+
+def score_queries(
+    queries: list[QueryCandidates],
+    negatives_by_query: Mapping[tuple[str], pl.DataFrame],
+    scorer: RewardScorer,
+    open_query: OpenImage,
+    open_gallery: OpenImage,
+    on_query: Callable[[], None] = lambda: None,
+) -> pl.DataFrame:
+    """A QUERY_COLUMNS row per query, in the given order; `on_query()` after each."""
+    rows: dict[str, list] = {name: [] for name in QUERY_COLUMNS}
+    for query_id, candidates in queries:
+        prediction, error, dropped = (None, None, None), None, 0
+        try:
+            query_photo = open_query(query_id)
+        except (OSError, ValueError) as problem:
+            query_photo, error = None, str(problem)
+        if query_photo is not None:
+            keep, photos = [], []
+            for uri in candidates["ref_uri"]:
+                try:
+                    photo = None if uri is None else open_gallery(uri)
+                except (OSError, ValueError):
+                    keep.append(False)
+                    continue
+                keep.append(True)
+                photos.append(photo)
+            dropped = keep.count(False)
+            candidates = candidates.filter(pl.Series(keep))
+            if candidates.height:
+                group = QueryGroup(
+                    query_photo=query_photo,
+                    candidates=_places(candidates),
+                    gallery_photos=photos,
+                    negatives=_places(negatives_by_query.get((query_id,), candidates.clear())),
+                )
+                rewards = scorer.rewards(group)
+                best = int(np.argmax(rewards))
+                prediction = (candidates["lat"][best], candidates["lon"][best], float(rewards[best]))
+        for name, value in zip(QUERY_COLUMNS, (query_id, *prediction, error, dropped)):
+            rows[name].append(value)
+        on_query()
+    return pl.DataFrame(rows, schema=QUERY_COLUMNS)
+
+
+def predictions_of(results: pl.DataFrame) -> tuple[pl.DataFrame, RankingReport]:
+    """The predictions in QUERY_COLUMNS rows and what had to be skipped."""
+    predictions = results.filter(pl.col("lat").is_not_null()).select(list(PREDICTION_COLUMNS))
+    unreadable = results.filter(pl.col("error").is_not_null())
+    report = RankingReport(queries=results.height, predicted=predictions.height,
+                           unreadable_queries=list(zip(unreadable["image_id"], unreadable["error"])),
+                           dropped_candidates=int(results["dropped"].sum()))
+    return predictions, report
+
+
 def rank_candidates(
     frame: pl.DataFrame,
     scorer: RewardScorer,
@@ -84,45 +163,37 @@ def rank_candidates(
     `progress(done, total)` is called after each query.
     """
     scored, negatives = select_candidates(frame, top, num_negatives)
-    total = scored["query_id"].n_unique()
+    queries = query_candidates(scored)
     negatives_by_query = negatives.partition_by("query_id", as_dict=True, include_key=False)
-    report = RankingReport()
-    rows: dict[str, list] = {name: [] for name in PREDICTION_COLUMNS}
-    for (query_id,), candidates in scored.partition_by("query_id", as_dict=True, maintain_order=True).items():
-        report.queries += 1
-        try:
-            query_photo = open_query(query_id)
-        except (OSError, ValueError) as error:
-            report.unreadable_queries.append((query_id, str(error)))
-            progress(report.queries, total)
-            continue
-        keep, photos = [], []
-        for uri in candidates["ref_uri"]:
-            try:
-                photo = None if uri is None else open_gallery(uri)
-            except (OSError, ValueError):
-                keep.append(False)
-                continue
-            keep.append(True)
-            photos.append(photo)
-        report.dropped_candidates += keep.count(False)
-        candidates = candidates.filter(pl.Series(keep))
-        if candidates.height:
-            group = QueryGroup(
-                query_photo=query_photo,
-                candidates=_places(candidates),
-                gallery_photos=photos,
-                negatives=_places(negatives_by_query.get((query_id,), candidates.clear())),
-            )
-            rewards = scorer.rewards(group)
-            best = int(np.argmax(rewards))
-            rows["image_id"].append(query_id)
-            rows["lat"].append(candidates["lat"][best])
-            rows["lon"].append(candidates["lon"][best])
-            rows["score"].append(float(rewards[best]))
-            report.predicted += 1
-        progress(report.queries, total)
-    return pl.DataFrame(rows, schema=PREDICTION_COLUMNS), report
+    done = iter(range(1, len(queries) + 1))
+    results = score_queries(queries, negatives_by_query, scorer, open_query, open_gallery,
+                            lambda: progress(next(done), len(queries)))
+    return predictions_of(results)
+
+
+def default_device(share: Share) -> str:
+    """The process's own GPU under a launcher (LOCAL_RANK, else its rank, modulo the GPUs), else the CPU."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return "cpu"
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', share.rank)) % torch.cuda.device_count()}"
+
+
+def _code_identity() -> dict:
+    """The versions and sources that make the prompts and the rewards: other code, other scores."""
+    from importlib.metadata import version
+
+    from geoloc.catalog.work import file_digest
+    from geoloc.rank import model, photos, prompts, scoring
+
+    modules = (model, photos, prompts, scoring)
+    return {"versions": {name: version(name) for name in ("geoloc", "torch", "transformers", "peft")},
+            "sources": {module.__name__: file_digest(Path(module.__file__)) for module in modules}}
+
+
+def _where(path: Path | None) -> str | None:
+    return None if path is None else str(path.resolve())
 
 
 def ranking_photos(
@@ -158,7 +229,11 @@ def score_file(
     dtype: str = "float32",
     device: str | None = None,
     raw_photos: bool = False,
+    part_queries: int = PART_QUERIES,
+    restart: bool = False,
+    share: Share | None = None,
     progress: Callable[[int, int], None] = lambda done, total: None,
+    say: Callable[[str], None] = lambda line: None,
 ) -> RankingReport:
     """`geoloc ranker score`: load the reward model, rank every query's candidates, write predictions atomically.
 
@@ -166,19 +241,89 @@ def score_file(
     to images), each a folder or a tar with its offset index (see `StorePhotos`); the base
     model defaults to the one the adapter records. Photos are prepared as GeoRanker's
     evaluate.py prepares them (see geoloc.rank.photos) unless `raw_photos`.
+
+    Resumable: every `part_queries` queries (in query_id order) are kept as a part in
+    `work_folder(out)` with the settings that made them, so a rerun scores only the
+    missing parts and refuses parts made with other settings (`restart` discards them).
+    `share` (default: from RANK / WORLD_SIZE) scores every world-th part only; the process
+    that finds every part done writes `out` and removes the folder.
     """
     import torch
 
+    from geoloc.catalog.work import (
+        ResumeError,
+        Share,
+        Task,
+        Workers,
+        cache_paths,
+        claim_work_folder,
+        file_digest,
+        model_identity,
+        remove_work_folder,
+        run_cached,
+        work_folder,
+    )
     from geoloc.rank.model import ModelLoadError, adapter_base, load_processor, load_reward_model
 
+    share = share or Share.from_env()
     frame = read_candidates(candidates_path)
     base = base or adapter_base(adapter)
     if not base:
         raise ModelLoadError(f"{adapter}: the adapter does not record its base model; pass --base")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_reward_model(base, adapter, dtype=getattr(torch, dtype)).to(device)
-    scorer = RewardScorer(model, load_processor(base), batch_size=batch_size, shared_prefix=shared_prefix)
+    device = device or default_device(share)
+    work = work_folder(out)
+    if restart and share.world > 1:
+        raise ResumeError(f"--restart under a launcher would discard other processes' parts: delete {work} "
+                          "first, or restart from a single process")
+    settings = {
+        "candidates": file_digest(candidates_path), "images": _where(images), "images_index": _where(images_index),
+        "gallery": _where(gallery), "gallery_index": _where(gallery_index), "adapter": model_identity(adapter),
+        "base": model_identity(base), "top": dict(sorted(top.items())), "negatives": num_negatives,
+        "batch_size": batch_size, "shared_prefix": shared_prefix, "raw_photos": raw_photos, "dtype": dtype,
+        "device": torch.device(device).type, "part_queries": part_queries, "code": _code_identity(),
+    }
+    claim_work_folder(work, settings, restart)
+
+    scored, negatives = select_candidates(frame, top, num_negatives)
+    queries = query_candidates(scored)
+    negatives_by_query = negatives.partition_by("query_id", as_dict=True, include_key=False)
+    parts = [queries[start:start + part_queries] for start in range(0, len(queries), part_queries)]
+    loaded: list[RewardScorer] = []  # on first need: a run with nothing left to score loads no model
     query_photos, gallery_photos = ranking_photos(images, images_index, gallery, gallery_index, raw_photos)
-    predictions, report = rank_candidates(frame, scorer, query_photos, gallery_photos, top, num_negatives, progress)
+
+    def score_part(number: int) -> pl.DataFrame:
+        if not loaded:
+            model = load_reward_model(base, adapter, dtype=getattr(torch, dtype)).to(device)
+            loaded.append(RewardScorer(model, load_processor(base), batch_size=batch_size,
+                                       shared_prefix=shared_prefix))
+
+        def on_query() -> None:
+            nonlocal done
+            done += 1
+            progress(done, total)
+
+        return score_queries(parts[number], negatives_by_query, loaded[0], query_photos, gallery_photos, on_query)
+
+    tasks = [Task(f"part-{number:05d}", score_part, (number,)) for number in range(len(parts))]
+    paths = cache_paths(tasks, work)
+    mine = [number for number in range(len(parts)) if share.takes(number)]
+    total = sum(len(parts[number]) for number in mine)
+    done = sum(len(parts[number]) for number in mine if paths[number].is_file())
+    if done:
+        say(f"resuming: {done} of {total} queries already scored in {work}")
+    progress(done, total)
+    frames = run_cached(tasks, work, Workers(1), None, share)
+    if len(frames) < len(tasks):  # other processes' parts: written meanwhile, or not yet
+        pending = sum(not path.is_file() for path in paths)
+        if pending:
+            return RankingReport(pending_parts=pending)
+        try:
+            frames = [pl.read_parquet(path) for path in paths]
+        except FileNotFoundError:  # another process found them all done too, and has written `out`
+            return RankingReport()
+    predictions, report = predictions_of(pl.concat(frames) if frames else pl.DataFrame(schema=QUERY_COLUMNS))
     write_table(predictions, out)
+    remove_work_folder(work)
+    report.written = True
     return report
+
