@@ -21,9 +21,11 @@ def serve_command(
     top_k: int = typer.Option(5, "--top-k", min=1),
     max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", min=0.1),
     max_pixels: int = typer.Option(50_000_000, "--max-pixels", min=1),
-    max_queue: int = typer.Option(8, "--max-queue", min=1, help="Photos admitted at once; beyond, 503."),
+    max_queue: int = typer.Option(8, "--max-queue", min=1, help="Received photos waiting for the model at once; "
+                                  "beyond, 503."),
+    max_uploads: int = typer.Option(32, "--max-uploads", min=1, help="Uploads being received at once; beyond, 503."),
     upload_timeout: float = typer.Option(30.0, "--upload-timeout", min=0.1, help="Seconds an upload may take "
-                                         "to arrive whole; beyond, 408 and its place in the queue is freed."),
+                                         "to arrive whole; beyond, 408 and its upload slot is freed."),
     tiles: str = typer.Option("https://tile.openstreetmap.org/{z}/{x}/{y}.png", "--tiles",
                               help="Tile URL template for the page's map, or 'none' for the bundled outline only "
                               "(tile servers see which areas are viewed)."),
@@ -39,7 +41,8 @@ def serve_command(
                      "could use it. Set GEOLOC_TOKEN (or --token), or pass --insecure if you mean it.")
         raise typer.Exit(code=2)
     settings = ServeSettings(max_upload_bytes=int(max_upload_mb * 2**20), max_pixels=max_pixels,
-                             max_queue=max_queue, upload_timeout_s=upload_timeout, token=token or None,
+                             max_queue=max_queue, max_uploads=max_uploads, upload_timeout_s=upload_timeout,
+                             token=token or None,
                              tiles=None if tiles.lower() == "none" else tiles)
 
     def load_guesser():

@@ -3,8 +3,9 @@
 Built to stay up: the model loads once, in the background (`/api/health` says 503
 until it is ready); decoding, EXIF reading and inference run off the event loop
 (inference one photo at a time), behind a bounded queue that answers 503 with
-Retry-After when full; an upload not complete within its time limit gets 408 and frees
-its place, so stalled clients hold the queue for that long at most; uploads are capped
+Retry-After when full. Uploads arrive in slots of their own, before the queue: one not
+complete within its time limit gets 408 and frees its slot, and a stalled client never
+holds a place in the inference queue, so it keeps no good photo waiting; uploads are capped
 in bytes (413) and in pixels (decompression bombs get 413 before any pixel is decoded);
 anything that is not a decodable image gets 422 with a readable message. Photos stay in
 memory (the multipart parser is told never to spool them to disk) and no log line
@@ -42,6 +43,9 @@ class ServeSettings:
     max_upload_bytes: int = 20 * 2**20
     max_pixels: int = 50_000_000
     max_queue: int = 8
+    """Received photos waiting for, or in, inference; beyond, 503."""
+    max_uploads: int = 32
+    """Uploads being received at once (each bounded by upload_timeout_s and max_upload_bytes); beyond, 503."""
     retry_after_s: int = 5
     upload_timeout_s: float = 30.0
     """Seconds from the request's headers to the last byte of its photo; beyond, 408."""
@@ -75,25 +79,30 @@ class _InMemoryParser(MultiPartParser):
         self.spool_max_size = spool_bytes
 
 
-class _InferenceQueue:
-    """One inference at a time in a worker thread; at most `capacity` requests admitted at once.
-
-    A request is admitted before its upload is read, so a flood is refused cheaply.
-    """
+class _Slots:
+    """At most `capacity` holders at once; beyond, refused at once rather than waited for, so a flood
+    is turned away cheaply."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self.admitted = 0
-        self.limiter = anyio.CapacityLimiter(1)
+        self.taken = 0
 
     @contextmanager
     def admission(self) -> Iterator[bool]:
-        admitted = self.admitted < self.capacity
-        self.admitted += admitted
+        admitted = self.taken < self.capacity
+        self.taken += admitted
         try:
             yield admitted
         finally:
-            self.admitted -= admitted
+            self.taken -= admitted
+
+
+class _InferenceQueue(_Slots):
+    """One inference at a time in a worker thread; at most `capacity` received photos admitted at once."""
+
+    def __init__(self, capacity: int) -> None:
+        super().__init__(capacity)
+        self.limiter = anyio.CapacityLimiter(1)
 
     async def run(self, function, *args):
         return await anyio.to_thread.run_sync(function, *args, limiter=self.limiter)
@@ -150,6 +159,7 @@ def create_app(load_guesser: Callable[[], Guesser], settings: ServeSettings | No
     settings = settings or ServeSettings()
     state: dict[str, Guesser | str | None] = {"guesser": None, "failure": None}
     queue = _InferenceQueue(settings.max_queue)
+    uploads = _Slots(settings.max_uploads)
 
     async def load() -> None:
         try:
@@ -203,9 +213,9 @@ def create_app(load_guesser: Callable[[], Guesser], settings: ServeSettings | No
         guesser = state["guesser"]
         if guesser is None:
             return _problem(503, "the model is not ready yet", {"Retry-After": str(settings.retry_after_s)})
-        with queue.admission() as admitted:
-            if not admitted:
-                return _dropped(503, "busy: too many photos waiting; try again shortly",
+        with uploads.admission() as receiving:
+            if not receiving:
+                return _dropped(503, "busy: too many uploads arriving; try again shortly",
                                 {"Retry-After": str(settings.retry_after_s)})
             try:
                 with anyio.fail_after(settings.upload_timeout_s):
@@ -216,6 +226,10 @@ def create_app(load_guesser: Callable[[], Guesser], settings: ServeSettings | No
                 return _dropped(413, f"the upload is larger than {settings.max_upload_bytes / 2**20:g} MB")
             except MultiPartException as error:
                 return _problem(400, f"not a photo upload: {error.message}")
+        with queue.admission() as admitted:
+            if not admitted:
+                return _problem(503, "busy: too many photos waiting; try again shortly",
+                                {"Retry-After": str(settings.retry_after_s)})
             try:
                 image, exif = await anyio.to_thread.run_sync(_decode_upload, photo, settings.max_pixels)
             except Image.DecompressionBombError as error:
