@@ -41,7 +41,22 @@ def great_circle_km(
     sphere): unlike acos it keeps its digits for nearly identical points, and unlike
     the haversine formula it keeps them for nearly antipodal ones.
     """
-    lat1, lon1, lat2, lon2 = (np.radians(a) for a in _as_float_arrays(lat1, lon1, lat2, lon2))
+    arrays = _as_float_arrays(lat1, lon1, lat2, lon2)
+    if arrays[0].size <= _BLOCK_ROWS:
+        return _great_circle_block(*arrays)
+    # Block by block, so the dozen temporaries stay in cache: about twice as fast on millions of rows.
+    flat = [array.ravel() for array in arrays]
+    out = np.empty(flat[0].size, dtype=np.float64)
+    for start in range(0, out.size, _BLOCK_ROWS):
+        out[start:start + _BLOCK_ROWS] = _great_circle_block(*(array[start:start + _BLOCK_ROWS] for array in flat))
+    return out.reshape(arrays[0].shape)
+
+
+_BLOCK_ROWS = 1 << 17
+
+
+def _great_circle_block(lat1: NDArray, lon1: NDArray, lat2: NDArray, lon2: NDArray) -> NDArray[np.float64]:
+    lat1, lon1, lat2, lon2 = (np.radians(a) for a in (lat1, lon1, lat2, lon2))
     sin_lat1, cos_lat1 = np.sin(lat1), np.cos(lat1)
     sin_lat2, cos_lat2 = np.sin(lat2), np.cos(lat2)
     dlon = lon2 - lon1
