@@ -151,3 +151,14 @@ def test_zeroshot_tables_of_several_runs_rank_as_one_source_by_rag_then_sample(i
     assert summary.zeroshot_unusable == 1
     with pytest.raises(TableError, match=r"share a \(query, rag, sample\).*given twice"):
         compile_candidates(zeroshot_tables=[rag, plain, rag])
+
+
+def test_report_radius_rule_below_by_default_at_most_with_inclusive(inputs, monkeypatch):
+    import geoloc.candidates.report as report_module
+
+    truth_path, g3, _, _ = inputs
+    table, _ = compile_candidates(g3=g3)
+    monkeypatch.setattr(report_module, "distance_km", lambda *args, **kwargs: np.full(len(args[0]), 25.0))
+    below = candidate_report(table, load_truth(truth_path))
+    at_most = candidate_report(table, load_truth(truth_path), inclusive=True)
+    assert set(below["acc_25km"]) == {0.0} and set(at_most["acc_25km"]) == {1.0}

@@ -28,7 +28,7 @@ def _distances_per_query(truth: pl.DataFrame, per_query: pl.DataFrame, column: s
 
 
 def candidate_report(
-    candidates: pl.DataFrame, truth: pl.DataFrame, method: DistanceMethod = "great-circle"
+    candidates: pl.DataFrame, truth: pl.DataFrame, method: DistanceMethod = "great-circle", inclusive: bool = False
 ) -> pl.DataFrame:
     """One row per source (then the union) and pick ('first' or 'best') with the benchmark figures.
 
@@ -57,7 +57,7 @@ def candidate_report(
             pl.len().alias("candidates"),
         )
         for pick in ("first", "best"):
-            metrics = metrics_from_distances(_distances_per_query(truth, per_query, pick))
+            metrics = metrics_from_distances(_distances_per_query(truth, per_query, pick), inclusive=inclusive)
             del metrics["unknown"]
             report.append({"source": source, "pick": pick, "candidates_per_photo": per_query["candidates"].mean(),
                            **metrics})

@@ -169,6 +169,8 @@ def report_command(
     candidates: Path = typer.Argument(..., help="Candidates table."),
     truth: Path = typer.Option(..., "--truth", help="Benchmark metadata (IMG_ID, LAT, LON) or image_id, lat, lon."),
     distance: Distance = typer.Option(Distance.great_circle, "--distance"),
+    inclusive: bool = typer.Option(False, "--inclusive", help="Count a photo at a radius when its error is at most "
+                                   "the radius (<=, GeoCLIP's rule) rather than below it (<)."),
 ) -> None:
     """Accuracy per source if the first candidate were taken, and if the best one were (the ceiling)."""
     from geoloc.candidates import conform_candidates
@@ -178,8 +180,9 @@ def report_command(
 
     with clean_errors(TableError):
         table = conform_candidates(read_table(candidates), candidates)
-        report = candidate_report(table, load_truth(truth), method=distance.value)
-    view = Table(title=f"Candidates against the truth ({distance.value} distance)")
+        report = candidate_report(table, load_truth(truth), method=distance.value, inclusive=inclusive)
+    rule = "<=" if inclusive else "<"
+    view = Table(title=f"Candidates against the truth ({distance.value} distance, error {rule} radius)")
     for column in ("source", "pick", "per photo", "no candidate"):
         view.add_column(column, justify="left" if column in ("source", "pick") else "right")
     accuracy_columns(view)
