@@ -73,9 +73,11 @@ class IndexPlan:
         return min(self.rows, max(self.nlist * 64, 10_000)) if self.nlist else 0
 
     def peak_bytes(self) -> int:
-        """The build's expected peak: the index plus the larger of the training sample and one part at work."""
+        """The build's expected peak: the index, each row's list (IVF kinds), and the larger of the training
+        sample and one part at work."""
         batch = max(self.sample_rows(), min(self.part_rows or self.rows, self.rows))
-        return self.memory_bytes() + WORKING_COPIES * batch * self.dim * 4
+        assignments = self.rows * 8 if self.nlist else 0
+        return self.memory_bytes() + assignments + WORKING_COPIES * batch * self.dim * 4
 
 
 def plan_index(
@@ -165,8 +167,8 @@ Batches = Callable[[], Iterable[np.ndarray]]
 def build_streamed(batches: Batches, plan: IndexPlan, seed: int = 0):
     """Build and fill the planned index from batches of vectors, holding one batch (or the sample) at a time.
 
-    Trained kinds read the batches twice: once for a random sample of rows to train on,
-    once to add every row in order.
+    Trained kinds read the batches three times: for a random sample of rows to train on, to
+    assign every row to its list, and to add every row in order.
     """
     import faiss
 
@@ -182,6 +184,8 @@ def build_streamed(batches: Batches, plan: IndexPlan, seed: int = 0):
             vectors[start * plan.dim:(start + len(batch)) * plan.dim] = np.asarray(batch, np.float32).ravel()
             start += len(batch)
         index.ntotal = start
+    elif plan.nlist:
+        start = _add_to_sized_lists(index, batches)
     else:
         start = 0
         for batch in batches():
@@ -190,6 +194,32 @@ def build_streamed(batches: Batches, plan: IndexPlan, seed: int = 0):
     if start != plan.rows:
         raise ValueError(f"the plan is for {plan.rows} rows, the batches held {start}")
     return index
+
+
+def _add_to_sized_lists(index, batches: Batches) -> int:
+    """Add every batch to the IVF lists, each list allocated once at its final length; returns the rows added.
+
+    Lists grown batch by batch double as they fill: a list holds up to twice its rows while it
+    grows, and the copies it outgrew seldom go back to the OS (2 M x 768 peaked 2.8 GB above
+    the index). So a first pass assigns each row to its list (the assignments are kept, 8 bytes
+    a row), the lists are sized, and a second pass adds the rows with those assignments: the
+    same lists, ids and codes as adding the batches one by one.
+    """
+    import faiss
+
+    assigned = [index.quantizer.assign(np.ascontiguousarray(batch, dtype=np.float32), 1).ravel()
+                for batch in batches()]
+    counts = np.bincount(np.concatenate(assigned) if assigned else np.empty(0, np.int64), minlength=index.nlist)
+    lists = faiss.downcast_InvertedLists(index.invlists)
+    for list_no, count in enumerate(counts.tolist()):
+        lists.resize(list_no, count)  # allocates the list; emptied again, it keeps that room
+        lists.resize(list_no, 0)
+    start = 0
+    for batch, lists_of_rows in zip(batches(), assigned):
+        vectors = np.ascontiguousarray(batch, dtype=np.float32)
+        index.add_core(len(vectors), faiss.swig_ptr(vectors), None, faiss.swig_ptr(lists_of_rows))
+        start += len(vectors)
+    return start
 
 
 def _take_rows(batches: Iterable[np.ndarray], rows: np.ndarray, dim: int) -> np.ndarray:
