@@ -94,8 +94,8 @@ def test_a_small_memory_limit_picks_a_compressed_index_that_still_finds_neighbou
     monkeypatch.setattr("geoloc.index.resident_bytes", lambda: 0)  # the test process's own size is not the build's
     vectors = clustered(100_000, 32)
     embeddings, catalog, _ = write_gallery(tmp_path, vectors, chunk_rows=5000)
-    stdout = build(embeddings, catalog, tmp_path / "index", "--max-memory", "17MB", "--nprobe", "32")
-    assert stdout.startswith("ivfsq index over 100,000 photos") and "(limit 17 MiB)" in stdout
+    stdout = build(embeddings, catalog, tmp_path / "index", "--max-memory", "16MB", "--nlist", "64", "--nprobe", "32")
+    assert stdout.startswith("ivfsq index over 100,000 photos") and "(limit 16 MiB)" in stdout
     gallery = GalleryIndex.load(tmp_path / "index")
     assert gallery.info["kind"] == "ivfsq"
     queries = vectors[:300] + 0.05 * np.random.default_rng(2).standard_normal((300, 32)).astype(np.float32)
