@@ -101,7 +101,7 @@ def test_index_plans_and_their_memory():
     small = plan_index(50_000, 768)
     assert small.kind == "flat" and small.memory_bytes() == 50_000 * 768 * 4
     large = plan_index(4_700_000, 768)
-    assert large.kind == "ivf" and large.nlist == 2048 and large.nprobe == 32
+    assert large.kind == "ivf" and large.nlist == 8192 and large.nprobe == 32  # about 4 sqrt(N), 1/256 probed
     assert large.memory_bytes() > 4_700_000 * 768 * 4
     assert plan_index(4_700_000, 768, "ivfpq").memory_bytes() < 4_700_000 * 120
     with pytest.raises(ValueError, match="unknown index kind"):

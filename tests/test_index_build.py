@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from geoloc.cli import app
 from geoloc.embeddings import embeddings_meta, read_embeddings, write_part
-from geoloc.index import GalleryIndex, build_faiss_index, parse_bytes, plan_index
+from geoloc.index import GalleryIndex, build_faiss_index, build_streamed, parse_bytes, plan_index
 
 
 def clustered(rows: int, dim: int, seed: int = 0) -> np.ndarray:
@@ -70,11 +70,31 @@ def test_streamed_build_equals_an_in_memory_build(tmp_path, kind):
                                       in_memory_vectors.ravel())
 
 
+@pytest.mark.parametrize("kind", ["ivf", "ivfsq", "ivfpq"])
+def test_lists_sized_before_adding_hold_what_adding_part_by_part_holds(kind):
+    vectors = clustered(3000, 32)
+    parts = [vectors[start:start + 700] for start in range(0, len(vectors), 700)]
+    built = build_streamed(lambda: iter(parts), plan_index(len(vectors), 32, kind))
+    by_parts = faiss.clone_index(built)  # the same training, emptied, then filled by FAISS's own add
+    by_parts.reset()
+    for part in parts:
+        by_parts.add(part)
+    assert built.ntotal == by_parts.ntotal == len(vectors)
+    lists, expected = built.invlists, by_parts.invlists
+    for list_no in range(built.nlist):
+        size = lists.list_size(list_no)
+        assert size == expected.list_size(list_no)
+        np.testing.assert_array_equal(faiss.rev_swig_ptr(lists.get_ids(list_no), size),
+                                      faiss.rev_swig_ptr(expected.get_ids(list_no), size))
+        np.testing.assert_array_equal(faiss.rev_swig_ptr(lists.get_codes(list_no), size * lists.code_size),
+                                      faiss.rev_swig_ptr(expected.get_codes(list_no), size * lists.code_size))
+
+
 def test_a_small_memory_limit_picks_a_compressed_index_that_still_finds_neighbours(tmp_path, monkeypatch):
     monkeypatch.setattr("geoloc.index.resident_bytes", lambda: 0)  # the test process's own size is not the build's
     vectors = clustered(100_000, 32)
     embeddings, catalog, _ = write_gallery(tmp_path, vectors, chunk_rows=5000)
-    stdout = build(embeddings, catalog, tmp_path / "index", "--max-memory", "16MB", "--nprobe", "32")
+    stdout = build(embeddings, catalog, tmp_path / "index", "--max-memory", "16MB", "--nlist", "64", "--nprobe", "32")
     assert stdout.startswith("ivfsq index over 100,000 photos") and "(limit 16 MiB)" in stdout
     gallery = GalleryIndex.load(tmp_path / "index")
     assert gallery.info["kind"] == "ivfsq"

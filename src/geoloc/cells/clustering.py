@@ -17,8 +17,6 @@ from scipy.spatial import cKDTree
 
 from geoloc.geo import to_unit_vectors
 
-from .hdbscan_weighted import weighted_hdbscan
-
 NOISE = -1
 
 
@@ -61,6 +59,8 @@ def hdbscan_distinct(
     unit_vectors: NDArray[np.float64], photos: NDArray[np.int64], min_cluster_size: int, min_samples: int
 ) -> NDArray[np.int64]:
     """HDBSCAN labels of distinct coordinates as if each photo were its own point (ids 0..N-1, noise -1)."""
+    from .hdbscan_weighted import weighted_hdbscan  # numba and its kd-tree (235 MB resident): only when clustering
+
     return compact_labels(weighted_hdbscan(unit_vectors, photos, min_cluster_size, min_samples))
 
 

@@ -84,7 +84,8 @@ def build_command(
     kind: str = typer.Option("auto", "--kind", help="auto (exact up to 200K photos, else IVF; compressed when that "
                              "does not fit --max-memory), flat, ivf, hnsw, ivfsq (8-bit vectors, 4x smaller), "
                              "ivfpq (least memory, lower recall)."),
-    nlist: int | None = typer.Option(None, "--nlist", min=1, help="IVF lists (default about sqrt(photos))."),
+    nlist: int | None = typer.Option(None, "--nlist", min=1, help="IVF lists (default about 4 sqrt(photos), "
+                                     "1/256 of them probed)."),
     nprobe: int | None = typer.Option(None, "--nprobe", min=1, help="IVF lists searched per query."),
     max_memory: str | None = typer.Option(None, "--max-memory", help="Memory the build may use (32GB, 512MB); "
                                           "default: what this machine has available now."),
