@@ -22,12 +22,12 @@ from pathlib import Path
 import polars as pl
 
 from geoloc.candidates import CANDIDATE_SCHEMA
+from geoloc.places import GALLERY_PLACE_COLUMNS, place_text
 from geoloc.tables import TableError, read_table
 
 LIST_COLUMNS = ("candidate_gps_lis", "candidate_text_lis", "candidate_img_lis", "zs_gps_lis")
 PLACE_FIELDS = ("neighbourhood", "city", "county", "state", "region", "country")
-PROMPT_FIELDS = (1, 3, 5)
-"""city, state, country: the fields GeoRanker's evaluate.py names, in that order."""
+"""The six fields of a `candidate_text_lis` entry; the prompt names GALLERY_PLACE_COLUMNS of them."""
 FAILED_ANSWER = (0.0, 0.0)
 
 
@@ -59,11 +59,6 @@ def _coordinates(values: list, column: str, query: str, path: Path) -> list[tupl
     return pairs
 
 
-def prompt_text(fields: list | tuple) -> str:
-    """The place text GeoRanker's prompt writes for six MP16-Pro place fields."""
-    return " ".join(str(fields[index]) for index in PROMPT_FIELDS if fields[index])
-
-
 def read_georanker_candidates(path: Path, drop_failed_zeroshot: bool = False) -> GeoRankerCandidates:
     """The retrieval and zero-shot candidates of GeoRanker's compiled file, in its list orders.
 
@@ -74,11 +69,12 @@ def read_georanker_candidates(path: Path, drop_failed_zeroshot: bool = False) ->
     missing = [column for column in ("IMG_ID", *LIST_COLUMNS) if column not in frame.columns]
     if missing:
         raise TableError(f"{path}: not a GeoRanker candidate file: missing column(s) {', '.join(missing)}")
-    columns: dict[str, list] = {name: [] for name in CANDIDATE_SCHEMA}
+    names = [name for name in CANDIDATE_SCHEMA if name != "text"]
+    columns: dict[str, list] = {name: [] for name in (*names, *PLACE_FIELDS)}
     failed = 0
 
-    def add(query: str, source: str, rank: int, lat: float, lon: float, text: str | None, ref: str | None) -> None:
-        for name, value in zip(CANDIDATE_SCHEMA, (query, source, rank, lat, lon, None, text, ref), strict=True):
+    def add(query: str, source: str, rank: int, lat: float, lon: float, ref: str | None, fields: tuple) -> None:
+        for name, value in zip(columns, (query, source, rank, lat, lon, None, ref, *fields), strict=True):
             columns[name].append(value)
 
     # A benchmark has a few thousand rows: parsing the literals one cell at a time is the job.
@@ -94,12 +90,17 @@ def read_georanker_candidates(path: Path, drop_failed_zeroshot: bool = False) ->
             if not isinstance(fields, list | tuple) or len(fields) != len(PLACE_FIELDS):
                 raise TableError(f"{path}: a candidate_text_lis entry of {query!r} is {fields!r}; expected the "
                                  f"{len(PLACE_FIELDS)} fields {', '.join(PLACE_FIELDS)}")
-            add(query, "retrieval", rank, lat, lon, prompt_text(fields), str(image))
+            add(query, "retrieval", rank, lat, lon, str(image), tuple(str(field) for field in fields))
         for rank, answer in enumerate(_coordinates(_literal(answers, "zs_gps_lis", query, path), "zs_gps_lis",
                                                    query, path)):
             failed += answer == FAILED_ANSWER
             if answer == FAILED_ANSWER and drop_failed_zeroshot:
                 continue
-            add(query, "zeroshot", rank, *answer, None, None)
-    table = pl.DataFrame(columns, schema=CANDIDATE_SCHEMA)
+            add(query, "zeroshot", rank, *answer, None, (None,) * len(PLACE_FIELDS))
+    # The text by the one rule for gallery photos (geoloc.places.place_text); "" where it names nothing,
+    # so that compile does not reverse-geocode what GeoRanker left nameless.
+    text = pl.when(pl.col("source") == "retrieval").then(place_text(list(GALLERY_PLACE_COLUMNS)).fill_null(""))
+    table = pl.DataFrame(columns, schema={**{n: CANDIDATE_SCHEMA[n] for n in names},
+                                          **dict.fromkeys(PLACE_FIELDS, pl.Utf8)})
+    table = table.with_columns(text.alias("text")).select(list(CANDIDATE_SCHEMA))
     return GeoRankerCandidates(table=table, failed_zeroshot=failed, dropped_failed_zeroshot=drop_failed_zeroshot)
