@@ -80,10 +80,9 @@ def published_files(tmp_path_factory):
 
 def georanker_messages(root) -> tuple[list, list]:
     """evaluate.py's messages for every query of the file, and the candidate coordinates behind them."""
-    with open(root / "tar_index.pkl", "rb") as handle:
-        tar_index = pickle.load(handle)  # made by this test, one line above: trusted
     messages, coordinates = [], []
     with open(root / "im2gps3k.csv", newline="") as handle, tarfile.open(root / "mp-16-images.tar") as archive:
+        tar_index = {member.name[len("mp16/"):]: member for member in archive.getmembers()}  # tar_index.pkl's map
         for row in csv.DictReader(handle):
             gps, texts = ast.literal_eval(row["candidate_gps_lis"]), ast.literal_eval(row["candidate_text_lis"])
             images, answers = ast.literal_eval(row["candidate_img_lis"]), ast.literal_eval(row["zs_gps_lis"])

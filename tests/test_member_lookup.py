@@ -72,8 +72,6 @@ def test_workers_map_the_cache_instead_of_holding_a_dict(dataset):
     assert all(isinstance(getattr(store.members, name).base, np.memmap) for name in ("hash", "offset", "length"))
     sent = pickle.dumps(store)
     assert len(sent) < 1000 and b"mp16/0/0.jpg" not in sent  # the folder's path travels, not the members
-    received = pickle.loads(sent)
-    assert isinstance(received.members.hash.base, np.memmap)
     uri = "images.tar#mp16/1/4.jpg"
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         kind, data = pool.apply(_read_in_worker, (store, uri))
