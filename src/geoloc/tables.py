@@ -89,7 +89,12 @@ def replace_durably(path: Path, write: Callable[[Path], None]) -> None:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
-    _fsync(path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    sync_directory(path.parent)
+
+
+def sync_directory(folder: Path) -> None:
+    """Flush a folder's entries (renames into it, files created in it) to disk."""
+    _fsync(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
 
 
 def _fsync(path: Path, flags: int) -> None:

@@ -26,7 +26,7 @@ import numpy as np
 import polars as pl
 
 from geoloc.places import GALLERY_PLACE_COLUMNS, fill_place_texts, place_text
-from geoloc.tables import write_table
+from geoloc.tables import replace_durably, sync_directory, write_table, write_text
 
 INDEX_KINDS = ("auto", "flat", "ivf", "hnsw", "ivfsq", "ivfpq")
 EXACT_UP_TO = 200_000
@@ -293,13 +293,14 @@ def save_gallery_index(index, gallery: pl.DataFrame, plan: IndexPlan, folder: Pa
     partial.mkdir()
     try:
         write_table(gallery.select(GALLERY_COLUMNS), partial / "gallery.parquet")
-        faiss.write_index(index, str(partial / "faiss.index"))
+        replace_durably(partial / "faiss.index", lambda temporary: faiss.write_index(index, str(temporary)))
         info = {**asdict(plan), "backbone": backbone, "metric": "inner_product"}
-        (partial / "index.json").write_text(json.dumps(info, indent=2))
+        write_text(partial / "index.json", json.dumps(info, indent=2))
         previous = folder.parent / f".{folder.name}.{os.getpid()}.old"
         if folder.exists():
             os.replace(folder, previous)
         os.replace(partial, folder)
+        sync_directory(folder.parent)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
