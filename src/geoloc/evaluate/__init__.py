@@ -238,15 +238,20 @@ def _join_predictions(truth: pl.DataFrame, predictions: pl.DataFrame) -> tuple[p
     return joined, by_id.join(truth.select("image_id"), on="image_id", how="anti")["image_id"]
 
 
+def with_area_labels(truth: pl.DataFrame) -> pl.DataFrame:
+    """The truth with a label column per area: its own where the file has them, else OSV-5M's rule."""
+    missing = [area for area in AREAS if area not in truth.columns]
+    if not missing:
+        return truth
+    computed = area_labels(truth["lat"].to_numpy(), truth["lon"].to_numpy()).select(missing)
+    return pl.concat([truth, computed], how="horizontal")
+
+
 def _area_figures(joined: pl.DataFrame, areas: bool) -> dict[str, float | None]:
     """acc_<area> of truth rows joined with pred_lat / pred_lon (null where no prediction)."""
     if not areas:
         return {f"acc_{area}": None for area in AREAS}
-    missing = [area for area in AREAS if area not in joined.columns]
-    truth_labels = joined.select(area for area in AREAS if area in joined.columns)
-    if missing:
-        computed = area_labels(joined["lat"].to_numpy(), joined["lon"].to_numpy()).select(missing)
-        truth_labels = pl.concat([truth_labels, computed], how="horizontal")
+    truth_labels = with_area_labels(joined).select(AREAS)
     predicted = joined.select(pl.col("pred_lat", "pred_lon").fill_null(np.nan))
     return area_accuracies(predicted["pred_lat"].to_numpy(), predicted["pred_lon"].to_numpy(), truth_labels)
 
@@ -275,7 +280,8 @@ def evaluate_many(
     for predictions_path in predictions_paths:
         predictions, embedded_truth = load_predictions(predictions_path)
         if truth_path is not None:
-            truth = truth if truth is not None else load_truth(truth_path)
+            if truth is None:  # read, and labelled by area, once for every file
+                truth = with_area_labels(load_truth(truth_path)) if areas else load_truth(truth_path)
             scored_against = truth
         elif embedded_truth is not None:
             scored_against = embedded_truth
