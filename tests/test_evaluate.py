@@ -95,6 +95,22 @@ def test_missing_predictions_count_as_misses_not_as_dropped_rows():
     assert metrics["geoscore"] == pytest.approx((5000 * math.exp(-0.5 / 1492.7) + 5000 * math.exp(-100 / 1492.7)) / 4)
 
 
+@pytest.mark.parametrize("rows", [1, 2, 7, 1000, 1001])
+def test_median_mean_and_score_equal_numpy_on_the_predicted_rows(rows):
+    """The figures come from a partial sort that moves missing rows (NaN) last: same values as on the predicted ones."""
+    rng = np.random.default_rng(rows)
+    distances = rng.uniform(0, 20_000, rows)
+    distances[rng.random(rows) < 0.3] = np.nan
+    distances[0] = 3.0  # at least one prediction
+    predicted = distances[~np.isnan(distances)]
+    metrics = metrics_from_distances(distances)
+    assert metrics["missing"] == rows - predicted.size
+    assert metrics["median_km"] == np.median(predicted)
+    assert metrics["mean_km"] == pytest.approx(predicted.mean(), rel=1e-12)
+    assert metrics["geoscore"] == pytest.approx((5000 * np.exp(-predicted / 1492.7)).sum() / rows, rel=1e-12)
+    assert metrics["acc_2500km"] == np.count_nonzero(predicted < 2500) / rows
+
+
 def test_nothing_predicted_gives_zero_accuracy_and_no_median():
     metrics = metrics_from_distances(np.array([np.nan, np.nan]))
     assert metrics["acc_2500km"] == 0.0 and metrics["geoscore"] == 0.0
@@ -108,6 +124,25 @@ def test_empty_cells_in_predictions_mean_no_prediction(tmp_path):
     predictions.write_text("image_id,lat,lon\na,10,10\nb,,\n")
     metrics = evaluate_files(predictions, truth).metrics
     assert metrics["missing"] == 1 and metrics["acc_1km"] == 0.5
+
+
+def test_rows_already_in_the_truths_order_score_as_the_joined_ones(tmp_path, benchmark_files, monkeypatch):
+    """A predictions file in the truth's order (or with its own truth) is paired row by row, with no id join."""
+    truth, shuffled = benchmark_files
+    joined = evaluate_files(shuffled, truth)
+    in_order = tmp_path / "in_order.parquet"
+    rows = [(f"{name}.jpg", *(p if p else (None, None))) for name, _, p in EDGE_CASES]
+    frame = pl.DataFrame(rows, schema=["image_id", "lat", "lon"], orient="row")
+    frame.with_columns(pl.when(pl.col("image_id") == "missing.jpg").then(12.0).otherwise("lat").alias("lat"))\
+        .write_parquet(in_order)  # a lat without its lon: no prediction, not an impossible one
+    embedded = tmp_path / "embedded.parquet"
+    true_columns = load_truth(truth).select(pl.col("lat").alias("true_lat"), pl.col("lon").alias("true_lon"))
+    pl.concat([frame, true_columns], how="horizontal").write_parquet(embedded)
+    monkeypatch.setattr("geoloc.evaluate._id_key", lambda: pytest.fail("paired rows were joined on ids"))
+    for paired in (evaluate_files(in_order, truth), evaluate_files(embedded)):
+        assert paired.metrics == joined.metrics
+        assert paired.truth.equals(joined.truth)
+        assert paired.unknown_ids.is_empty()
 
 
 def test_ids_keep_their_text(tmp_path):

@@ -154,13 +154,15 @@ def test_coordinate_status():
     assert CoordinateStatus.BAD_COORDINATES.reason == "bad_coordinates"
 
 
-def test_great_circle_on_more_rows_than_a_block_keeps_shape_and_values():
-    """Millions of rows are computed block by block: the same values, in the input's shape."""
+@pytest.mark.parametrize("distance", [great_circle_km, geodesic_km])
+def test_distances_on_more_rows_than_a_block_keep_shape_and_values(distance):
+    """Millions of rows go block by block, blocks on several threads: the same values, in the input's shape."""
     rng = np.random.default_rng(4)
     lat1, lat2 = rng.uniform(-90, 90, (2, 400, 500))
     lon1, lon2 = rng.uniform(-180, 180, (2, 400, 500))
-    whole = great_circle_km(lat1, lon1, lat2, lon2)
+    whole = distance(lat1, lon1, lat2, lon2)
     assert whole.shape == (400, 500)
-    row_by_row = np.stack([great_circle_km(a, b, c, d) for a, b, c, d in zip(lat1, lon1, lat2, lon2)])
+    row_by_row = np.stack([distance(a, b, c, d) for a, b, c, d in zip(lat1, lon1, lat2, lon2)])
     np.testing.assert_array_equal(whole, row_by_row)
-    assert great_circle_km(lat1[0, 0], lon1[0, 0], lat2[:, 0], lon2[:, 0]).shape == (400,)
+    assert distance(lat1[0, 0], lon1[0, 0], lat2[:, 0], lon2[:, 0]).shape == (400,)
+    assert isinstance(distance(lat1[0, 0], lon1[0, 0], lat2[0, 0], lon2[0, 0]), np.float64)

@@ -73,8 +73,9 @@ def _reject_duplicates(frame: pl.DataFrame, path: Path, what: str) -> None:
 
 
 def _reject_impossible(frame: pl.DataFrame, path: Path, what: str) -> None:
+    """An error naming the rows with impossible coordinates (empty ones are not judged here)."""
     status = coordinate_status(frame["lat"].to_numpy(), frame["lon"].to_numpy())
-    bad = status == CoordinateStatus.BAD_COORDINATES
+    bad = (status == CoordinateStatus.BAD_COORDINATES) & _has_coordinates(frame).to_numpy()
     if bad.any():
         ids = frame.filter(pl.Series(bad))["image_id"]
         raise TableError(f"{path}: {bad.sum()} {what} row(s) have impossible coordinates "
@@ -124,11 +125,21 @@ def truth_table(
     return truth
 
 
-def prediction_table(frame: pl.DataFrame, path: Path) -> pl.DataFrame:
-    """Validated predictions: unique ids; a row with empty lat/lon means 'no prediction'."""
+def _has_coordinates(frame: pl.DataFrame) -> pl.Series:
+    return frame["lat"].is_not_null() & frame["lon"].is_not_null()
+
+
+def prediction_table(frame: pl.DataFrame, path: Path, ids_known_unique: bool = False) -> pl.DataFrame:
+    """Validated predictions, a row per row of the file: unique ids (checked unless known).
+
+    A row with an empty lat or lon means 'no prediction'; both are then null.
+    """
     predictions = _id_lat_lon(frame, path, PREDICTION_LAYOUTS)
-    _reject_duplicates(predictions, path, "predictions")
-    predictions = predictions.filter(pl.col("lat").is_not_null() & pl.col("lon").is_not_null())
+    if not ids_known_unique:
+        _reject_duplicates(predictions, path, "predictions")
+    present = _has_coordinates(predictions)
+    if not present.all():
+        predictions = predictions.with_columns(pl.when(present).then(pl.col("lat", "lon")))
     _reject_impossible(predictions, path, "prediction")
     return predictions
 
@@ -146,7 +157,7 @@ def load_predictions(path: str | Path) -> tuple[pl.DataFrame, pl.DataFrame | Non
     embedded = None
     if {"true_lat", "true_lon"} <= set(frame.columns):
         embedded = truth_table(frame, path, EMBEDDED_TRUTH_LAYOUTS)
-    return prediction_table(frame, path), embedded
+    return prediction_table(frame, path, ids_known_unique=embedded is not None), embedded
 
 
 def radius_rule(inclusive: bool) -> str:
@@ -163,15 +174,22 @@ def metrics_from_distances(
     """
     distances_km = np.asarray(distances_km, dtype=np.float64)
     n = int(distances_km.size)
-    predicted = distances_km[~np.isnan(distances_km)]
+    # The m predicted distances, moved before the missing ones (NaN made +inf) by one
+    # partial sort that also places the median: a slice, not a boolean-indexed copy.
+    ordered = np.nan_to_num(distances_km, nan=np.inf, posinf=np.inf)
+    m = n - int(np.count_nonzero(np.isnan(distances_km)))
+    middle = [(m - 1) // 2, m // 2]
+    if m:
+        ordered.partition([*middle, m - 1])
+    predicted = ordered[:m]
     within = np.less_equal if inclusive else np.less
     metrics: dict[str, float | int | None] = {"n": n, "missing": n - int(predicted.size), "unknown": 0}
     for threshold in ACCURACY_THRESHOLDS_KM:
         metrics[accuracy_key(threshold)] = float(np.count_nonzero(within(predicted, threshold)) / n) if n else None
-    metrics["median_km"] = float(np.median(predicted)) if predicted.size else None
-    metrics["mean_km"] = float(predicted.mean()) if predicted.size else None
-    score_sum = (GEOSCORE_MAX * np.exp(-predicted / GEOSCORE_SCALE_KM)).sum()
-    metrics["geoscore"] = float(score_sum / n) if n else None
+    metrics["median_km"] = float((predicted[middle[0]] + predicted[middle[1]]) / 2) if m else None
+    metrics["mean_km"] = float(predicted.mean()) if m else None
+    scores = np.multiply(predicted, -1.0 / GEOSCORE_SCALE_KM)
+    metrics["geoscore"] = float(GEOSCORE_MAX * np.exp(scores, out=scores).sum() / n) if n else None
     return metrics
 
 
@@ -213,10 +231,16 @@ def _id_key() -> pl.Expr:
 def _join_predictions(truth: pl.DataFrame, predictions: pl.DataFrame) -> tuple[pl.DataFrame, pl.Series]:
     """The truth rows in order with pred_lat / pred_lon (null where none), and the prediction ids not in the truth.
 
-    Joined on 64-bit hashes of the ids, two to three times faster than on the strings, and
-    every match then proved by comparing the ids themselves; should two ids share a hash,
-    the join is redone on the strings.
+    Rows already paired (a predictions file with its own truth columns, or one written in
+    the truth's order) need no join. Otherwise they are joined on 64-bit hashes of the ids,
+    two to three times faster than on the strings, and every match then proved by
+    comparing the ids themselves; should two ids share a hash, the join is redone on the
+    strings.
     """
+    if predictions.height == truth.height and (predictions["image_id"] == truth["image_id"]).all(ignore_nulls=False):
+        paired = truth.with_columns(predictions["lat"].alias("pred_lat"), predictions["lon"].alias("pred_lon"))
+        return paired, pl.Series("image_id", [], dtype=pl.Utf8)
+    predictions = predictions.filter(_has_coordinates(predictions))
     keyed = predictions.select(
         _id_key(),
         pl.col("image_id").alias("_pred_id"),
