@@ -36,6 +36,7 @@ import numpy as np
 import polars as pl
 import reverse_geocoder
 from geopy.distance import geodesic, great_circle
+from process_memory import peak_rss_mb
 
 from geoloc.evaluate import evaluate_files
 from geoloc.geo import EARTH_RADIUS_KM, from_unit_vectors
@@ -122,10 +123,7 @@ def timed_evaluation(
     start = time.perf_counter()
     metrics = evaluate_files(predictions_path, truth_path, method=distance, areas=areas).metrics
     seconds = time.perf_counter() - start
-    # VmHWM, not ru_maxrss: Linux starts a child's ru_maxrss at its parent's peak, here the benchmark's own.
-    peak_kb = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
-                   if line.startswith("VmHWM:"))
-    return seconds, metrics["missing"], peak_kb / 1024
+    return seconds, metrics["missing"], peak_rss_mb()
 
 
 def main() -> None:

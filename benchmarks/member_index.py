@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -35,29 +34,10 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+from process_memory import peak_rss_mb, status_mb
 
 PER_SHARD = 20_000
 LENGTH = 1_000
-
-
-def _status_mb(field: str) -> float | None:
-    """A memory figure of this process from /proc/self/status (Linux), in MB; None elsewhere."""
-    status = Path("/proc/self/status")
-    if not status.is_file():
-        return None
-    for line in status.read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return round(int(line.split()[1]) / 1024, 1)
-    return None
-
-
-def _rss_mb() -> float:
-    """Peak resident set of this process: VmHWM, since Linux's ru_maxrss starts a child at its parent's peak."""
-    peak = _status_mb("VmHWM")
-    if peak is not None:
-        return peak
-    kilobytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 if sys.platform == "darwin" else 1)
-    return round(kilobytes / 1024, 1)
 
 
 def _uri(number: int) -> str:
@@ -104,7 +84,7 @@ def phase(name: str, index_path: Path, members: int, count: int) -> dict:
     from geoloc.images import MEMBER_SEPARATOR, ImageStore, MemberLookup
     from geoloc.tables import read_table
 
-    imported = _rss_mb()
+    imported = peak_rss_mb()
     started = time.perf_counter()
     if name == "build":
         MemberLookup.cached(index_path, MEMBER_SEPARATOR)
@@ -113,8 +93,9 @@ def phase(name: str, index_path: Path, members: int, count: int) -> dict:
         store = ImageStore.open_index(index_path.parent, index_path)
         opened = time.perf_counter() - started
         rate = _lookups(lambda container, member: store.members.locate(f"{container}#{member}"), members, count)
-        return {"open_s": round(opened, 3), "lookups_per_s": rate, "peak_rss_mb": _rss_mb(), "import_rss_mb": imported,
-                "private_mb": _status_mb("RssAnon"), "mapped_mb": _status_mb("RssFile")}
+        return {"open_s": round(opened, 3), "lookups_per_s": rate, "peak_rss_mb": peak_rss_mb(),
+                "import_rss_mb": imported,
+                "private_mb": status_mb("RssAnon"), "mapped_mb": status_mb("RssFile")}
     usable = read_table(index_path).filter(pl.col("problem").is_null())
     built = time.perf_counter()
     locations = {
@@ -124,7 +105,7 @@ def phase(name: str, index_path: Path, members: int, count: int) -> dict:
     done = time.perf_counter()
     rate = _lookups(lambda container, member: locations.get((container, member)), members, count)
     return {"old_build_s": round(done - built, 2), "old_open_s": round(done - started, 2),
-            "old_lookups_per_s": rate, "old_peak_rss_mb": _rss_mb(), "old_private_mb": _status_mb("RssAnon")}
+            "old_lookups_per_s": rate, "old_peak_rss_mb": peak_rss_mb(), "old_private_mb": status_mb("RssAnon")}
 
 
 def main() -> None:
