@@ -150,3 +150,19 @@ def test_a_folder_that_is_not_an_index_is_not_replaced(tmp_path):
                                       "--out", str(tmp_path / "notes")])
     assert result.exit_code != 0 and "is not a gallery index" in result.output
     assert (tmp_path / "notes" / "mine.txt").read_text() == "keep me"
+
+
+def test_the_default_memory_limit_is_the_containers(tmp_path, monkeypatch):
+    """Without --max-memory the plan fits what the cgroup allows, not the machine's free memory."""
+    from geoloc import machine
+
+    cgroup = tmp_path / "cgroup"
+    cgroup.mkdir()
+    (cgroup / "memory.max").write_text(f"{48 << 20}\n")
+    (cgroup / "memory.current").write_text(f"{16 << 20}\n")
+    (tmp_path / "self-cgroup").write_text("0::/\n")
+    monkeypatch.setattr(machine, "CGROUP_ROOT", cgroup)
+    monkeypatch.setattr(machine, "PROC_SELF_CGROUP", tmp_path / "self-cgroup")
+    embeddings, catalog, _ = write_gallery(tmp_path, clustered(500, 32), chunk_rows=500)
+    stdout = build(embeddings, catalog, tmp_path / "index")
+    assert "(limit 32 MiB)" in stdout

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import typer
@@ -12,6 +11,7 @@ from geoloc.catalog import QUARANTINE_REASONS, BuildOptions, BuildSummary, Catal
 from geoloc.cli.common import clean_errors, console
 from geoloc.cluster import ClusterError, check_engine
 from geoloc.images import ArchiveError
+from geoloc.machine import cpu_count
 from geoloc.tables import TableError
 
 catalog_app = typer.Typer(help="Build the catalog of geotagged photos from the public sources.", no_args_is_help=True)
@@ -41,7 +41,7 @@ def build_command(
     out: Path = typer.Option(..., "--out", help="Output folder: catalog.parquet, quarantine.parquet, "
                              "path_to_coords.csv."),
     landmark_coords: Path | None = typer.Option(None, "--landmark-coords", help="landmark_id,lat,lon (for gldv2)."),
-    workers: int = typer.Option(os.cpu_count() or 1, "--workers", min=1,
+    workers: int = typer.Option(cpu_count(), "--workers", min=1,
                                 help="Processes that scan files and shards (local engine)."),
     engine: str = typer.Option("local", "--engine", help="local (processes on this machine) or ray (a Ray cluster; "
                                "pip install 'geoloc\\[ray]')."),
@@ -73,7 +73,7 @@ def decontaminate_command(
     out: Path = typer.Option(..., "--out", help="Output folder: catalog.parquet without the leaks, leaks.parquet."),
     radius_km: float | None = typer.Option(None, "--radius-km", help="Also drop photos closer than this to a "
                                            "benchmark photo's location (needs a truth table)."),
-    workers: int = typer.Option(os.cpu_count() or 1, "--workers", min=1,
+    workers: int = typer.Option(cpu_count(), "--workers", min=1,
                                 help="Processes that decode photos (local engine)."),
     engine: str = typer.Option("local", "--engine", help="local or ray (pip install 'geoloc\\[ray]')."),
     ray_address: str | None = typer.Option(None, "--ray-address", help="ray engine: the cluster (auto, "

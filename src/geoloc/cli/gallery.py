@@ -88,13 +88,12 @@ def build_command(
                                      "1/256 of them probed)."),
     nprobe: int | None = typer.Option(None, "--nprobe", min=1, help="IVF lists searched per query."),
     max_memory: str | None = typer.Option(None, "--max-memory", help="Memory the build may use (32GB, 512MB); "
-                                          "default: what this machine has available now."),
+                                          "default: what this process may take now (its container's limit included)."),
 ) -> None:
     """Build the gallery index from embeddings and the catalog's coordinates, one embeddings part at a time."""
     from geoloc.embeddings import EmbeddingsError, open_embeddings
     from geoloc.index import (
         GALLERY_CATALOG_COLUMNS,
-        available_memory,
         build_streamed,
         gallery_table,
         parse_bytes,
@@ -102,6 +101,7 @@ def build_command(
         resident_bytes,
         save_gallery_index,
     )
+    from geoloc.machine import available_memory
     from geoloc.tables import table_columns
 
     with clean_errors(EmbeddingsError, TableError, ValueError, FileNotFoundError, FileExistsError):

@@ -8,7 +8,6 @@ antimeridian and no singularity at the poles.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from enum import IntEnum
@@ -17,6 +16,8 @@ from typing import Literal
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from pyproj import Geod
+
+from geoloc.machine import cpu_count
 
 EARTH_RADIUS_KM = 6371.0088
 """Mean Earth radius (IUGG), the radius of every great-circle distance here."""
@@ -63,7 +64,7 @@ def _blockwise(block_distance: Callable[..., NDArray[np.float64]], arrays: list[
         out[start:start + _BLOCK_ROWS] = block_distance(*(array[start:start + _BLOCK_ROWS] for array in flat))
 
     starts = range(0, out.size, _BLOCK_ROWS)
-    workers = min(len(starts), len(os.sched_getaffinity(0)))
+    workers = min(len(starts), cpu_count())
     if workers <= 1:
         for start in starts:
             fill(start)

@@ -116,16 +116,6 @@ def _plan(rows: int, dim: int, kind: str, nlist: int | None, nprobe: int | None,
     return IndexPlan(kind, rows, dim, part_rows=part_rows)
 
 
-def available_memory() -> int:
-    """Bytes this machine can give a build now: MemAvailable on Linux, else the physical memory."""
-    meminfo = Path("/proc/meminfo")
-    if meminfo.is_file():
-        for line in meminfo.read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
 def resident_bytes() -> int:
     """This process's peak resident set so far (the interpreter and its libraries before a build starts)."""
     import resource
