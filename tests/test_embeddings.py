@@ -40,3 +40,19 @@ def test_only_the_rows_asked_for_are_returned(folder):
     assert meta["backbone"] == "b" and len(found) == 2
     assert rows.tolist()[1] == -1 and rows.tolist()[3] == -1
     np.testing.assert_array_equal(found[rows[[0, 2, 4]]], vectors[[9, 2, 9]])
+
+
+def test_the_ids_fingerprint_is_the_documented_sha256_and_stable_across_versions():
+    """SHA-256 over the count, each id's UTF-8 length (8-byte little-endian) and the ids' bytes: a value
+    pinned here, so a library upgrade cannot make a half-built folder look like another run's."""
+    import hashlib
+    import struct
+
+    ids = pl.Series("image_id", ["a", "bc", "été", "x/1.jpg"])
+    expected = hashlib.sha256(struct.pack("<5Q", 4, 1, 2, 5, 7) + "abcétéx/1.jpg".encode()).hexdigest()
+    assert embeddings_meta("b", 8, ids, 4)["ids"] == expected
+    assert expected == "51ea8c550337b9b25cfbaac3aa48dd614aabe93d9b98a1fdfd89296669c85081"
+    assert embeddings_meta("b", 8, ids[1:3], 4)["ids"] == hashlib.sha256(
+        struct.pack("<3Q", 2, 2, 5) + "bcété".encode()).hexdigest()
+    split_elsewhere = embeddings_meta("b", 8, pl.Series(["ab", "c"]), 4)["ids"]
+    assert split_elsewhere != embeddings_meta("b", 8, pl.Series(["a", "bc"]), 4)["ids"]

@@ -1,7 +1,7 @@
 """The embeddings folder `geoloc embed` writes, read part by part or row by row (no torch needed).
 
 The folder holds `meta.json` (backbone, dimension, rows, chunk size and a fingerprint of
-the ids being embedded) and one Parquet part per chunk of rows (`part-00000.parquet`:
+the ids being embedded, `geoloc.tables.ids_digest`) and one Parquet part per chunk of rows (`part-00000.parquet`:
 image_id, embedding as a fixed-size float32 array, error; a failed photo's embedding is
 null). Readers that need a few rows of millions filter them in the Parquet scan, and the
 index build streams one part at a time, so no reader holds more than it returns plus one part.
@@ -9,7 +9,6 @@ index build streams one part at a time, so no reader holds more than it returns 
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from geoloc.tables import describe_ids, rows_of, write_table, write_text
+from geoloc.tables import describe_ids, ids_digest, rows_of, write_table, write_text
 
 
 class EmbeddingsError(ValueError):
@@ -27,8 +26,7 @@ class EmbeddingsError(ValueError):
 
 def embeddings_meta(backbone: str, dim: int, ids: pl.Series, chunk_rows: int) -> dict:
     """What a folder's embeddings were made of: a resumed run must match it."""
-    fingerprint = hashlib.sha256(ids.hash(seed=0).to_numpy().tobytes()).hexdigest()[:32]
-    return {"backbone": backbone, "dim": dim, "rows": len(ids), "chunk_rows": chunk_rows, "ids": fingerprint}
+    return {"backbone": backbone, "dim": dim, "rows": len(ids), "chunk_rows": chunk_rows, "ids": ids_digest(ids)}
 
 
 def check_meta(out: Path, meta: dict) -> None:

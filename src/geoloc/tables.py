@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sqlite3
 import tempfile
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 from numpy.typing import NDArray
 
 CSV_SUFFIXES = (".csv",)
@@ -158,6 +160,21 @@ def describe_ids(ids: pl.Series, limit: int = 5) -> str:
     shown = ", ".join(repr(value) for value in ids.head(limit).to_list())
     more = len(ids) - limit
     return shown + (f" and {more} more" if more > 0 else "")
+
+
+def ids_digest(ids: pl.Series) -> str:
+    """A fingerprint of a list of ids that every version of every library computes alike (polars' own
+    `Series.hash` may change between versions): SHA-256, in hex, over the id count, each id's UTF-8 length
+    (all three as 8-byte little-endian integers) and then the ids' UTF-8 bytes, in order."""
+    if ids.null_count():
+        raise ValueError(f"{ids.null_count()} id(s) are missing; every row needs an id")
+    arrow = ids.cast(pl.Utf8).rechunk().to_arrow().cast(pa.large_string())
+    offsets = np.frombuffer(arrow.buffers()[1], dtype=np.int64)[arrow.offset:arrow.offset + len(arrow) + 1]
+    digest = hashlib.sha256(np.uint64(len(arrow)).astype("<u8").tobytes())
+    digest.update(np.diff(offsets).astype("<u8").tobytes())
+    if len(arrow):
+        digest.update(memoryview(arrow.buffers()[2])[offsets[0]:offsets[-1]])
+    return digest.hexdigest()
 
 
 def rows_of(keys: pl.Series, ids: pl.Series) -> NDArray[np.int64]:
