@@ -184,7 +184,7 @@ def test_store_reports_members_not_in_the_index(tmp_path):
 
 
 @pytest.fixture
-def dataset(tmp_path):
+def dataset_root(tmp_path):
     """A root with a photo, a `#` in a plain file name, symlinks in and out, and a secret beside it."""
     root = tmp_path / "root"
     (root / "img").mkdir(parents=True)
@@ -198,10 +198,36 @@ def dataset(tmp_path):
     return root
 
 
+@pytest.fixture(params=["opened file's real path", "realpath fallback"])
+def dataset(request, dataset_root, monkeypatch):
+    """The same root, checked by the opened file's real path or, where the OS cannot name it, by realpath."""
+    if request.param == "realpath fallback":
+        monkeypatch.setattr("geoloc.images.containment._opened_path", lambda descriptor: None)
+    return dataset_root
+
+
 @pytest.mark.parametrize("uri", ["../secret.jpg", "img/../../secret.jpg", "out.jpg", "outdir/secret.jpg"])
 def test_uris_escaping_the_root_are_refused_with_their_name(dataset, uri):
     with pytest.raises(OutsideRootError, match=f"'{uri}'.* outside "):
         ImageStore(dataset).read_bytes(uri)
+
+
+def test_a_scan_resolves_its_root_once_and_follows_no_path_component_by_component(dataset_root, monkeypatch):
+    """Checking containment costs one look-up of the opened file, not a `realpath` walk per file."""
+    import os.path
+
+    from geoloc.catalog.scan import inspect_files
+
+    dataset = dataset_root
+    for n in range(20):
+        (dataset / "img" / f"{n}.jpg").write_bytes(photo(*EIFFEL, seed=n))
+    walked = []
+    realpath = os.path.realpath
+    monkeypatch.setattr(os.path, "realpath", lambda path, **kw: walked.append(path) or realpath(path, **kw))
+    scanned = inspect_files(str(dataset), [f"img/{n}.jpg" for n in range(20)] + ["out.jpg", "linked/a.jpg"], True)
+    assert scanned["problem"].to_list()[:20] == [None] * 20
+    assert scanned["problem"][20] == "outside_root" and scanned["problem"][21] is None
+    assert len(walked) <= 1
 
 
 def test_absolute_uris_are_refused_even_inside_the_root(dataset):

@@ -8,7 +8,7 @@ from pathlib import Path
 import polars as pl
 
 from geoloc.catalog.work import Executor, Task, cache_key, run_cached
-from geoloc.images import CORRUPT_IMAGE, OUTSIDE_ROOT, OutsideRootError, content_hash, read_header, resolve_below
+from geoloc.images import CORRUPT_IMAGE, OUTSIDE_ROOT, OutsideRootError, RootFolder, content_hash, read_header
 
 MISSING_IMAGE = "missing_image"
 
@@ -31,10 +31,11 @@ CHUNK_FILES = 2000
 def inspect_files(root: str, uris: Sequence[str], want_gps: bool) -> pl.DataFrame:
     """Each file read once: hashed, its header checked and, if asked, its GPS read."""
     columns: dict[str, list] = {name: [] for name in SCAN_SCHEMA}
+    folder = RootFolder(root)
     for uri in uris:
         content, lat, lon, problem, detail = None, None, None, None, None
         try:
-            data = resolve_below(Path(root), uri).read_bytes()
+            data = folder.read_bytes(uri)
         except OutsideRootError as error:
             problem, detail = OUTSIDE_ROOT, str(error)
         except FileNotFoundError:

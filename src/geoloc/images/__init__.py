@@ -1,6 +1,6 @@
 """Image stores (folder, MessagePack shards, tar via offset index), EXIF GPS from headers, photo discovery.
 
-Every catalog uri is opened through `resolve_below`: below its root, or refused.
+Every catalog uri is opened through a `RootFolder`: below its root, or refused.
 """
 
 from geoloc.images.archives import (
@@ -13,7 +13,7 @@ from geoloc.images.archives import (
     index_tar,
     load_tar_index_pickle,
 )
-from geoloc.images.containment import OUTSIDE_ROOT, OutsideRootError, resolve_below
+from geoloc.images.containment import OUTSIDE_ROOT, OutsideRootError, RootFolder
 from geoloc.images.discovery import IMAGE_SUFFIXES, Photo, find_photos, list_files
 from geoloc.images.exif import CORRUPT_IMAGE, GPS_PROBLEMS, ImageHeader, read_header
 from geoloc.images.members import MemberLookup
@@ -33,6 +33,7 @@ __all__ = [
     "MetadataError",
     "OutsideRootError",
     "Photo",
+    "RootFolder",
     "content_hash",
     "find_photos",
     "index_shard",
@@ -40,6 +41,5 @@ __all__ = [
     "list_files",
     "load_tar_index_pickle",
     "read_header",
-    "resolve_below",
     "strip_metadata",
 ]

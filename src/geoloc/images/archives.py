@@ -13,12 +13,13 @@ import pickle
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import msgpack
 import polars as pl
 import xxhash
 
-from geoloc.images.containment import resolve_below
+from geoloc.images.containment import RootFolder
 from geoloc.images.exif import CORRUPT_IMAGE, read_header
 from geoloc.images.members import MemberLookup
 from geoloc.images.msgpack_spans import Truncated, map_entries, value_end
@@ -140,12 +141,10 @@ def _record_fields(buffer: memoryview, offset: int, keep_image: bool) -> tuple[o
     return member, image
 
 
-def read_shard_member(path: Path, offset: int, length: int) -> bytes:
-    """The image bytes of the record at `offset` (from the index)."""
-    with path.open("rb") as handle:
-        handle.seek(offset)
-        record = msgpack.unpackb(handle.read(length), raw=False)
-    return record["image"]
+def read_shard_member(handle: BinaryIO, offset: int, length: int) -> bytes:
+    """The image bytes of the record at `offset` (from the index) of an open shard."""
+    handle.seek(offset)
+    return msgpack.unpackb(handle.read(length), raw=False)["image"]
 
 
 class _TarInfoOnly(pickle.Unpickler):
@@ -209,26 +208,25 @@ def index_tar(path: Path, name: str | None = None) -> pl.DataFrame:
     return rows.frame()
 
 
-def read_tar_member(path: Path, offset: int, length: int) -> bytes:
-    """The bytes of a tar member at `offset` (from the index)."""
-    with path.open("rb") as handle:
-        handle.seek(offset)
-        data = handle.read(length)
+def read_tar_member(handle: BinaryIO, offset: int, length: int) -> bytes:
+    """The bytes of a tar member at `offset` (from the index) of an open tar."""
+    handle.seek(offset)
+    data = handle.read(length)
     if len(data) != length:
-        raise ArchiveError(f"{path}: member at {offset} is cut short ({len(data)} of {length} bytes)")
+        raise ArchiveError(f"{handle.name}: member at {offset} is cut short ({len(data)} of {length} bytes)")
     return data
 
 
 class ImageStore:
     """Opens catalog uris below a dataset root: plain paths, or `container#member` via an index.
 
-    Every uri goes through `resolve_below`: one that leaves the root is refused. The index
+    Every uri is opened through a `RootFolder`: one that leaves the root is refused. The index
     is an index frame, or a `MemberLookup` (what `open_index` maps from an index file's
     cache, shared by every worker that opens it).
     """
 
     def __init__(self, root: Path, index: pl.DataFrame | MemberLookup | None = None) -> None:
-        self.root = Path(root).resolve()
+        self.root = RootFolder(root)
         if isinstance(index, pl.DataFrame):
             index = MemberLookup.build(index, MEMBER_SEPARATOR)
         self.members = index
@@ -242,14 +240,14 @@ class ImageStore:
     def read_bytes(self, uri: str) -> bytes:
         container, separator, member = uri.partition(MEMBER_SEPARATOR)
         if not separator or container not in self._containers:
-            return resolve_below(self.root, uri).read_bytes()
-        path = resolve_below(self.root, container, uri)
+            return self.root.read_bytes(uri)
         location = self.members.locate(uri)
         if location is None:
             raise ArchiveError(f"{uri}: not in the index of {container}")
-        if container.endswith(".tar"):
-            return read_tar_member(path, *location)
-        return read_shard_member(path, *location)
+        with self.root.open(container, uri) as handle:
+            if container.endswith(".tar"):
+                return read_tar_member(handle, *location)
+            return read_shard_member(handle, *location)
 
     def open(self, uri: str) -> io.BytesIO:
         """A binary stream for Pillow (`PIL.Image.open(store.open(uri))`)."""
