@@ -152,13 +152,14 @@ def test_every_quarantine_reason_is_documented_and_reachable(mp16, tmp_path):
     geotag = tmp_path / "geotag"
     write_wwgeotag(geotag, {"1/no.jpg": image_bytes(None), "1/kept.jpg": photo(*TOKYO, seed=99)})
     (geotag / "1" / "leak.jpg").symlink_to(mp16 / "shard_00000.msg")
+    (geotag / "1" / os.fsdecode(b"\xff.jpg")).write_bytes(photo(*TOKYO, seed=98))
     coords = tmp_path / "coords.csv"
     pl.DataFrame({"landmark_id": [2], "lat": [1.0], "lon": [1.0]}).write_csv(coords)
     out = tmp_path / "out"
     summary = build(out, [("mp16", mp16), ("gldv2", gldv2), ("wwgeotag", geotag)], landmark_coords=coords)
     catalog, quarantine = read_outputs(out)
     assert set(quarantine["reason"]) == set(QUARANTINE_REASONS)
-    candidates = 10 + 1 + 3
+    candidates = 10 + 1 + 4
     assert catalog.height + quarantine.height == candidates
     assert sum(summary.kept.values()) + summary.total_refused == candidates
 
@@ -253,3 +254,40 @@ def test_uris_outside_the_root_are_quarantined_and_a_hash_is_a_file_name(tmp_pat
     assert all(f"'{uri}'" in detail for uri, detail in refused.select("uri", "detail").iter_rows())
     assert summary.refused == {("csv", "outside_root"): 4, ("photos", "outside_root"): 1}
     assert open_store(out, "csv").read_bytes("a#1.jpg") == photo(*LIMA, seed=42)
+
+
+def test_every_malformed_row_is_quarantined_with_its_reason_and_the_build_goes_on(tmp_path):
+    """An empty path cell, a NUL byte, a coordinate that is no number, an empty IMG_ID, a file name that is
+    not UTF-8: each row refused with its own reason and detail; the good rows are kept."""
+    table = tmp_path / "table"
+    write_files(table, {"a.jpg": photo(*LIMA, seed=61), "b.jpg": photo(*BERLIN, seed=62),
+                        "c.jpg": photo(*TOKYO, seed=63)})
+    (table / "points.csv").write_bytes(b"path,lat,lon\na.jpg,-12.05,-77.04\n,1,2\nb\x00.jpg,3,4\n"
+                                       b"c.jpg,abc,139.7\nb.jpg,52.52, 13.38 \n")
+    photos = tmp_path / "photos"
+    write_files(photos, {"trip/ok.jpg": photo(*CAPE_TOWN, seed=64)})
+    (photos / "trip" / os.fsdecode(b"caf\xe9.jpg")).write_bytes(photo(*TOKYO, seed=65))
+    mp16 = tmp_path / "mp16"
+    write_mp16(mp16, shards=[[("m/1.jpg", photo(*BERLIN, seed=66))]],
+               metadata=[{"IMG_ID": "m/1.jpg", "LAT": "52.5", "LON": "east"}, {"IMG_ID": "", "LAT": 1, "LON": 2}])
+    gldv2 = tmp_path / "gldv2"
+    gldv2.mkdir()
+    write_gldv2(gldv2, {"abc0000000000001": (7, photo(*BERLIN, seed=67)), "": (7, None)}, {7: "Gate"})
+    coords = tmp_path / "coords.csv"
+    pl.DataFrame({"landmark_id": [7], "lat": [BERLIN[0]], "lon": [BERLIN[1]]}).write_csv(coords)
+    out = tmp_path / "out"
+    summary = build(out, [("csv", table / "points.csv"), ("photos", photos), ("mp16", mp16), ("gldv2", gldv2)],
+                    landmark_coords=coords)
+    catalog, quarantine = read_outputs(out)
+    assert catalog.select("source", "uri").rows() == [("csv", "a.jpg"), ("csv", "b.jpg"), ("photos", "trip/ok.jpg"),
+                                                     ("gldv2", gldv2_path("abc0000000000001"))]
+    assert sorted(quarantine.select("source", "uri", "reason", "detail").rows(), key=str) == sorted([
+        ("csv", None, "bad_uri", "empty path cell"),
+        ("csv", "b\x00.jpg", "bad_uri", "a NUL byte in the path"),
+        ("csv", "c.jpg", "bad_coordinates", "lat 'abc' is not a number"),
+        ("photos", "trip/caf\\xe9.jpg", "bad_uri", "file name is not valid UTF-8"),
+        ("mp16", "shard_00000.msg#m/1.jpg", "bad_coordinates", "lon 'east' is not a number"),
+        ("mp16", None, "bad_uri", "empty IMG_ID cell in MP16_Pro_places365.csv"),
+        ("gldv2", None, "bad_uri", "empty id cell in train.csv"),
+    ], key=str)
+    assert summary.total_refused == 7 and set(quarantine["reason"]) <= set(QUARANTINE_REASONS)

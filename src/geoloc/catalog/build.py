@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from geoloc.catalog.sources import READERS, BuildOptions, CatalogError
+from geoloc.catalog.scan import BAD_URI
+from geoloc.catalog.sources import COORDINATES_DETAIL, READERS, BuildOptions, CatalogError
 from geoloc.catalog.work import Executor, Workers
 from geoloc.cluster import check_engine
 from geoloc.geo import CoordinateStatus, coordinate_status
@@ -19,7 +20,7 @@ from geoloc.tables import write_table, write_text
 DUPLICATE = "duplicate"
 
 QUARANTINE_REASONS = (
-    "bad_coordinates", "null_island", "missing_image", "missing_metadata",
+    BAD_URI, "bad_coordinates", "null_island", "missing_image", "missing_metadata",
     "corrupt_image", "no_gps", "unresolved_landmark", OUTSIDE_ROOT, DUPLICATE,
 )
 """Every reason a row can be refused for, as written in quarantine.parquet."""
@@ -59,12 +60,17 @@ def coordinate_reasons(lat: pl.Series, lon: pl.Series) -> pl.Series:
 
 
 def _coordinate_reasons(frame: pl.DataFrame) -> pl.DataFrame:
+    """Rows still good whose coordinates are unusable: the reason, and as detail the cell that is no number
+    (a source's COORDINATES_DETAIL) or a general one."""
+    if COORDINATES_DETAIL not in frame.columns:
+        frame = frame.with_columns(pl.lit(None, pl.Utf8).alias(COORDINATES_DETAIL))
     found = coordinate_reasons(frame["lat"], frame["lon"]).alias("_coordinates")
     unset = pl.col("reason").is_null() & pl.col("_coordinates").is_not_null()
+    detail = pl.coalesce(COORDINATES_DETAIL, pl.lit("latitude/longitude unusable"))
     return frame.with_columns(found).with_columns(
         pl.when(unset).then("_coordinates").otherwise("reason").alias("reason"),
-        pl.when(unset).then(pl.lit("latitude/longitude unusable")).otherwise("detail").alias("detail"),
-    ).drop("_coordinates")
+        pl.when(unset).then(detail).otherwise("detail").alias("detail"),
+    ).drop("_coordinates", COORDINATES_DETAIL)
 
 
 def _mark_duplicates(frame: pl.DataFrame, key: str, describe: str) -> pl.DataFrame:

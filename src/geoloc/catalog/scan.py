@@ -11,6 +11,8 @@ from geoloc.catalog.work import Executor, Task, cache_key, run_cached
 from geoloc.images import CORRUPT_IMAGE, OUTSIDE_ROOT, OutsideRootError, RootFolder, content_hash, read_header
 
 MISSING_IMAGE = "missing_image"
+BAD_URI = "bad_uri"
+"""Quarantine reason of a row whose path cannot name a file: empty, with a NUL byte, or not valid UTF-8."""
 
 SCAN_SCHEMA = {
     "uri": pl.Utf8,
@@ -20,7 +22,7 @@ SCAN_SCHEMA = {
     "problem": pl.Utf8,
     "detail": pl.Utf8,
 }
-"""One row per file: `problem` is null, OUTSIDE_ROOT, MISSING_IMAGE, CORRUPT_IMAGE or one of GPS_PROBLEMS."""
+"""One row per file: `problem` is null, BAD_URI, OUTSIDE_ROOT, MISSING_IMAGE, CORRUPT_IMAGE or one of GPS_PROBLEMS."""
 
 SCAN_VERSION = 2
 """Part of every chunk's cache key: bumped when the checks change (2: uris outside the root refused)."""
@@ -51,13 +53,52 @@ def inspect_files(root: str, uris: Sequence[str], want_gps: bool) -> pl.DataFram
     return pl.DataFrame(columns, schema=SCAN_SCHEMA)
 
 
-def scan_files(root: Path, uris: Sequence[str], want_gps: bool, cache_dir: Path, workers: Executor, label: str,
-               chunk_files: int = CHUNK_FILES) -> pl.DataFrame:
-    """inspect_files over all `uris` in resumable chunks spread over the workers."""
-    chunks = [list(uris[start:start + chunk_files]) for start in range(0, len(uris), chunk_files)]
+def _as_text(uris: Sequence[str | None]) -> tuple[pl.Series, list[str]]:
+    """The uris as a text column, and (shown with backslash escapes) the file names that are not valid UTF-8.
+
+    A file system may hold names in any bytes; a Parquet text column holds UTF-8 only. All names are
+    checked in one pass, one by one only when that pass finds a bad one.
+    """
+    try:
+        return pl.Series("uri", uris, dtype=pl.Utf8), []
+    except UnicodeEncodeError:
+        def encodable(uri: str | None) -> bool:
+            try:
+                (uri or "").encode()
+            except UnicodeEncodeError:
+                return False
+            return True
+
+        good = [uri for uri in uris if encodable(uri)]
+        bad = [uri.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+               for uri in uris if not encodable(uri)]
+        return pl.Series("uri", good, dtype=pl.Utf8), bad
+
+
+def malformed_uri(uris: pl.Expr, what: str = "path") -> pl.Expr:
+    """Why a uri (or the `what` it is made from) cannot name a file, null when it can: an empty cell, or a
+    NUL byte (no OS path holds one)."""
+    return (pl.when(uris.is_null() | (uris == "")).then(pl.lit(f"empty {what} cell"))
+            .when(uris.str.contains("\x00", literal=True)).then(pl.lit(f"a NUL byte in the {what}")))
+
+
+def scan_files(root: Path, uris: Sequence[str | None], want_gps: bool, cache_dir: Path, workers: Executor,
+               label: str, chunk_files: int = CHUNK_FILES) -> pl.DataFrame:
+    """inspect_files over all `uris` in resumable chunks spread over the workers; a malformed uri is
+    refused as BAD_URI without touching the disk."""
+    text, unencodable = _as_text(uris)
+    checked = pl.DataFrame({"uri": text}).with_columns(malformed_uri(pl.col("uri")).alias("detail"))
+    refused = pl.concat([
+        checked.filter(pl.col("detail").is_not_null()),
+        pl.DataFrame({"uri": unencodable, "detail": ["file name is not valid UTF-8"] * len(unencodable)},
+                     schema={"uri": pl.Utf8, "detail": pl.Utf8}),
+    ]).with_columns(pl.lit(BAD_URI).alias("problem"))
+    usable = checked.filter(pl.col("detail").is_null())["uri"].to_list()
+    chunks = [usable[start:start + chunk_files] for start in range(0, len(usable), chunk_files)]
     tasks = [
         Task(cache_key(SCAN_VERSION, root.resolve(), want_gps, *chunk), inspect_files, (str(root), chunk, want_gps))
         for chunk in chunks
     ]
     frames = run_cached(tasks, cache_dir, workers, label)
-    return pl.concat(frames) if frames else pl.DataFrame(schema=SCAN_SCHEMA)
+    return pl.concat([*frames, refused], how="diagonal_relaxed").select(
+        pl.col(name).cast(dtype) for name, dtype in SCAN_SCHEMA.items())

@@ -13,14 +13,16 @@ from pathlib import Path
 
 import polars as pl
 
-from geoloc.catalog.scan import CHUNK_FILES, MISSING_IMAGE, scan_files
+from geoloc.catalog.scan import BAD_URI, CHUNK_FILES, MISSING_IMAGE, malformed_uri, scan_files
 from geoloc.catalog.work import Executor, Task, cache_key, run_cached
 from geoloc.images import CORRUPT_IMAGE, GPS_PROBLEMS, IMAGE_SUFFIXES, MEMBER_SEPARATOR, index_shard, list_files
-from geoloc.tables import as_float_column, read_table, select_layout
+from geoloc.tables import read_table, select_layout
 
 MISSING_METADATA = "missing_metadata"
 NO_GPS = "no_gps"
 UNRESOLVED_LANDMARK = "unresolved_landmark"
+COORDINATES_DETAIL = "coordinates_detail"
+"""A candidate column: why a row's lat / lon cell is unusable text (null when it is a number or empty)."""
 
 CANDIDATE_COLUMNS = ("image_id", "uri", "lat", "lon", "content_hash", "reason", "detail")
 
@@ -70,10 +72,20 @@ def _first_reason(*rules: tuple[pl.Expr, pl.Expr | str, pl.Expr | str]) -> tuple
     return reason.alias("reason"), detail.alias("detail")
 
 
-def _coordinates(frame: pl.DataFrame, path: Path, id_column: str = "image_id") -> pl.DataFrame:
+def _coordinates(frame: pl.DataFrame) -> pl.DataFrame:
+    """lat and lon as float64. Text that is not a number becomes null and is named in COORDINATES_DETAIL
+    (the row's quarantine detail, as bad_coordinates): one such cell refuses its row, not the whole table."""
+    numbers, problems = [], []
     for column in ("lat", "lon"):
-        frame = as_float_column(frame, column, id_column, path)
-    return frame
+        if frame.schema[column] != pl.Utf8:
+            numbers.append(pl.col(column).cast(pl.Float64))
+            continue
+        text = pl.col(column).str.strip_chars()
+        numbers.append(text.cast(pl.Float64, strict=False))
+        problems.append(pl.when((text != "") & numbers[-1].is_null())
+                        .then(pl.format(f"{column} '{{}}' is not a number", text.str.slice(0, 40))))
+    detail = pl.concat_str(problems, separator="; ", ignore_nulls=True) if problems else pl.lit("")
+    return frame.with_columns(pl.when(detail != "").then(detail).alias(COORDINATES_DETAIL)).with_columns(numbers)
 
 
 def _single_csv(folder: Path) -> Path:
@@ -101,7 +113,6 @@ def read_mp16(root: Path, options: BuildOptions, workers: Executor) -> SourceRow
     extras = [c for c in raw.columns if c not in MP16_METADATA_LAYOUTS[0]]
     metadata = _coordinates(
         pl.concat([select_layout(raw, metadata_path, MP16_METADATA_LAYOUTS), raw.select(extras)], how="horizontal"),
-        metadata_path,
     ).with_columns(pl.lit(True).alias("_listed"))
     images = index.select(
         pl.col("member").alias("image_id"),
@@ -109,7 +120,9 @@ def read_mp16(root: Path, options: BuildOptions, workers: Executor) -> SourceRow
         "content_hash", pl.col("problem").alias("_problem"), pl.col("detail").alias("_detail"),
     )
     joined = images.join(metadata, on="image_id", how="full", coalesce=True, maintain_order="left_right")
+    bad_id = malformed_uri(pl.col("image_id"), "IMG_ID")
     reason, detail = _first_reason(
+        (bad_id.is_not_null(), BAD_URI, pl.concat_str(bad_id, pl.lit(f" in {metadata_path.name}"))),
         (pl.col("_problem").is_not_null(), CORRUPT_IMAGE, pl.col("_detail")),
         (pl.col("uri").is_null(), MISSING_IMAGE, "listed in the metadata, in no shard"),
         (pl.col("_listed").is_null(), MISSING_METADATA, f"not in {metadata_path.name}"),
@@ -122,7 +135,7 @@ def _landmark_coordinates(options: BuildOptions) -> pl.DataFrame:
     path = options.landmark_coords
     if path is None:
         raise CatalogError("gldv2 needs --landmark-coords (landmark_id,lat,lon; `geoloc landmarks resolve` writes it)")
-    coords = _coordinates(select_layout(read_table(path), path, LANDMARK_COORDS_LAYOUTS), path, "landmark_id")
+    coords = _coordinates(select_layout(read_table(path), path, LANDMARK_COORDS_LAYOUTS))
     return coords.unique("landmark_id", keep="first", maintain_order=True).with_columns(pl.lit(True).alias("_resolved"))
 
 
@@ -131,18 +144,21 @@ def read_gldv2(root: Path, options: BuildOptions, workers: Executor) -> SourceRo
     train_path = root / "train.csv"
     train = select_layout(read_table(train_path), train_path, GLDV2_TRAIN_LAYOUTS)
     coords = _landmark_coordinates(options)
+    bad_id = malformed_uri(pl.col("image_id"), "id")
     train = train.with_columns(
-        pl.format("train/{}/{}/{}/{}.jpg", *(pl.col("image_id").str.slice(i, 1) for i in range(3)), "image_id")
+        pl.when(bad_id.is_null())
+        .then(pl.format("train/{}/{}/{}/{}.jpg", *(pl.col("image_id").str.slice(i, 1) for i in range(3)), "image_id"))
         .alias("uri")
     )
     scanned = scan_files(root, train["uri"].to_list(), False, options.work_dir / "gldv2-files", workers,
                          "checking GLDv2 images", options.chunk_files)
     joined = (
         train.join(scanned.select("uri", "content_hash", "problem", pl.col("detail").alias("_detail")),
-                   on="uri", how="left", maintain_order="left")
+                   on="uri", how="left", maintain_order="left", nulls_equal=True)
         .join(coords, on="landmark_id", how="left", maintain_order="left")
     )
     reason, detail = _first_reason(
+        (bad_id.is_not_null(), BAD_URI, pl.concat_str(bad_id, pl.lit(f" in {train_path.name}"))),
         (pl.col("problem").is_not_null(), pl.col("problem"), pl.col("_detail")),
         (pl.col("_resolved").is_null(), UNRESOLVED_LANDMARK,
          pl.format("no coordinates for landmark {}", "landmark_id")),
@@ -180,12 +196,12 @@ def read_csv_source(path: Path, options: BuildOptions, workers: Executor) -> Sou
     """Any table (CSV or Parquet) with path, lat and lon columns named by options; images relative to its folder."""
     layout = {options.csv_id_column: "uri", options.csv_lat_column: "lat", options.csv_lon_column: "lon"}
     frame = select_layout(read_table(path), path, [layout]).with_columns(pl.col("uri").alias("image_id"))
-    frame = _coordinates(frame, path)
+    frame = _coordinates(frame)
     image_root = (options.csv_image_root or path.parent).resolve()
     scanned = scan_files(image_root, frame["uri"].unique(maintain_order=True).to_list(), False,
                          options.work_dir / "csv-files", workers, "checking images (csv)", options.chunk_files)
     joined = frame.join(scanned.select("uri", "content_hash", "problem", pl.col("detail").alias("_detail")),
-                        on="uri", how="left", maintain_order="left")
+                        on="uri", how="left", maintain_order="left", nulls_equal=True)
     reason, detail = _first_reason((pl.col("problem").is_not_null(), pl.col("problem"), pl.col("_detail")))
     return SourceRows(joined.with_columns(reason, detail).drop("problem", "_detail"))
 
