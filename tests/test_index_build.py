@@ -166,3 +166,83 @@ def test_the_default_memory_limit_is_the_containers(tmp_path, monkeypatch):
     embeddings, catalog, _ = write_gallery(tmp_path, clustered(500, 32), chunk_rows=500)
     stdout = build(embeddings, catalog, tmp_path / "index")
     assert "(limit 32 MiB)" in stdout
+
+
+KILL_AT = '''
+import os, signal, sys
+import numpy as np
+import polars as pl
+import geoloc.tables as tables
+from geoloc.index import build_faiss_index, plan_index, save_gallery_index
+
+folder, step = sys.argv[1], sys.argv[2]
+die = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
+real_exchange, real_replace = tables.exchange_paths, os.replace
+if step == "before exchange":
+    tables.exchange_paths = die
+if step == "after exchange":
+    tables.exchange_paths = lambda a, b: real_exchange(a, b) and die()
+if step == "removing the old":
+    tables.remove_folder = die
+if step.startswith("no exchange"):
+    tables.exchange_paths = lambda a, b: False
+if step == "no exchange, between the renames":
+    def replace_then_die(source, target):
+        real_replace(source, target)
+        if str(target).endswith(".old"):
+            die()
+    os.replace = replace_then_die
+vectors = np.eye(4, 8, dtype=np.float32)
+gallery = pl.DataFrame({"image_id": ["new"] * 4, "uri": "u", "lat": 1.0, "lon": 2.0, "text": None})
+save_gallery_index(build_faiss_index(vectors, plan_index(4, 8, "flat")), gallery, plan_index(4, 8, "flat"),
+                   folder, "new-backbone")
+'''
+
+
+@pytest.mark.parametrize("step", ["before exchange", "after exchange", "removing the old",
+                                  "no exchange, between the renames", "no exchange"])
+def test_a_build_killed_at_any_step_of_the_swap_leaves_an_index(tmp_path, step):
+    """SIGKILL at each step of swapping the new index folder in: the old index or the new one loads, whole."""
+    import os
+    import subprocess
+    import sys
+
+    vectors = clustered(50, 8)
+    embeddings, catalog, _ = write_gallery(tmp_path, vectors, chunk_rows=50)
+    folder = tmp_path / "index"
+    build(embeddings, catalog, folder)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    killed = subprocess.run([sys.executable, "-c", KILL_AT, str(folder), step], env=env, timeout=60)
+    assert killed.returncode == (0 if step == "no exchange" else -9)
+    loaded = GalleryIndex.load(folder)
+    expected = "new-backbone" if step in ("after exchange", "removing the old", "no exchange") else "test-backbone"
+    assert loaded.info["backbone"] == expected
+    assert loaded.index.ntotal == len(loaded.gallery) == (4 if expected == "new-backbone" else 50)
+    if step == "no exchange":
+        assert [path.name for path in tmp_path.iterdir() if path.name.startswith(".")] == []
+
+
+def test_a_failed_second_rename_puts_the_old_index_back(tmp_path, monkeypatch):
+    """Without atomic exchange, a failure after the old folder was moved aside restores it at once."""
+    import os
+
+    from geoloc.index import build_faiss_index, save_gallery_index
+
+    embeddings, catalog, _ = write_gallery(tmp_path, clustered(50, 8), chunk_rows=50)
+    folder = tmp_path / "index"
+    build(embeddings, catalog, folder)
+    monkeypatch.setattr("geoloc.tables.exchange_paths", lambda a, b: False)
+    real_replace = os.replace
+
+    def refuse_the_new(source, target):
+        if str(source).endswith(".part") and target == folder:
+            raise PermissionError("refused")
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", refuse_the_new)
+    gallery = pl.DataFrame({"image_id": ["n"], "uri": "u", "lat": 1.0, "lon": 2.0, "text": None})
+    with pytest.raises(PermissionError):
+        save_gallery_index(build_faiss_index(np.eye(1, 8, dtype=np.float32), plan_index(1, 8, "flat")), gallery,
+                           plan_index(1, 8, "flat"), folder, "new")
+    assert GalleryIndex.load(folder).info["backbone"] == "test-backbone"
+    assert [path.name for path in tmp_path.iterdir() if path.name.startswith(".")] == []

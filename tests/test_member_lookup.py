@@ -49,7 +49,7 @@ def test_every_member_of_a_shard_and_a_tar_reads_the_same_bytes(dataset):
     mapped, in_memory = ImageStore.open_index(root, index_path), ImageStore(root, index)
     for uri, data in expected.items():
         assert mapped.read_bytes(uri) == in_memory.read_bytes(uri) == data
-    assert (index_path.parent / "index.parquet.lookup" / "hash.npy").is_file()
+    assert len(list((index_path.parent / "index.parquet.lookup").glob("*/hash.npy"))) == 1
 
 
 def test_missing_and_unreadable_members_are_the_same_clear_error(dataset):
@@ -117,3 +117,25 @@ def test_a_repeated_member_reads_its_last_row_and_an_empty_index_finds_nothing(d
     assert store.read_bytes("images.tar#mp16/1/1.jpg") == TAR_FILES["mp16/1/1.jpg"]
     empty = ImageStore(root, index.filter(pl.col("container") == "images.tar").clear())
     assert empty.members.locate("images.tar#mp16/1/1.jpg") is None
+
+
+def test_a_late_builder_never_replaces_or_deletes_a_fresh_cache(dataset):
+    """Two processes build the same cache: the second keeps the first one's files (a reader mapping them
+    is undisturbed); after the index is rewritten, a builder of its old state removes no newer cache."""
+    from geoloc.images.members import _cache_folder, _remove_stale_caches, _stamp
+
+    root, index, index_path = dataset
+    first = ImageStore.open_index(root, index_path)
+    folder = first.members.folder
+    before = {path.name: path.stat().st_ino for path in folder.iterdir()}
+    late = MemberLookup.build(index, "#")
+    late.save(folder, _stamp(index_path, "#"))  # finished second: its cache is as good, the first one stays
+    assert {path.name: path.stat().st_ino for path in folder.iterdir()} == before
+    assert first.read_bytes("images.tar#mp16/0/0.jpg") == TAR_FILES["mp16/0/0.jpg"]
+    assert not [path for path in folder.parent.iterdir() if path.name.startswith(".")]  # its scratch is gone
+
+    write_table(index.filter(pl.col("container") == "images.tar"), index_path)
+    fresh = ImageStore.open_index(root, index_path).members.folder
+    assert fresh != folder and not folder.exists()  # the stale version is removed by the builder of the new one
+    _remove_stale_caches(index_path, "#", keep=folder)  # a builder of the old state, finishing late
+    assert (fresh / "meta.json").is_file() and fresh == _cache_folder(index_path, _stamp(index_path, "#"))

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import glob
 import hashlib
 import os
+import shutil
 import sqlite3
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -92,6 +97,78 @@ def replace_durably(path: Path, write: Callable[[Path], None]) -> None:
         temporary.unlink(missing_ok=True)
         raise
     sync_directory(path.parent)
+
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+"""renameat2's flag (Linux 3.15+, glibc 2.28+); macOS's renamex_np calls the same swap RENAME_SWAP, also 2."""
+
+
+def exchange_paths(first: Path, second: Path) -> bool:
+    """Swap two existing paths in one atomic step (Linux `renameat2(RENAME_EXCHANGE)`, macOS
+    `renamex_np(RENAME_SWAP)`); False where the OS or the file system has no such step."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if sys.platform.startswith("linux") and hasattr(libc, "renameat2"):
+        result = libc.renameat2(_AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second), _RENAME_EXCHANGE)
+    elif sys.platform == "darwin" and hasattr(libc, "renamex_np"):
+        result = libc.renamex_np(os.fsencode(first), os.fsencode(second), _RENAME_EXCHANGE)
+    else:
+        return False
+    if result == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(first), None, str(second))
+
+
+def replace_folder(new: Path, folder: Path) -> None:
+    """Put the folder `new` at `folder`, whose old content (if any) is then deleted; `new` is gone after.
+
+    With an atomic exchange, a reader (or a crash at any point) finds the old folder or the new one,
+    whole. Where the OS has none (Windows, some network file systems), two renames: the old folder
+    is moved to `.NAME.PID.old` first and moved back if the second rename fails; a crash between the
+    two leaves it there, and `restore_folder` puts it back.
+    """
+    if not folder.exists():
+        os.replace(new, folder)
+        sync_directory(folder.parent)
+        return
+    if exchange_paths(new, folder):
+        old = new
+    else:
+        old = folder.with_name(f".{folder.name}.{os.getpid()}.old")
+        os.replace(folder, old)
+        try:
+            os.replace(new, folder)
+        except BaseException:
+            os.replace(old, folder)
+            raise
+    sync_directory(folder.parent)
+    remove_folder(old)
+
+
+def restore_folder(folder: Path) -> None:
+    """Put back the folder a `replace_folder` without atomic exchange moved aside, if a crash left it there."""
+    if folder.exists():
+        return
+    moved = sorted(folder.parent.glob(f".{glob.escape(folder.name)}.*.old"), key=lambda path: path.stat().st_mtime)
+    for previous in reversed(moved):
+        with contextlib.suppress(OSError):
+            os.rename(previous, folder)
+            return
+
+
+def remove_folder(folder: Path) -> None:
+    """Remove a folder that another process may be removing too: renamed away first, so only one does."""
+    removing = folder.with_name(f".{folder.name}.{os.getpid()}.removing")
+    try:
+        folder.rename(removing)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(removing)
 
 
 def sync_directory(folder: Path) -> None:

@@ -202,16 +202,6 @@ def claim_work_folder(folder: Path, settings: dict[str, Any], restart: bool = Fa
                           "rerun with --restart to discard them, or write to another --out")
 
 
-def remove_work_folder(folder: Path) -> None:
-    """Remove a work folder that another process may be removing too: renamed away first, so only one does."""
-    removing = folder.with_name(f".{folder.name}.{os.getpid()}.removing")
-    try:
-        folder.rename(removing)
-    except FileNotFoundError:
-        return
-    shutil.rmtree(removing)
-
-
 def model_identity(model: str | Path) -> dict[str, Any]:
     """A model folder's files by size and modification time (weights are too big to hash on every run);
     a hub id as given."""

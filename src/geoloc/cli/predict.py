@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from geoloc.cli.common import clean_errors, console, errors, progress_bar
-from geoloc.tables import TableError, write_table, write_text
+from geoloc.tables import TableError, remove_folder, write_table, write_text
 
 DEFAULT_BACKBONE = "openai/clip-vit-large-patch14"
 BACKBONE_HELP = "CLIP ViT-L/14 for GeoCLIP: a hub id or a local folder with its files."
@@ -99,7 +99,7 @@ def predict_command(
     restart: bool = typer.Option(False, "--restart", help="With --out: discard the parts a previous run left."),
 ) -> None:
     """Where was each photo taken: best guess, place, alternatives and a confidence radius."""
-    from geoloc.catalog.work import remove_work_folder, work_folder
+    from geoloc.catalog.work import work_folder
     from geoloc.encode.backbone import BackboneUnavailable
     from geoloc.evaluate import load_truth
     from geoloc.maps import map_html
@@ -116,7 +116,7 @@ def predict_command(
         elif out is not None:
             write_table(predictions_table(guesses), out)
         if out is not None:
-            remove_work_folder(work_folder(out))
+            remove_folder(work_folder(out))
         if map_file is not None:
             write_text(map_file, map_html(guesses, known, tiles))
     for guess in guesses:

@@ -11,6 +11,7 @@ two keys with the same hash are still told apart.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -21,10 +22,11 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from geoloc.tables import read_table
+from geoloc.tables import read_table, remove_folder
 
 LOOKUP_SUFFIX = ".lookup"
-"""The cache folder beside an index file: `mp16.parquet` -> `mp16.parquet.lookup/`."""
+"""The cache folder beside an index file: `mp16.parquet` -> `mp16.parquet.lookup/`, one version in it per
+state of the index file."""
 
 _FORMAT = 1
 _ARRAYS = ("hash", "offset", "length", "key_start", "key_bytes")
@@ -127,7 +129,8 @@ class MemberLookup:
         return None
 
     def save(self, folder: Path, stamp: dict) -> None:
-        """Written to a scratch folder first and renamed: workers opening at once never see half a cache."""
+        """Written to a scratch folder and renamed to `folder`, which is never replaced once there: workers
+        opening at once never see half a cache, and a builder that finishes second keeps the first one's."""
         folder.parent.mkdir(parents=True, exist_ok=True)
         scratch = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
         try:
@@ -135,9 +138,7 @@ class MemberLookup:
                 np.save(scratch / f"{name}.npy", getattr(self, name), allow_pickle=False)
             meta = {"format": _FORMAT, "containers": sorted(self.containers), **stamp}
             (scratch / "meta.json").write_text(json.dumps(meta))
-            if folder.exists():
-                shutil.rmtree(folder, ignore_errors=True)
-            os.replace(scratch, folder)
+            os.rename(scratch, folder)
         except OSError:
             if not (folder / "meta.json").is_file():  # another process won the race: its cache is as good
                 raise
@@ -156,23 +157,44 @@ class MemberLookup:
 
     @classmethod
     def cached(cls, index_path: Path, separator: str) -> MemberLookup:
-        """The lookup for an index file, built once into `<index>.lookup/` and mapped from there after.
+        """The lookup for an index file, built once into `<index>.lookup/<version>/` and mapped from there after.
 
-        The cache is rebuilt when the index file's size or modification time changes.
+        The version names the index file's size and modification time: a rewritten index gets a new
+        folder beside the old one, which is removed once stale (never one a reader may still need:
+        a cache is only ever added whole, never replaced in place).
         """
         index_path = Path(index_path)
-        folder = index_path.with_name(index_path.name + LOOKUP_SUFFIX)
-        status = index_path.stat()
-        stamp = {"index_size": status.st_size, "index_mtime_ns": status.st_mtime_ns, "separator": separator}
-        try:
-            meta = json.loads((folder / "meta.json").read_text())
-        except (OSError, ValueError):
-            meta = {}
-        if meta.get("format") != _FORMAT or any(meta.get(key) != value for key, value in stamp.items()):
+        stamp = _stamp(index_path, separator)
+        folder = _cache_folder(index_path, stamp)
+        if not (folder / "meta.json").is_file():
             cls.build(read_table(index_path), separator).save(folder, stamp)
+            _remove_stale_caches(index_path, separator, keep=folder)
         return cls.load(folder)
 
     def __reduce__(self):
         if self.folder is not None:
             return (MemberLookup.load, (self.folder,))
         return super().__reduce__()
+
+
+def _stamp(index_path: Path, separator: str) -> dict:
+    status = index_path.stat()
+    return {"index_size": status.st_size, "index_mtime_ns": status.st_mtime_ns, "separator": separator}
+
+
+def _cache_folder(index_path: Path, stamp: dict) -> Path:
+    version = hashlib.blake2b(json.dumps([_FORMAT, stamp], sort_keys=True).encode(), digest_size=8).hexdigest()
+    return index_path.with_name(index_path.name + LOOKUP_SUFFIX) / version
+
+
+def _remove_stale_caches(index_path: Path, separator: str, keep: Path) -> None:
+    """Remove the versions of earlier states of the index file: not `keep`, nor the one of its state now
+    (another process may have just built it, for an index rewritten meanwhile)."""
+    current = _cache_folder(index_path, _stamp(index_path, separator))
+    for version in keep.parent.iterdir():
+        if version.name.startswith(".") or version in (keep, current):
+            continue
+        if version.is_dir():
+            remove_folder(version)
+        else:  # a file of the single-folder layout before versions
+            version.unlink(missing_ok=True)

@@ -26,7 +26,7 @@ import numpy as np
 import polars as pl
 
 from geoloc.places import GALLERY_PLACE_COLUMNS, fill_place_texts, place_text
-from geoloc.tables import replace_durably, sync_directory, write_table, write_text
+from geoloc.tables import replace_durably, replace_folder, restore_folder, write_table, write_text
 
 INDEX_KINDS = ("auto", "flat", "ivf", "hnsw", "ivfsq", "ivfpq")
 EXACT_UP_TO = 200_000
@@ -246,6 +246,7 @@ class GalleryIndex:
         import faiss
 
         folder = Path(folder)
+        restore_folder(folder)
         missing = [name for name in INDEX_FILES if not (folder / name).is_file()]
         if missing:
             raise FileNotFoundError(f"{folder}: not a gallery index (missing {', '.join(missing)}); "
@@ -269,12 +270,14 @@ class GalleryIndex:
 def save_gallery_index(index, gallery: pl.DataFrame, plan: IndexPlan, folder: Path, backbone: str | None) -> None:
     """Write the three files into a new folder beside `folder`, then swap the whole folder in.
 
-    A build killed midway leaves the previous index whole (and a hidden `.NAME.*.part`
-    folder to delete); the files of two builds are never mixed.
+    The swap is one atomic exchange where the OS has one (`tables.replace_folder`): a build
+    killed at any point leaves the previous index whole or the new one (and at worst a hidden
+    `.NAME.*` folder to delete); the files of two builds are never mixed.
     """
     import faiss
 
     folder = Path(folder)
+    restore_folder(folder)
     if folder.exists() and any(folder.iterdir()) and not (folder / "index.json").is_file():
         raise FileExistsError(f"{folder} exists and is not a gallery index; choose another --out or empty it")
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -286,15 +289,10 @@ def save_gallery_index(index, gallery: pl.DataFrame, plan: IndexPlan, folder: Pa
         replace_durably(partial / "faiss.index", lambda temporary: faiss.write_index(index, str(temporary)))
         info = {**asdict(plan), "backbone": backbone, "metric": "inner_product"}
         write_text(partial / "index.json", json.dumps(info, indent=2))
-        previous = folder.parent / f".{folder.name}.{os.getpid()}.old"
-        if folder.exists():
-            os.replace(folder, previous)
-        os.replace(partial, folder)
-        sync_directory(folder.parent)
+        replace_folder(partial, folder)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    shutil.rmtree(previous, ignore_errors=True)
 
 
 def gallery_table(ids: pl.Series, catalog: pl.DataFrame) -> pl.DataFrame:

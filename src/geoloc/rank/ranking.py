@@ -20,7 +20,7 @@ import polars as pl
 from geoloc.rank.photos import OpenImage
 from geoloc.rank.prompts import Place
 from geoloc.rank.scoring import QueryGroup, RewardScorer
-from geoloc.tables import TableError, as_float_column, read_table, write_table
+from geoloc.tables import TableError, as_float_column, read_table, remove_folder, write_table
 
 if TYPE_CHECKING:
     from geoloc.catalog.work import Share
@@ -259,7 +259,6 @@ def score_file(
         claim_work_folder,
         file_digest,
         model_identity,
-        remove_work_folder,
         run_cached,
         work_folder,
     )
@@ -323,7 +322,7 @@ def score_file(
             return RankingReport()
     predictions, report = predictions_of(pl.concat(frames) if frames else pl.DataFrame(schema=QUERY_COLUMNS))
     write_table(predictions, out)
-    remove_work_folder(work)
+    remove_folder(work)
     report.written = True
     return report
 
