@@ -17,7 +17,7 @@ import polars as pl
 from numpy.typing import NDArray
 
 from geoloc.geo import ACCURACY_THRESHOLDS_KM, CoordinateStatus, DistanceMethod, coordinate_status, distance_km
-from geoloc.places.areas import AREAS, OSV5M_LABEL_COLUMNS, area_accuracies, area_labels
+from geoloc.places.areas import AREAS, OSV5M_LABEL_COLUMNS, accuracies_of_hits, area_hits, area_labels
 from geoloc.tables import TRUTH_LAYOUTS, TableError, as_float_column, describe_ids, read_table, select_layout
 
 GEOSCORE_MAX = 5000.0
@@ -54,7 +54,8 @@ class Evaluation:
 
     metrics: dict[str, float | int | None]
     truth: pl.DataFrame
-    """image_id, lat, lon and distance_km (null where the photo has no prediction)."""
+    """image_id, lat, lon and distance_km (null where the photo has no prediction); with
+    areas, hit_<area> too (see hit_column)."""
     unknown_ids: pl.Series = field(default_factory=lambda: pl.Series("image_id", [], dtype=pl.Utf8))
     """Ids that have a prediction but are not in the truth file: reported, never scored."""
     inclusive: bool = False
@@ -216,10 +217,15 @@ def evaluate(
     )
     metrics = metrics_from_distances(distances, inclusive=inclusive)
     metrics["unknown"] = len(unknown)
-    metrics.update(_area_figures(joined, areas))
     scored = joined.select("image_id", "lat", "lon").with_columns(
         pl.Series("distance_km", distances).fill_nan(None)
     )
+    if areas:
+        hits = _area_hits(joined)
+        metrics.update(accuracies_of_hits(hits))
+        scored = pl.concat([scored, hits.rename({area: hit_column(area) for area in AREAS})], how="horizontal")
+    else:
+        metrics.update({f"acc_{area}": None for area in AREAS})
     return Evaluation(metrics=metrics, truth=scored, unknown_ids=unknown, inclusive=inclusive)
 
 
@@ -271,13 +277,16 @@ def with_area_labels(truth: pl.DataFrame) -> pl.DataFrame:
     return pl.concat([truth, computed], how="horizontal")
 
 
-def _area_figures(joined: pl.DataFrame, areas: bool) -> dict[str, float | None]:
-    """acc_<area> of truth rows joined with pred_lat / pred_lon (null where no prediction)."""
-    if not areas:
-        return {f"acc_{area}": None for area in AREAS}
+def _area_hits(joined: pl.DataFrame) -> pl.DataFrame:
+    """Per photo and area, truth rows joined with pred_lat / pred_lon: a hit or not (null: not counted)."""
     truth_labels = with_area_labels(joined).select(AREAS)
     predicted = joined.select(pl.col("pred_lat", "pred_lon").fill_null(np.nan))
-    return area_accuracies(predicted["pred_lat"].to_numpy(), predicted["pred_lon"].to_numpy(), truth_labels)
+    return area_hits(predicted["pred_lat"].to_numpy(), predicted["pred_lon"].to_numpy(), truth_labels)
+
+
+def hit_column(area: str) -> str:
+    """The column of Evaluation.truth telling, per photo, whether its predicted `area` is right."""
+    return f"hit_{area}"
 
 
 def evaluate_files(
