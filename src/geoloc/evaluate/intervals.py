@@ -25,7 +25,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.stats import binomtest
 
 from geoloc.evaluate import GEOSCORE_MAX, GEOSCORE_SCALE_KM, Evaluation, accuracy_key, hit_column
 from geoloc.geo import ACCURACY_THRESHOLDS_KM
@@ -111,6 +110,8 @@ class PairedDifference:
 
 def mcnemar_p_value(only_baseline: int, only_predictions: int) -> float:
     """Exact (binomial) McNemar test: two-sided p of the discordant photos splitting as they did."""
+    from scipy.stats import binomtest  # scipy.stats takes a while to import: only when a comparison is made
+
     discordant = only_baseline + only_predictions
     if not discordant:
         return 1.0
