@@ -124,16 +124,28 @@ def _table_width(named: dict[str, Evaluation], intervals: Intervals | None) -> i
     return sum(widths) + 3 * len(widths) + 2
 
 
-def print_figures(
-    named: dict[str, Evaluation], distance: str, inclusive: bool, intervals: Intervals | None
-) -> None:
-    """One table with a column per method when it fits the terminal, else one table per method."""
+def figures_block(name: str, evaluation: Evaluation, intervals: dict[str, list[float]] | None) -> Table:
+    """One method's figures, a row each: the figure, its value, its interval (where computed)."""
+    table = Table(title=name, box=box.SIMPLE_HEAD, title_justify="left")
+    table.add_column("figure", overflow="fold")
+    table.add_column("value", justify="right", overflow="fold")
+    if intervals:
+        table.add_column(f"{CONFIDENCE:.0%} interval", justify="right", overflow="fold")
+    for key, header in FIGURE_ROWS:
+        cells = [header, format_metric(key, evaluation.metrics[key])]
+        table.add_row(*cells, *([format_interval(key, intervals.get(key))] if intervals else []))
+    return table
+
+
+def print_figures(named: dict[str, Evaluation], distance: str, inclusive: bool, intervals: Intervals | None) -> None:
+    """One table with a column per method when it fits the terminal, else a table per method."""
     title = _title(distance, inclusive) + (f", {CONFIDENCE:.0%} bootstrap intervals" if intervals else "")
-    if len(named) == 1 or _table_width(named, intervals) <= console.width:
+    if len(named) > 1 and _table_width(named, intervals) <= console.width:
         console.print(figures_table(title, named, intervals))
         return
+    console.print(title, highlight=False)
     for name, evaluation in named.items():
-        console.print(figures_table(f"{name}: {title}", {name: evaluation}, intervals))
+        console.print(figures_block(name, evaluation, (intervals or {}).get(name)))
 
 
 def _print_continents(evaluation: Evaluation) -> None:

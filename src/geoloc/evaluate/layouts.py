@@ -56,7 +56,7 @@ OURS_WITH_TRUTH = PredictionLayout(
 )
 OURS = PredictionLayout("geoloc predictions", {"image_id": "image_id", "lat": "lat", "lon": "lon"})
 OSV5M_INFERENCE = PredictionLayout(
-    "OSV-5M inference output", {"column_1": "image_id", "column_2": "lat", "column_3": "lon"}, headerless=True
+    "OSV-5M inference output", {"file name": "image_id", "lat": "lat", "lon": "lon"}, headerless=True
 )
 PREDICTION_LAYOUTS = (GEOESTIMATION, GEORANKER_G3, OURS_WITH_TRUTH, OURS, OSV5M_INFERENCE)
 """Tried in this order: the first whose columns a file has is its layout."""
@@ -138,7 +138,8 @@ def read_prediction_file(path: str | Path) -> PredictionFile:
             return PredictionFile(GEOESTIMATION, frame, figures)
         if len(header) == 3 and _is_number(header[1]) and _is_number(header[2]):
             try:
-                frame = pl.read_csv(path, has_header=False, infer_schema=False)
+                frame = pl.read_csv(path, has_header=False, new_columns=list(OSV5M_INFERENCE.predictions),
+                                    infer_schema=False)
             except pl.exceptions.PolarsError as error:
                 raise TableError(f"{path}: cannot read as csv: {error}") from error
             return PredictionFile(OSV5M_INFERENCE, frame)
