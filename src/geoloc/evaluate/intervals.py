@@ -83,16 +83,23 @@ def resampled_median(
 
 
 def resampled_mean(
-    values: NDArray[np.float64], resamples: int, rng: np.random.Generator, bins: int = GEOSCORE_BINS
+    values: NDArray[np.float64],
+    resamples: int,
+    rng: np.random.Generator,
+    bins: int = GEOSCORE_BINS,
+    ordered: bool = False,
 ) -> NDArray[np.float64]:
-    """Resampled mean of `values`, the rows grouped into equal-count bins of sorted values."""
+    """Resampled mean of `values`, the rows grouped into equal-count bins of sorted values.
+
+    `ordered`: the values are already sorted (either way), so not sorted again.
+    """
     n = values.size
     if not n:
         return np.full(resamples, np.nan)
-    ordered = np.sort(values)
+    ordered_values = values if ordered else np.sort(values)
     edges = np.linspace(0, n, min(bins, n) + 1).astype(np.int64)
     sizes = np.diff(edges)
-    sums = np.add.reduceat(ordered, edges[:-1])
+    sums = np.add.reduceat(ordered_values, edges[:-1])
     counts = rng.multinomial(n, sizes / n, size=resamples)
     return counts @ (sums / sizes) / n
 
@@ -178,20 +185,29 @@ def share_keys(evaluation: Evaluation) -> list[str]:
 def figure_intervals(
     evaluation: Evaluation, resamples: int = DEFAULT_RESAMPLES, seed: int = 0, confidence: float = CONFIDENCE
 ) -> dict[str, list[float]]:
-    """A bootstrap interval per accuracy, the median error and GeoScore, resampling photos."""
+    """A bootstrap interval per accuracy, the median error and GeoScore, resampling photos.
+
+    The errors are sorted once: the hits at each radius are counted by binary search, and
+    the scores, decreasing with the error, come out sorted for the GeoScore bins.
+    """
     rng = np.random.default_rng(seed)
     n = evaluation.truth.height
+    ordered = np.sort(evaluation.truth["distance_km"].drop_nulls().to_numpy())
+    side = "right" if evaluation.inclusive else "left"
     intervals: dict[str, list[float]] = {}
     for key in share_keys(evaluation):
-        hits, counted = _share_inputs(evaluation, key)
-        counted_total = n if counted is None else int(np.count_nonzero(counted))
-        samples = resampled_share(int(np.count_nonzero(hits)), counted_total, n, resamples, rng)
+        if key.removeprefix("acc_") in AREAS:
+            hits, counted = _share_inputs(evaluation, key)
+            hit_count, counted_total = int(np.count_nonzero(hits)), int(np.count_nonzero(counted))
+        else:
+            threshold = next(t for t in ACCURACY_THRESHOLDS_KM if accuracy_key(t) == key)
+            hit_count, counted_total = int(np.searchsorted(ordered, threshold, side=side)), n
+        samples = resampled_share(hit_count, counted_total, n, resamples, rng)
         intervals[key] = percentile_interval(samples, confidence)
-    distances = evaluation.truth["distance_km"].drop_nulls().to_numpy()
-    intervals["median_km"] = percentile_interval(resampled_median(np.sort(distances), n, resamples, rng), confidence)
+    intervals["median_km"] = percentile_interval(resampled_median(ordered, n, resamples, rng), confidence)
     scores = np.zeros(n)
-    scores[: distances.size] = GEOSCORE_MAX * np.exp(-distances / GEOSCORE_SCALE_KM)
-    intervals["geoscore"] = percentile_interval(resampled_mean(scores, resamples, rng), confidence)
+    scores[: ordered.size] = GEOSCORE_MAX * np.exp(-ordered / GEOSCORE_SCALE_KM)
+    intervals["geoscore"] = percentile_interval(resampled_mean(scores, resamples, rng, ordered=True), confidence)
     return intervals
 
 
