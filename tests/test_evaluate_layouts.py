@@ -1,6 +1,8 @@
 """Prediction files as published projects write them, swapped coordinates, tables at 80 columns, the registry."""
 
 import json
+import runpy
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -236,3 +238,17 @@ def test_registry_names_the_benchmark_and_counts_what_a_copy_lacks_or_adds(toy_r
 def test_bundled_digests_are_the_published_sizes():
     digests = published_digests()
     assert (len(digests["im2gps3k"]), len(digests["im2gps"])) == (2997, 237)
+
+
+def test_the_worked_comparison_on_the_evaluation_page_is_what_the_commands_print(tmp_path, monkeypatch):
+    root = Path(__file__).resolve().parents[1]
+    page = (root / "docs" / "evaluation.md").read_text()
+    section = page[page.index("### A worked comparison"):]
+    shown = section[section.index("```text\n") + len("```text\n"):section.index("\n```", section.index("```text"))]
+    monkeypatch.chdir(tmp_path)
+    runpy.run_path(str(root / "examples" / "two_methods.py"))["write_benchmark"](Path("comparison"))
+    result = CliRunner().invoke(app, ["evaluate", "comparison/baseline.csv", "comparison/candidate.csv", "--truth",
+                                      "comparison/truth.csv", "--no-continents"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    printed = "\n".join(line.rstrip() for line in result.stdout.strip("\n").splitlines())
+    assert printed == shown
