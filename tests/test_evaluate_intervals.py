@@ -101,6 +101,19 @@ def test_intervals_cover_the_true_value_95_percent_of_the_time():
         assert coverage(count, trials) > 0.01, (name, count / trials)
 
 
+def test_paired_intervals_cover_a_known_difference_95_percent_of_the_time():
+    rng = np.random.default_rng(8)
+    trials, n = 300, 1000
+    only_baseline, only_other, both = 0.05, 0.08, 0.30  # the true difference: 3 points
+    covered = 0
+    for _ in range(trials):
+        outcome = rng.choice(4, size=n, p=[only_baseline, only_other, both, 1 - only_baseline - only_other - both])
+        baseline_hits, other_hits = np.isin(outcome, [0, 2]), np.isin(outcome, [1, 2])
+        low, high = paired_difference(baseline_hits, other_hits, None, 500, rng).ci
+        covered += low <= only_other - only_baseline <= high
+    assert coverage(covered, trials) > 0.01, covered / trials
+
+
 def test_mcnemar_is_the_exact_binomial_computation():
     # 12 photos only the baseline gets right, 3 only the other: P(X <= 3 or X >= 12), X ~ Binomial(15, 1/2).
     expected = binom.cdf(3, 15, 0.5) + binom.sf(11, 15, 0.5)

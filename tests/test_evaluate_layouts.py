@@ -144,6 +144,13 @@ def test_swapped_truth_gets_the_hint_and_swap_latlon_scores_it(tmp_path):
     assert payload["acc_200km"] == pytest.approx(np.mean(np.array(errors_km()) < 200))
 
 
+def test_swap_latlon_must_name_a_file_evaluated(tmp_path):
+    (tmp_path / "p.csv").write_text("image_id,lat,lon,true_lat,true_lon\na,1,1,1,1\n")
+    result = CliRunner().invoke(app, ["evaluate", str(tmp_path / "p.csv"), "--swap-latlon", "other.csv"])
+    assert result.exit_code == 2
+    assert "--swap-latlon other.csv: not among the files evaluated" in result.stderr
+
+
 def test_no_hint_when_swapping_would_not_help(tmp_path):
     (tmp_path / "truth.csv").write_text("image_id,lat,lon\na,95,200\nb,10,10\n")
     (tmp_path / "p.csv").write_text("image_id,lat,lon\na,1,1\nb,10,10\n")

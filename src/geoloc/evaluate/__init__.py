@@ -346,6 +346,9 @@ def evaluate_many(
     `swap_latlon`: files whose latitude and longitude columns hold each other's values.
     """
     swapped = {Path(path).resolve() for path in swap_latlon}
+    given = {Path(path).resolve() for path in [*predictions_paths, *([truth_path] if truth_path else [])]}
+    if stray := [str(path) for path in swap_latlon if Path(path).resolve() not in given]:
+        raise TableError(f"--swap-latlon {', '.join(stray)}: not among the files evaluated")
     truth = None
     evaluations = []
     for predictions_path in predictions_paths:

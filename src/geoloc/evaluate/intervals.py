@@ -170,10 +170,14 @@ def _share_inputs(evaluation: Evaluation, key: str) -> tuple[NDArray[np.bool_], 
         if key == f"acc_{area}":
             column = truth[hit_column(area)]
             return column.fill_null(False).to_numpy(), column.is_not_null().to_numpy()
-    threshold = next(t for t in ACCURACY_THRESHOLDS_KM if accuracy_key(t) == key)
     distances = truth["distance_km"].fill_null(np.inf).to_numpy()
     within = np.less_equal if evaluation.inclusive else np.less
-    return within(distances, threshold), None
+    return within(distances, _radius_km(key)), None
+
+
+def _radius_km(key: str) -> float:
+    """The radius of an accuracy key: acc_25km -> 25."""
+    return next(t for t in ACCURACY_THRESHOLDS_KM if accuracy_key(t) == key)
 
 
 def share_keys(evaluation: Evaluation) -> list[str]:
@@ -200,8 +204,7 @@ def figure_intervals(
             hits, counted = _share_inputs(evaluation, key)
             hit_count, counted_total = int(np.count_nonzero(hits)), int(np.count_nonzero(counted))
         else:
-            threshold = next(t for t in ACCURACY_THRESHOLDS_KM if accuracy_key(t) == key)
-            hit_count, counted_total = int(np.searchsorted(ordered, threshold, side=side)), n
+            hit_count, counted_total = int(np.searchsorted(ordered, _radius_km(key), side=side)), n
         samples = resampled_share(hit_count, counted_total, n, resamples, rng)
         intervals[key] = percentile_interval(samples, confidence)
     intervals["median_km"] = percentile_interval(resampled_median(ordered, n, resamples, rng), confidence)
