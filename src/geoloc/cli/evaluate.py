@@ -21,7 +21,15 @@ from geoloc.evaluate import (
     radius_rule,
     stated_figures_warning,
 )
-from geoloc.evaluate.intervals import CONFIDENCE, PairedDifference, compare, figure_intervals, quotable, same_photos
+from geoloc.evaluate.intervals import (
+    CONFIDENCE,
+    DEFAULT_RESAMPLES,
+    PairedDifference,
+    compare,
+    figure_intervals,
+    quotable,
+    same_photos,
+)
 from geoloc.evaluate.registry import Identification, identify
 from geoloc.geo import ACCURACY_THRESHOLDS_KM
 from geoloc.places.areas import AREAS
@@ -268,7 +276,7 @@ def evaluate_command(
         "(or .svg / .pdf)."
     ),
     ci: bool = typer.Option(True, "--ci/--no-ci", help="95% bootstrap intervals in the table (always in --json)."),
-    resamples: int = typer.Option(1000, "--resamples", min=100, help="Bootstrap resamples of the photos."),
+    resamples: int = typer.Option(DEFAULT_RESAMPLES, "--resamples", min=100, help="Bootstrap resamples of the photos."),
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap: the same seed gives the same intervals."),
     baseline: Path | None = typer.Option(
         None, "--baseline", help="Compare every predictions file with this one (default: the first)."
