@@ -135,7 +135,7 @@ def test_missing_backbone_says_what_is_missing_and_what_to_do(tmp_path, monkeypa
 def test_predict_out_resumes_after_an_interruption_and_refuses_other_settings(tiny_clip, small_gallery, tmp_path,
                                                                              monkeypatch):
     from geoloc import predict as predict_module
-    from geoloc.catalog.work import work_folder
+    from geoloc.resumable import work_folder
 
     folder = tmp_path / "photos"
     folder.mkdir()

@@ -23,7 +23,7 @@ from geoloc.rank.scoring import QueryGroup, RewardScorer
 from geoloc.tables import TableError, as_float_column, read_table, write_table
 
 if TYPE_CHECKING:
-    from geoloc.catalog.work import Share
+    from geoloc.resumable import Share
 
 DEFAULT_TOP = {"retrieval": 10, "zeroshot": 5}
 """GeoRanker's default: the 10 best retrieval candidates (with gallery photos) and 5 zero-shot ones."""
@@ -184,8 +184,8 @@ def _code_identity() -> dict:
     """The versions and sources that make the prompts and the rewards: other code, other scores."""
     from importlib.metadata import version
 
-    from geoloc.catalog.work import file_digest
     from geoloc.rank import model, photos, prompts, scoring
+    from geoloc.resumable import file_digest
 
     modules = (model, photos, prompts, scoring)
     return {"versions": {name: version(name) for name in ("geoloc", "torch", "transformers", "peft")},
@@ -250,7 +250,8 @@ def score_file(
     """
     import torch
 
-    from geoloc.catalog.work import (
+    from geoloc.rank.model import ModelLoadError, adapter_base, load_processor, load_reward_model
+    from geoloc.resumable import (
         ResumeError,
         Share,
         Task,
@@ -263,7 +264,6 @@ def score_file(
         run_cached,
         work_folder,
     )
-    from geoloc.rank.model import ModelLoadError, adapter_base, load_processor, load_reward_model
 
     share = share or Share.from_env()
     frame = read_candidates(candidates_path)

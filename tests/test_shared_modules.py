@@ -1,0 +1,47 @@
+"""The shared modules below the stages: one copy of each rule, tested here once."""
+
+import io
+
+import pytest
+from PIL import Image
+
+from geoloc.images.decoding import UNREADABLE, decode_photo, open_photo, unreadable_reason
+from geoloc.progress import progress_bar, progress_callback
+
+
+def test_progress_goes_to_stderr_and_leaves_stdout_clean(capsys):
+    with progress_bar(transient=False) as bar:
+        task = bar.add_task("embedding", total=3)
+        bar.advance(task, 3)
+    with progress_callback("scoring") as progress:
+        progress(2, 2)
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "embedding" in captured.err and "3/3" in captured.err
+
+
+def jpeg_bytes(size: tuple[int, int] = (8, 6), mode: str = "RGB") -> bytes:
+    buffer = io.BytesIO()
+    Image.new(mode, size, 128).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def test_decode_photo_gives_rgb_pixels_of_any_mode():
+    image = decode_photo(jpeg_bytes(mode="L"))
+    assert image.mode == "RGB" and image.size == (8, 6)
+
+
+@pytest.mark.parametrize("data", [b"not a photo", jpeg_bytes()[:40], b""])
+def test_unreadable_bytes_raise_one_of_unreadable_with_a_stable_reason(data):
+    with pytest.raises(UNREADABLE) as first:
+        decode_photo(data)
+    with pytest.raises(UNREADABLE) as second:
+        decode_photo(data)
+    assert unreadable_reason(first.value) == unreadable_reason(second.value)
+    assert "0x" not in unreadable_reason(first.value)
+
+
+def test_max_pixels_refuses_a_photo_from_its_header():
+    with pytest.raises(UNREADABLE, match="48 pixels; the limit is 47"):
+        open_photo(jpeg_bytes(), max_pixels=47)
+    assert open_photo(jpeg_bytes(), max_pixels=48).size == (8, 6)
