@@ -5,8 +5,10 @@ import io
 import pytest
 from PIL import Image
 
+from geoloc.candidates.zeroshot import default_cache_path
 from geoloc.images.decoding import UNREADABLE, decode_photo, open_photo, unreadable_reason
 from geoloc.progress import progress_bar, progress_callback
+from geoloc.user_cache import user_cache_folder
 
 
 def test_progress_goes_to_stderr_and_leaves_stdout_clean(capsys):
@@ -45,3 +47,12 @@ def test_max_pixels_refuses_a_photo_from_its_header():
     with pytest.raises(UNREADABLE, match="48 pixels; the limit is 47"):
         open_photo(jpeg_bytes(), max_pixels=47)
     assert open_photo(jpeg_bytes(), max_pixels=48).size == (8, 6)
+
+
+def test_the_user_cache_folder_follows_xdg_cache_home(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert user_cache_folder() == tmp_path / "geoloc"
+    assert default_cache_path() == tmp_path / "geoloc" / "zeroshot.sqlite"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert user_cache_folder() == tmp_path / "home" / ".cache" / "geoloc"

@@ -30,6 +30,7 @@ from geoloc.candidates.coordinates import parse_coordinates
 from geoloc.images import MetadataError, Photo, strip_metadata
 from geoloc.images.decoding import UNREADABLE, unreadable_reason
 from geoloc.tables import describe_ids, open_answer_cache
+from geoloc.user_cache import user_cache_folder
 
 API_KEY_VARIABLES = ("GEOLOC_API_KEY", "OPENAI_API_KEY")
 SENT_AS_IS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "GIF": "image/gif"}
@@ -246,8 +247,7 @@ def normalized_base_url(base_url: str) -> str:
 
 
 def default_cache_path() -> Path:
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "geoloc" / "zeroshot.sqlite"
+    return user_cache_folder() / "zeroshot.sqlite"
 
 
 @dataclass(frozen=True)
