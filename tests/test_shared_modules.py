@@ -8,6 +8,7 @@ from PIL import Image
 from geoloc.candidates.zeroshot import default_cache_path
 from geoloc.images.decoding import UNREADABLE, decode_photo, open_photo, unreadable_reason
 from geoloc.progress import progress_bar, progress_callback
+from geoloc.tables import replace_durably, replace_folder_durably
 from geoloc.user_cache import user_cache_folder
 
 
@@ -56,3 +57,33 @@ def test_the_user_cache_folder_follows_xdg_cache_home(monkeypatch, tmp_path):
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert user_cache_folder() == tmp_path / "home" / ".cache" / "geoloc"
+
+
+def test_a_folder_is_replaced_whole_or_not_at_all(tmp_path):
+    folder = tmp_path / "index"
+    replace_folder_durably(folder, lambda partial: (partial / "a.txt").write_text("first"))
+    assert (folder / "a.txt").read_text() == "first"
+
+    def half_written(partial):
+        (partial / "a.txt").write_text("second")
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError, match="killed"):
+        replace_folder_durably(folder, half_written)
+    assert (folder / "a.txt").read_text() == "first"
+    replace_folder_durably(folder, lambda partial: (partial / "b.txt").write_text("third"))
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["index"]
+    assert sorted(path.name for path in folder.iterdir()) == ["b.txt"]
+
+
+def test_a_failed_durable_write_leaves_the_old_file_and_no_part(tmp_path):
+    path = tmp_path / "out.safetensors"
+    replace_durably(path, lambda temporary: temporary.write_bytes(b"old"))
+
+    def failing(temporary):
+        temporary.write_bytes(b"half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        replace_durably(path, failing)
+    assert path.read_bytes() == b"old" and sorted(tmp_path.iterdir()) == [path]
