@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 from geoloc.candidates import geoclip as geoclip_module
 from geoloc.candidates.geoclip import GeoClip, geoclip_gallery
 from geoloc.cli import app
-from geoloc.encode.backbone import BackboneUnavailable, load_backbone
+from geoloc.encode.backbone import BackboneUnavailable
+from geoloc.encode.loading import load_backbone
 from geoloc.evaluate import evaluate_files
 
 ROOT = Path(__file__).resolve().parents[1]

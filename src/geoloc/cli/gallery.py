@@ -56,7 +56,8 @@ def embed_command(
     from geoloc.cluster import ClusterError, check_engine
     from geoloc.embeddings import EmbeddingsError
     from geoloc.encode import CatalogImages, embed_table
-    from geoloc.encode.backbone import BackboneUnavailable, load_backbone
+    from geoloc.encode.backbone import BackboneUnavailable
+    from geoloc.encode.loading import load_backbone
 
     backbone = _backbone_name(backbone, clip)
     with clean_errors(BackboneUnavailable, EmbeddingsError, CatalogError, TableError, FileNotFoundError, ClusterError):
@@ -153,7 +154,8 @@ def retrieve_command(
 
     from geoloc.candidates.retrieval import retrieval_candidates
     from geoloc.encode import embed_batches, read_file
-    from geoloc.encode.backbone import BackboneUnavailable, load_backbone
+    from geoloc.encode.backbone import BackboneUnavailable
+    from geoloc.encode.loading import load_backbone
     from geoloc.images import find_photos
     from geoloc.index import GalleryIndex
 

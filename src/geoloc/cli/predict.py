@@ -22,7 +22,7 @@ def _guesses(photos_or_folders: list[Path], backbone: str, top_k: int, batch_siz
     With `out`, answers are kept in its work folder as they come (see guess_photos_resumable).
     """
     from geoloc.candidates.geoclip import GeoClip
-    from geoloc.encode.backbone import load_backbone
+    from geoloc.encode.loading import load_backbone
     from geoloc.images import find_photos
     from geoloc.predict import PhotoGuess, guess_photos, guess_photos_resumable
     from geoloc.resumable import work_folder

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from geoloc.encode.backbone import Backbone, BackboneUnavailable, _unavailable, pick_device, pick_dtype
+from geoloc.encode.backbone import Backbone, BackboneUnavailable, backbone_unavailable, pick_device, pick_dtype
 from geoloc.hub import offline_unless_reachable
 from geoloc.tables import replace_durably
 
@@ -161,7 +161,7 @@ def _clip_parts(clip: str) -> tuple[object, object]:
             config = AutoConfig.from_pretrained(clip)
             processor = CLIPImageProcessorPil.from_pretrained(clip)
     except OSError as error:
-        raise _unavailable(clip, error) from error
+        raise backbone_unavailable(clip, error) from error
     if config.model_type != "clip":
         raise G3CheckpointError(f"--clip {clip} is a {config.model_type} model; G3 is built on CLIP")
     vision_config = config.vision_config
@@ -181,7 +181,7 @@ def g3_dim(name: str) -> int:
         with offline_unless_reachable(clip):
             return 3 * int(AutoConfig.from_pretrained(clip).projection_dim)
     except OSError as error:
-        raise _unavailable(clip, error) from error
+        raise backbone_unavailable(clip, error) from error
 
 
 def load_g3_model(path: Path, clip: str) -> tuple[G3Vision, object]:
