@@ -7,6 +7,7 @@ from PIL import Image
 
 from geoloc.candidates.zeroshot import default_cache_path
 from geoloc.images.decoding import UNREADABLE, decode_photo, open_photo, unreadable_reason
+from geoloc.images.jpeg import START_OF_FRAME, START_OF_SCAN, JpegStructureError, frame_pixels, header_segments
 from geoloc.progress import progress_bar, progress_callback
 from geoloc.tables import replace_durably, replace_folder_durably
 from geoloc.user_cache import user_cache_folder
@@ -87,3 +88,34 @@ def test_a_failed_durable_write_leaves_the_old_file_and_no_part(tmp_path):
     with pytest.raises(OSError, match="disk full"):
         replace_durably(path, failing)
     assert path.read_bytes() == b"old" and sorted(tmp_path.iterdir()) == [path]
+
+
+def test_the_jpeg_walker_names_every_segment_up_to_the_scan():
+    data = jpeg_bytes()
+    segments = list(header_segments(data))
+    markers = [marker for marker, _, _ in segments]
+    assert markers[0] == 0xE0 and markers[-1] == START_OF_SCAN and any(m in START_OF_FRAME for m in markers)
+    assert [start for _, start, _ in segments[1:]] == [end for _, _, end in segments[:-1]]
+    assert segments[-1][2] == len(data)
+    frame = next(start for marker, start, _ in segments if marker in START_OF_FRAME)
+    assert frame_pixels(data, frame) == 48
+
+
+def test_the_jpeg_walker_skips_fill_bytes_and_steps_over_standalone_markers():
+    data = jpeg_bytes()
+    padded = data[:2] + b"\xff\xff\xd0" + data[2:]
+    assert [m for m, _, _ in header_segments(padded)][0] == 0xD0
+    assert [m for m, _, _ in header_segments(padded)][1:] == [m for m, _, _ in header_segments(data)]
+
+
+@pytest.mark.parametrize(("cut", "message"), [
+    (lambda data: b"\x89PNG" + data, "no start-of-image"),
+    (lambda data: data[:2] + b"\x00" + data[2:], "no segment marker at byte 2"),
+    (lambda data: data[:3], "no image data"),
+    (lambda data: data[:5], "truncated segment header"),
+    (lambda data: data[:10], "runs past the end"),
+    (lambda data: data[:4] + b"\x00\x01" + data[6:], "runs past the end"),
+])
+def test_the_jpeg_walker_names_where_the_structure_breaks(cut, message):
+    with pytest.raises(JpegStructureError, match=message):
+        list(header_segments(cut(jpeg_bytes())))
