@@ -18,7 +18,6 @@ import argparse
 import io
 import json
 import multiprocessing
-import os
 import resource
 import tempfile
 import time
@@ -27,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 from PIL import Image
+
+from geoloc.machine import cpu_count
 
 
 def photo_like(rng: np.random.Generator, size: tuple[int, int]) -> Image.Image:
@@ -72,7 +73,7 @@ def full_run(catalog: Path, bench: Path, out: Path) -> tuple[float, float, dict[
 
     start = time.perf_counter()
     summary = decontaminate(catalog, [bench], out, options=BuildOptions(work_dir=out / ".work",
-                                                                        workers=os.cpu_count() or 1))
+                                                                        workers=cpu_count()))
     seconds = time.perf_counter() - start
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
@@ -109,7 +110,7 @@ def main() -> None:
         "plain_photos_per_s_per_core": round(args.photos / plain, 1),
         "speedup": round(plain / ours, 2),
         "decontaminate_s": round(run_s, 1),
-        "decontaminate_workers": os.cpu_count(),
+        "decontaminate_workers": cpu_count(),
         "peak_rss_mb": round(peak_mb),
         "planted": args.planted,
         "found": removed,

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import sys
 import tempfile
 import time
@@ -35,8 +34,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 from datawriters import gps_block, write_files, write_shard  # noqa: E402
 
 from geoloc.catalog.scan import scan_files  # noqa: E402
-from geoloc.catalog.work import Task, Workers, run_cached  # noqa: E402
 from geoloc.images import index_shard  # noqa: E402
+from geoloc.machine import cpu_count  # noqa: E402
+from geoloc.resumable import Task, Workers, run_cached  # noqa: E402
 
 
 def photos(count: int, size: tuple[int, int]) -> list[bytes]:
@@ -93,7 +93,7 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=40_000, help="JPEG files for the EXIF comparison")
     parser.add_argument("--shards", type=int, default=8)
     parser.add_argument("--records", type=int, default=4_000, help="records per shard")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--workers", type=int, default=cpu_count())
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="geoloc-ingest-") as scratch, Workers(args.workers) as workers:

@@ -99,6 +99,29 @@ def replace_durably(path: Path, write: Callable[[Path], None]) -> None:
     sync_directory(path.parent)
 
 
+def replace_folder_durably(folder: Path, write: Callable[[Path], None]) -> None:
+    """`write(partial)` fills a new folder beside `folder`; its files are flushed, then it is swapped in whole
+    (`replace_folder`).
+
+    A write killed at any point leaves the previous folder whole or the new one (and at worst a
+    hidden `.NAME.PID.*` folder to delete); the files of two writes are never mixed.
+    """
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    restore_folder(folder)
+    partial = folder.parent / f".{folder.name}.{os.getpid()}.part"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir()
+    try:
+        write(partial)
+        for written in sorted(partial.rglob("*"), reverse=True):
+            _fsync(written, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if written.is_dir() else 0))
+        sync_directory(partial)
+        replace_folder(partial, folder)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+
+
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
 """renameat2's flag (Linux 3.15+, glibc 2.28+); macOS's renamex_np calls the same swap RENAME_SWAP, also 2."""

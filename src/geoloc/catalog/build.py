@@ -11,10 +11,10 @@ import polars as pl
 
 from geoloc.catalog.scan import BAD_URI
 from geoloc.catalog.sources import COORDINATES_DETAIL, READERS, BuildOptions, CatalogError
-from geoloc.catalog.work import Executor, Workers
 from geoloc.cluster import check_engine
 from geoloc.geo import CoordinateStatus, coordinate_status
 from geoloc.images import OUTSIDE_ROOT, ImageStore
+from geoloc.resumable import Executor, Workers
 from geoloc.tables import write_table, write_text
 
 DUPLICATE = "duplicate"

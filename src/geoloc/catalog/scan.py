@@ -7,8 +7,8 @@ from pathlib import Path
 
 import polars as pl
 
-from geoloc.catalog.work import Executor, Task, cache_key, run_cached
 from geoloc.images import CORRUPT_IMAGE, OUTSIDE_ROOT, OutsideRootError, RootFolder, content_hash, read_header
+from geoloc.resumable import Executor, Task, cache_key, run_cached
 
 MISSING_IMAGE = "missing_image"
 BAD_URI = "bad_uri"

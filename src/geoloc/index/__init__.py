@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import shutil
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
@@ -26,7 +24,7 @@ import numpy as np
 import polars as pl
 
 from geoloc.places import GALLERY_PLACE_COLUMNS, fill_place_texts, place_text
-from geoloc.tables import replace_durably, replace_folder, restore_folder, write_table, write_text
+from geoloc.tables import replace_durably, replace_folder_durably, restore_folder, write_table, write_text
 
 INDEX_KINDS = ("auto", "flat", "ivf", "hnsw", "ivfsq", "ivfpq")
 EXACT_UP_TO = 200_000
@@ -268,31 +266,23 @@ class GalleryIndex:
 
 
 def save_gallery_index(index, gallery: pl.DataFrame, plan: IndexPlan, folder: Path, backbone: str | None) -> None:
-    """Write the three files into a new folder beside `folder`, then swap the whole folder in.
-
-    The swap is one atomic exchange where the OS has one (`tables.replace_folder`): a build
-    killed at any point leaves the previous index whole or the new one (and at worst a hidden
-    `.NAME.*` folder to delete); the files of two builds are never mixed.
-    """
+    """Write the three files into a new folder beside `folder`, then swap the whole folder in
+    (`tables.replace_folder_durably`: one atomic exchange where the OS has one, so a build killed at
+    any point leaves the previous index or the new one, whole)."""
     import faiss
 
     folder = Path(folder)
     restore_folder(folder)
     if folder.exists() and any(folder.iterdir()) and not (folder / "index.json").is_file():
         raise FileExistsError(f"{folder} exists and is not a gallery index; choose another --out or empty it")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    partial = folder.parent / f".{folder.name}.{os.getpid()}.part"
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir()
-    try:
+
+    def write(partial: Path) -> None:
         write_table(gallery.select(GALLERY_COLUMNS), partial / "gallery.parquet")
         replace_durably(partial / "faiss.index", lambda temporary: faiss.write_index(index, str(temporary)))
         info = {**asdict(plan), "backbone": backbone, "metric": "inner_product"}
         write_text(partial / "index.json", json.dumps(info, indent=2))
-        replace_folder(partial, folder)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
+
+    replace_folder_durably(folder, write)
 
 
 def gallery_table(ids: pl.Series, catalog: pl.DataFrame) -> pl.DataFrame:
