@@ -1,6 +1,7 @@
 """Atomic, durable writes: a temporary file beside the target, fsynced, renamed, the folder fsynced."""
 
 import os
+import stat
 
 import polars as pl
 import pytest
@@ -51,3 +52,42 @@ def test_data_is_fsynced_before_the_rename_and_the_folder_after(tmp_path, monkey
     write_table(pl.DataFrame({"a": ["x"]}), tmp_path / "t.csv")
     assert [kind for kind, *_ in events[6:]] == ["fsync", "replace", "fsync"]
     assert read_table(tmp_path / "t.csv")["a"].to_list() == ["x"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_outputs_follow_the_umask(tmp_path, umask):
+    """A table, a text file and a folder swapped in whole get the permissions a file made in place would."""
+    from geoloc.tables import replace_folder_durably
+
+    previous = os.umask(umask)
+    try:
+        write_table(pl.DataFrame({"a": [1]}), tmp_path / "t.parquet")
+        write_text(tmp_path / "t.json", "{}")
+        replace_folder_durably(tmp_path / "folder", lambda partial: write_text(partial / "x.txt", "x"))
+    finally:
+        os.umask(previous)
+    for file in (tmp_path / "t.parquet", tmp_path / "t.json", tmp_path / "folder" / "x.txt"):
+        assert stat.S_IMODE(file.stat().st_mode) == 0o666 & ~umask, file
+    assert stat.S_IMODE((tmp_path / "folder").stat().st_mode) == 0o777 & ~umask
+
+
+def test_the_answer_cache_is_its_owners_alone_whatever_the_umask(tmp_path):
+    """Photo hashes -> places: the SQLite file and its WAL are 0600, a folder made for it 0700, and an
+    existing world-readable cache is closed."""
+    from geoloc.tables import open_answer_cache
+
+    previous = os.umask(0o002)
+    try:
+        path = tmp_path / "cache" / "answers.sqlite"
+        connection = open_answer_cache(path, "CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, answer TEXT)")
+        connection.execute("INSERT INTO answers VALUES ('photo', '48.85,2.29')")
+        connection.commit()
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in path.parent.iterdir()}
+        assert modes == {"answers.sqlite": 0o600, "answers.sqlite-wal": 0o600, "answers.sqlite-shm": 0o600}
+        assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+        connection.close()
+        path.chmod(0o644)
+        open_answer_cache(path).close()
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    finally:
+        os.umask(previous)

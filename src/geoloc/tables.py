@@ -79,11 +79,26 @@ def read_table(path: str | Path, columns: list[str] | None = None) -> pl.DataFra
         raise TableError(f"{path}: cannot read as {kind}: {error}") from error
 
 
+def current_umask() -> int:
+    """The process's umask: read where the OS shows it (Linux), else set and put back at once."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        status = ""
+    for line in status.splitlines():
+        if line.startswith("Umask:"):
+            return int(line.split()[1], 8)
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
 def replace_durably(path: Path, write: Callable[[Path], None]) -> None:
     """`write(temporary)` beside `path`, then flushed to disk, renamed over `path`, and the rename flushed too.
 
     A reader sees the old file or the whole new one, never a part, even after a power cut:
-    without the fsyncs a rename may reach the disk before the data it points to.
+    without the fsyncs a rename may reach the disk before the data it points to. The file's
+    permissions follow the umask, as a file created in place would.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
@@ -91,6 +106,7 @@ def replace_durably(path: Path, write: Callable[[Path], None]) -> None:
     temporary = Path(name)
     try:
         write(temporary)
+        os.chmod(temporary, 0o666 & ~current_umask())  # mkstemp makes 0600: an output is shared like any file
         _fsync(temporary, os.O_RDONLY)
         os.replace(temporary, path)
     except BaseException:
@@ -288,8 +304,13 @@ def open_answer_cache(path: Path, *tables: str) -> sqlite3.Connection:
     """An SQLite file of answers already paid for (API calls), created with `tables` (CREATE statements).
 
     WAL journaling: every committed answer survives a kill -9, and a reader may look while a run writes.
+    The answers tie photos to places, so the file is its owner's alone (0600, SQLite gives its journal
+    files the same mode), whatever the umask, and a folder made for it is 0700.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.parent.is_dir():
+        path.parent.mkdir(parents=True, mode=0o700, exist_ok=True)
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    os.chmod(path, 0o600)  # a cache made world-readable by an earlier version is closed too
     connection = sqlite3.connect(path)
     connection.execute("PRAGMA journal_mode=WAL")
     for statement in tables:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from geoloc.tables import read_table, remove_folder
+from geoloc.tables import current_umask, read_table, remove_folder
 
 LOOKUP_SUFFIX = ".lookup"
 """The cache folder beside an index file: `mp16.parquet` -> `mp16.parquet.lookup/`, one version in it per
@@ -134,6 +134,7 @@ class MemberLookup:
         folder.parent.mkdir(parents=True, exist_ok=True)
         scratch = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
         try:
+            os.chmod(scratch, 0o777 & ~current_umask())  # mkdtemp makes 0700: other users' workers read it too
             for name in _ARRAYS:
                 np.save(scratch / f"{name}.npy", getattr(self, name), allow_pickle=False)
             meta = {"format": _FORMAT, "containers": sorted(self.containers), **stamp}
