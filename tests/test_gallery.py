@@ -183,3 +183,20 @@ def test_a_hash_in_a_file_name_goes_from_catalog_to_embeddings_and_escapes_are_r
     refused = table.filter(pl.col("image_id") == "x")
     assert "'../secret.jpg'" in refused["error"][0] and "outside" in refused["error"][0]
     assert set(ids) == {"a#1.jpg", "c#3.jpg", "trip/b.jpg"} and len(vectors) == 3
+
+
+def test_loading_a_backbone_leaves_transformers_logging_as_it_was(tiny_clip):
+    """The load's report is silenced for that call only: the user's verbosity is back after it."""
+    from transformers.utils import logging as hf_logging
+
+    previous = hf_logging.get_verbosity()
+    try:
+        hf_logging.set_verbosity_info()
+        load_backbone(str(tiny_clip), device="cpu")
+        assert hf_logging.get_verbosity() == hf_logging.INFO
+        hf_logging.set_verbosity_warning()
+        with pytest.raises(Exception):  # noqa: B017 - a failing load restores it too
+            load_backbone(str(tiny_clip / "missing"), device="cpu")
+        assert hf_logging.get_verbosity() == hf_logging.WARNING
+    finally:
+        hf_logging.set_verbosity(previous)

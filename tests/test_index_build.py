@@ -1,6 +1,7 @@
 """`geoloc index build` streams the embedding parts, fits a memory limit, and replaces an old index whole."""
 
 import json
+import os
 
 import faiss
 import numpy as np
@@ -246,3 +247,30 @@ def test_a_failed_second_rename_puts_the_old_index_back(tmp_path, monkeypatch):
                            plan_index(1, 8, "flat"), folder, "new")
     assert GalleryIndex.load(folder).info["backbone"] == "test-backbone"
     assert [path.name for path in tmp_path.iterdir() if path.name.startswith(".")] == []
+
+
+def test_bad_input_is_one_line_and_exit_2_a_bug_is_a_traceback_and_exit_1(tmp_path, monkeypatch):
+    """An input check's error is the user's to fix (exit 2, no traceback); a ValueError from inside geoloc
+    or a library is a bug, never reported as bad input (exit 1, with its traceback)."""
+    import subprocess
+    import sys
+
+    embeddings, catalog, _ = write_gallery(tmp_path, clustered(50, 8), chunk_rows=50)
+    runner = CliRunner()
+    command = ["index", "build", "--embeddings", str(embeddings), "--catalog", str(catalog),
+               "--out", str(tmp_path / "index")]
+    result = runner.invoke(app, [*command, "--max-memory", "lots"])
+    assert result.exit_code == 2 and "'lots' is not a memory size" in result.output
+    assert "Traceback" not in result.output
+    result = runner.invoke(app, [*command[:2], "--embeddings", str(tmp_path / "none"), *command[4:]])
+    assert result.exit_code == 2 and "none" in result.output
+
+    bug = ("import sys, geoloc.index\n"
+           "def broken(*a, **k): raise ValueError('an internal invariant broke')\n"
+           "geoloc.index.plan_index = broken\n"
+           "from geoloc.cli import app\n"
+           "app(sys.argv[1:])\n")
+    crashed = subprocess.run([sys.executable, "-c", bug, *command], capture_output=True, text=True, timeout=120,
+                             env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert crashed.returncode == 1
+    assert "Traceback (most recent call last)" in crashed.stderr and "an internal invariant broke" in crashed.stderr

@@ -17,10 +17,11 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from geoloc.errors import InputError
 from geoloc.tables import describe_ids, ids_digest, rows_of, write_table, write_text
 
 
-class EmbeddingsError(ValueError):
+class EmbeddingsError(InputError):
     """An embeddings folder does not match the run, or is not one."""
 
 

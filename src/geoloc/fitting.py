@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from geoloc.errors import InputError
+
 
 @dataclass(frozen=True)
 class FitSettings:
@@ -41,7 +43,7 @@ def fit(
     from accelerate.utils import set_seed
 
     if rows == 0:
-        raise ValueError("nothing to train on: no examples")
+        raise InputError("nothing to train on: no examples")
     set_seed(settings.seed)
     accelerator = Accelerator(gradient_accumulation_steps=settings.gradient_accumulation_steps)
     loader = torch.utils.data.DataLoader(torch.arange(rows), batch_size=settings.batch_size, shuffle=True,

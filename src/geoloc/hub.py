@@ -47,3 +47,17 @@ def offline_unless_reachable(name: str) -> Iterator[None]:
             os.environ.pop("HF_HUB_OFFLINE", None)
         else:
             os.environ["HF_HUB_OFFLINE"] = previous
+
+
+@contextlib.contextmanager
+def load_report_silenced() -> Iterator[None]:
+    """transformers' warnings silenced for one load whose report lists weights skipped on purpose (a CLIP
+    text tower, a language-modelling head); the verbosity the user set is back after it, whatever happens."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)

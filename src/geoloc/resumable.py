@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 import polars as pl
 
+from geoloc.errors import InputError
 from geoloc.progress import progress_bar
 from geoloc.tables import write_table, write_text
 
@@ -118,7 +119,7 @@ class Share:
         rank = os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))
         world = os.environ.get("WORLD_SIZE", os.environ.get("LOCAL_WORLD_SIZE", "1"))
         if not (rank.isdigit() and world.isdigit() and int(rank) < int(world)):
-            raise ValueError(f"RANK={rank!r} and WORLD_SIZE={world!r}: expected 0 <= RANK < WORLD_SIZE")
+            raise InputError(f"RANK={rank!r} and WORLD_SIZE={world!r}: expected 0 <= RANK < WORLD_SIZE")
         return cls(int(rank), int(world))
 
     def takes(self, position: int) -> bool:
@@ -173,7 +174,7 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-class ResumeError(ValueError):
+class ResumeError(InputError):
     """A work folder holds the parts of a run made with other settings."""
 
 

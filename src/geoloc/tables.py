@@ -19,6 +19,8 @@ import polars as pl
 import pyarrow as pa
 from numpy.typing import NDArray
 
+from geoloc.errors import InputError
+
 CSV_SUFFIXES = (".csv",)
 PARQUET_SUFFIXES = (".parquet", ".pq")
 TRUTH_LAYOUTS = [
@@ -28,7 +30,7 @@ TRUTH_LAYOUTS = [
 """Truth tables: our layout, or the public IM2GPS3K / YFCC4K metadata's (for select_layout)."""
 
 
-class TableError(ValueError):
+class TableError(InputError):
     """A table is missing, unreadable or does not follow its documented schema."""
 
 
@@ -283,7 +285,7 @@ def ids_digest(ids: pl.Series) -> str:
     `Series.hash` may change between versions): SHA-256, in hex, over the id count, each id's UTF-8 length
     (all three as 8-byte little-endian integers) and then the ids' UTF-8 bytes, in order."""
     if ids.null_count():
-        raise ValueError(f"{ids.null_count()} id(s) are missing; every row needs an id")
+        raise TableError(f"{ids.null_count()} id(s) are missing; every row needs an id")
     arrow = ids.cast(pl.Utf8).rechunk().to_arrow().cast(pa.large_string())
     offsets = np.frombuffer(arrow.buffers()[1], dtype=np.int64)[arrow.offset:arrow.offset + len(arrow) + 1]
     digest = hashlib.sha256(np.uint64(len(arrow)).astype("<u8").tobytes())

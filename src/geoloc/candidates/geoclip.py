@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from geoloc.encode.backbone import Backbone
+from geoloc.errors import InputError
 from geoloc.geo import great_circle_km
 from geoloc.tables import replace_durably
 from geoloc.user_cache import user_cache_folder
@@ -76,7 +77,7 @@ class GeoClip:
 
     def __init__(self, backbone: Backbone, gallery: np.ndarray | None = None, batch_size: int = 4096) -> None:
         if backbone.dim != GEOCLIP_IMAGE_DIM:
-            raise ValueError(f"GeoCLIP needs a backbone with {GEOCLIP_IMAGE_DIM} features (CLIP ViT-L/14); "
+            raise InputError(f"GeoCLIP needs a backbone with {GEOCLIP_IMAGE_DIM} features (CLIP ViT-L/14); "
                              f"{backbone.name} has {backbone.dim}")
         self.backbone = backbone
         self.heads = GeoClipHeads.from_package()
@@ -108,7 +109,7 @@ class GeoClip:
     def top_k(self, pixel_values: torch.Tensor, k: int, mass: float = CONFIDENCE_MASS) -> GeoClipGuesses:
         """The k most probable gallery locations per photo, and the radius holding `mass` of the probability."""
         if not 1 <= k <= len(self.gallery):
-            raise ValueError(f"top-k must be between 1 and {len(self.gallery)}, got {k}")
+            raise InputError(f"top-k must be between 1 and {len(self.gallery)}, got {k}")
         probabilities = self.probabilities(pixel_values)
         best = torch.topk(probabilities, k, dim=1)
         coordinates = self.gallery[best.indices.numpy()]

@@ -27,6 +27,7 @@ from PIL import Image
 
 from geoloc.candidates import conform_candidates
 from geoloc.candidates.coordinates import parse_coordinates
+from geoloc.errors import InputError
 from geoloc.images import MetadataError, Photo, strip_metadata
 from geoloc.images.decoding import UNREADABLE, unreadable_reason
 from geoloc.tables import describe_ids, open_answer_cache
@@ -425,12 +426,12 @@ def ask_zeroshot(
     in `error` and costs no request.
     """
     if settings.samples < 1 or settings.concurrency < 1 or settings.answers_per_request < 1:
-        raise ValueError("samples, answers per request and concurrency must be at least 1")
+        raise InputError("samples, answers per request and concurrency must be at least 1")
     rag = sorted(set(rag))
     if not rag or rag[0] < 0:
-        raise ValueError("rag needs at least one K, none below 0 (0 = the plain prompt)")
+        raise InputError("rag needs at least one K, none below 0 (0 = the plain prompt)")
     if rag[-1] > 0 and neighbours is None:
-        raise ValueError("a RAG prompt (K > 0) needs the photos' neighbours")
+        raise InputError("a RAG prompt (K > 0) needs the photos' neighbours")
     if rag[-1] > 0 and photos and not any(photo.query_id in neighbours for photo in photos):
         raise ZeroShotError(
             f"{neighbours.path} names none of these {len(photos)} photos (its queries: "

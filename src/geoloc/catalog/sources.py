@@ -14,6 +14,7 @@ from pathlib import Path
 import polars as pl
 
 from geoloc.catalog.scan import BAD_URI, CHUNK_FILES, MISSING_IMAGE, malformed_uri, scan_files
+from geoloc.errors import InputError
 from geoloc.images import CORRUPT_IMAGE, GPS_PROBLEMS, IMAGE_SUFFIXES, MEMBER_SEPARATOR, index_shard, list_files
 from geoloc.resumable import Executor, Task, cache_key, run_cached
 from geoloc.tables import read_table, select_layout
@@ -31,7 +32,7 @@ GLDV2_TRAIN_LAYOUTS = [{"id": "image_id", "landmark_id": "landmark_id"}]
 LANDMARK_COORDS_LAYOUTS = [{"landmark_id": "landmark_id", "lat": "lat", "lon": "lon"}]
 
 
-class CatalogError(ValueError):
+class CatalogError(InputError):
     """A source does not follow its documented layout, or the build was misconfigured."""
 
 

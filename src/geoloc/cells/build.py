@@ -14,6 +14,7 @@ import numpy as np
 import polars as pl
 from numpy.typing import NDArray
 
+from geoloc.errors import InputError
 from geoloc.geo import coordinate_status
 from geoloc.tables import TableError, read_table, write_table, write_text
 
@@ -31,7 +32,7 @@ CELLS_JSON = "cells.json"
 ASSIGN_METHOD = "level 0: the cell of the nearest clustered training coordinate; coarser levels: its ancestors"
 
 
-class CellsError(ValueError):
+class CellsError(InputError):
     """The catalog cannot be clustered (missing, unreadable, wrong columns, impossible coordinates)."""
 
 

@@ -14,6 +14,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy.spatial import cKDTree
 
+from geoloc.errors import InputError
 from geoloc.geo import EARTH_RADIUS_KM, from_unit_vectors, mean_directions
 
 from .clustering import NOISE, compact_labels
@@ -27,7 +28,7 @@ MAX_LEVELS = 5
 def cells_per_level(finest_cells: int, levels: int) -> list[int]:
     """Target cell counts from the finest level down to the coarsest, never growing."""
     if not 1 <= levels <= MAX_LEVELS:
-        raise ValueError(f"levels must be between 1 and {MAX_LEVELS}, got {levels}")
+        raise InputError(f"levels must be between 1 and {MAX_LEVELS}, got {levels}")
     counts = [finest_cells]
     for level in range(1, levels):
         target = max(1, int(finest_cells ** (1.0 - LEVEL_EXPONENT_STEP * level))) if finest_cells else 0

@@ -19,6 +19,7 @@ import torch
 from numpy.typing import NDArray
 from scipy.spatial import cKDTree
 
+from geoloc.errors import InputError
 from geoloc.geo import chord_to_km, to_unit_vectors
 from geoloc.tables import replace_durably, write_text
 
@@ -29,7 +30,7 @@ MEMORY_FILE = "memory.safetensors"
 FORMAT = "geoloc-classifier/1"
 
 
-class ClassifierError(ValueError):
+class ClassifierError(InputError):
     """A classifier folder is missing, incomplete, or does not match the embeddings given to it."""
 
 

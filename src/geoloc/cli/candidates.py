@@ -84,7 +84,7 @@ def zeroshot_command(
     chosen = {**base, **{k: v for k, v in given.items() if v is not None}}
     settings = ZeroShotSettings(model=model, base_url=base_url, concurrency=concurrency, max_retries=max_retries,
                                 timeout_s=timeout, **chosen)
-    with clean_errors(ZeroShotError, FileNotFoundError, TableError):
+    with clean_errors(ZeroShotError):
         near = Neighbours(read_table(neighbours), neighbours, ks[-1]) if neighbours is not None else None
         photos = find_photos(images)
         with progress_bar() as progress:
@@ -148,7 +148,7 @@ def compile_command(
     from geoloc.candidates.compile import G3Retrieval, compile_candidates
 
     g3_parts = (g3_index, g3_gallery, g3_queries)
-    with clean_errors(TableError):
+    with clean_errors():
         if any(g3_parts) and not all(g3_parts):
             raise TableError("G3 retrieval needs all of --g3-index, --g3-gallery and --g3-queries")
         g3 = G3Retrieval(g3_index, g3_gallery, g3_queries, g3_top_k) if all(g3_parts) else None
@@ -179,7 +179,7 @@ def report_command(
     from geoloc.evaluate import load_truth
     from geoloc.tables import read_table
 
-    with clean_errors(TableError):
+    with clean_errors():
         table = conform_candidates(read_table(candidates), candidates)
         report = candidate_report(table, load_truth(truth), method=distance.value, inclusive=inclusive)
     rule = "<=" if inclusive else "<"

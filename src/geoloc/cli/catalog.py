@@ -7,12 +7,10 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from geoloc.catalog import QUARANTINE_REASONS, BuildOptions, BuildSummary, CatalogError, build_catalog, parse_source
+from geoloc.catalog import QUARANTINE_REASONS, BuildOptions, BuildSummary, build_catalog, parse_source
 from geoloc.cli.common import clean_errors, console
 from geoloc.cluster import ClusterError, check_engine
-from geoloc.images import ArchiveError
 from geoloc.machine import cpu_count
-from geoloc.tables import TableError
 
 catalog_app = typer.Typer(help="Build the catalog of geotagged photos from the public sources.", no_args_is_help=True)
 
@@ -54,7 +52,7 @@ def build_command(
                                                "relative to (default: the table's folder)."),
 ) -> None:
     """Read every source, refuse bad rows with a reason, dedupe, and write the catalog (resumable)."""
-    with clean_errors(CatalogError, TableError, ArchiveError, ClusterError):
+    with clean_errors(ClusterError):
         options = BuildOptions(
             work_dir=out / ".work", workers=workers, engine=check_engine(engine), ray_address=ray_address,
             landmark_coords=landmark_coords,
@@ -82,7 +80,7 @@ def decontaminate_command(
     """A copy of the catalog without the photos that leak a benchmark: same bytes, same picture, too close."""
     from geoloc.catalog.decontaminate import decontaminate
 
-    with clean_errors(CatalogError, TableError, ArchiveError, ClusterError):
+    with clean_errors(ClusterError):
         options = BuildOptions(work_dir=out / ".work", workers=workers, engine=check_engine(engine),
                                ray_address=ray_address)
         summary = decontaminate(catalog, against, out, radius_km, options)

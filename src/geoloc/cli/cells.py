@@ -8,7 +8,7 @@ import polars as pl
 import typer
 from rich.table import Table
 
-from geoloc.cells import CellIndex, CellsError, CellsOptions, CellsSummary, build_cells
+from geoloc.cells import CellIndex, CellsOptions, CellsSummary, build_cells
 from geoloc.cells.hierarchy import MAX_LEVELS
 from geoloc.cli.common import clean_errors, console, errors
 from geoloc.progress import progress_bar
@@ -44,7 +44,7 @@ def build_command(
 ) -> None:
     """Cluster the catalog's photos into cells and coarser levels; write the data-preparation guide's files."""
     options = CellsOptions(min_cluster_size, min_samples, levels, assign_noise)
-    with clean_errors(CellsError, TableError), progress_bar() as progress:
+    with clean_errors(), progress_bar() as progress:
         task = progress.add_task("cells", total=5 + assign_noise)
 
         def on_step(name: str) -> None:
@@ -65,7 +65,7 @@ def assign_command(
                                                  "clustered training coordinate: -1 at every level."),
 ) -> None:
     """Each point's cell at every level (level 0: cell of the nearest clustered training coordinate)."""
-    with clean_errors(CellsError, TableError):
+    with clean_errors():
         index = CellIndex.load(cells)
         table = read_table(points)
         for column in (lat_column, lon_column):
@@ -88,7 +88,7 @@ def plot_command(
     """Draw the cells of one level on a world outline (offline, no map tiles)."""
     from geoloc.cells.plot import plot_cells
 
-    with clean_errors(CellsError):
+    with clean_errors():
         drawn = plot_cells(cells, out, level=level)
     console.print(f"{drawn:,} cells at level {level} drawn to {out}")
 

@@ -8,7 +8,6 @@ import typer
 
 from geoloc.cli.common import clean_errors, console, errors
 from geoloc.progress import progress_callback
-from geoloc.tables import TableError
 
 classifier_app = typer.Typer(help="Hierarchical geocell classifier over frozen embeddings (CPU-friendly).",
                              no_args_is_help=True)
@@ -31,15 +30,13 @@ def train_command(
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """Train one head per cell level with haversine label smoothing; saves safetensors + JSON."""
-    from geoloc.cells import CellsError
-    from geoloc.classifier import ClassifierError, ClassifierSettings, train_classifier
-    from geoloc.embeddings import EmbeddingsError
+    from geoloc.classifier import ClassifierSettings, train_classifier
     from geoloc.fitting import FitSettings
 
     settings = ClassifierSettings(hidden=hidden, tau_km=tuple(tau_km) if tau_km else None,
                                   fit=FitSettings(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                                                   seed=seed))
-    with clean_errors(ClassifierError, CellsError, EmbeddingsError, TableError, FileNotFoundError), \
+    with clean_errors(), \
             progress_callback("training") as progress:
         rows = train_classifier(cells, embeddings, catalog, out, settings,
                                 say=lambda line: errors.print(line, highlight=False), progress=progress)
@@ -58,11 +55,11 @@ def predict_command(
 ) -> None:
     """Write each query's top-k cells as candidates (source=classifier), query_id = the embeddings' image_id."""
     from geoloc.candidates import conform_candidates
-    from geoloc.classifier import ClassifierError, classifier_candidates
+    from geoloc.classifier import classifier_candidates
     from geoloc.embeddings import EmbeddingsError, read_embeddings
     from geoloc.tables import write_table
 
-    with clean_errors(ClassifierError, EmbeddingsError, TableError):
+    with clean_errors():
         _, ids, vectors = read_embeddings(embeddings)
         if len(ids) == 0:
             raise EmbeddingsError(f"{embeddings}: no embedded photos to predict")

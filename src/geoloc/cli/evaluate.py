@@ -289,7 +289,7 @@ def evaluate_command(
     """Share of photos within 1 / 25 / 200 / 750 / 2500 km and in the right country / region / sub-region / city,
     median and mean error, GeoScore; with intervals, and paired comparisons of several files."""
     predictions = _ordered_with_baseline(predictions, baseline)
-    with clean_errors(TableError):
+    with clean_errors():
         if plot is not None and plot.suffix.lower() not in PLOT_FORMATS:
             raise TableError(f"{plot}: --plot writes {', '.join(PLOT_FORMATS)}; got '{plot.suffix}'")
         evaluations = evaluate_many(predictions, truth, method=distance.value, inclusive=inclusive,

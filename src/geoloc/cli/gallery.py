@@ -9,7 +9,7 @@ import typer
 
 from geoloc.cli.common import clean_errors, console, errors
 from geoloc.progress import progress_bar
-from geoloc.tables import TableError, read_table, write_table
+from geoloc.tables import read_table, write_table
 
 index_app = typer.Typer(help="The searchable gallery (FAISS) with its coordinates and place texts.",
                         no_args_is_help=True)
@@ -52,15 +52,13 @@ def embed_command(
                                                 "(default: 1 if the cluster has GPUs, else 0)."),
 ) -> None:
     """Embed every photo of the catalog with a frozen backbone."""
-    from geoloc.catalog import CatalogError
     from geoloc.cluster import ClusterError, check_engine
-    from geoloc.embeddings import EmbeddingsError
     from geoloc.encode import CatalogImages, embed_table
     from geoloc.encode.backbone import BackboneUnavailable
     from geoloc.encode.loading import load_backbone
 
     backbone = _backbone_name(backbone, clip)
-    with clean_errors(BackboneUnavailable, EmbeddingsError, CatalogError, TableError, FileNotFoundError, ClusterError):
+    with clean_errors(BackboneUnavailable, ClusterError):
         items = read_table(catalog / "catalog.parquet", columns=["image_id", "uri", "source"])
         if check_engine(engine) == "ray":
             from geoloc.encode.ray_engine import embed_table_ray
@@ -106,7 +104,7 @@ def build_command(
     from geoloc.machine import available_memory
     from geoloc.tables import table_columns
 
-    with clean_errors(EmbeddingsError, TableError, ValueError, FileNotFoundError, FileExistsError):
+    with clean_errors():
         limit = parse_bytes(max_memory) if max_memory is not None else available_memory()
         parts = open_embeddings(embeddings)
         ids = parts.ids()
@@ -159,7 +157,7 @@ def retrieve_command(
     from geoloc.images import find_photos
     from geoloc.index import GalleryIndex
 
-    with clean_errors(BackboneUnavailable, FileNotFoundError, TableError, ValueError):
+    with clean_errors(BackboneUnavailable):
         gallery = GalleryIndex.load(index)
         photos = find_photos(images)
         model = load_backbone(_backbone_name(backbone or gallery.info["backbone"], clip), device=device)

@@ -9,7 +9,6 @@ from rich.table import Table
 
 from geoloc.catalog.landmarks import COMMONS_API, UNRESOLVED_REASONS, WIKIDATA_API, Politeness, resolve_landmarks
 from geoloc.cli.common import clean_errors, console, errors
-from geoloc.tables import TableError
 
 landmarks_app = typer.Typer(help="Landmark coordinates for Google Landmarks v2.", no_args_is_help=True)
 
@@ -29,7 +28,7 @@ def resolve_command(
                                     help="Requests in flight at once."),
 ) -> None:
     """Resolve each category to coordinates (Commons, then the category's Wikidata item); resumable."""
-    with clean_errors(TableError):
+    with clean_errors():
         summary = resolve_landmarks(categories_csv, out, cache, unresolved, commons_api, wikidata_api,
                                     Politeness(concurrency=concurrency))
     table = Table(title="Landmarks")

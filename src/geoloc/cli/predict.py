@@ -9,7 +9,7 @@ import typer
 
 from geoloc.cli.common import clean_errors, console, errors
 from geoloc.progress import progress_bar
-from geoloc.tables import TableError, remove_folder, write_table, write_text
+from geoloc.tables import remove_folder, write_table, write_text
 
 DEFAULT_BACKBONE = "openai/clip-vit-large-patch14"
 BACKBONE_HELP = "CLIP ViT-L/14 for GeoCLIP: a hub id or a local folder with its files."
@@ -106,7 +106,7 @@ def predict_command(
     from geoloc.predict import predictions_geojson, predictions_table
     from geoloc.resumable import work_folder
 
-    with clean_errors(BackboneUnavailable, FileNotFoundError, TableError, ValueError):
+    with clean_errors(BackboneUnavailable):
         known = None
         if truth is not None:
             table = load_truth(truth)
@@ -143,7 +143,7 @@ def geoclip_candidates_command(
     from geoloc.encode.backbone import BackboneUnavailable
     from geoloc.predict import geoclip_candidates
 
-    with clean_errors(BackboneUnavailable, FileNotFoundError, TableError, ValueError):
+    with clean_errors(BackboneUnavailable):
         guesses, _ = _guesses(photos, backbone, top_k, batch_size, device)
         write_table(geoclip_candidates(guesses), out)
     console.print(f"{len(guesses)} photo(s), {len(guesses) * top_k} candidates -> {out}")

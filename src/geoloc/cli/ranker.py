@@ -7,9 +7,7 @@ from pathlib import Path
 import typer
 
 from geoloc.cli.common import clean_errors, console, errors
-from geoloc.images import ArchiveError
 from geoloc.progress import progress_callback
-from geoloc.tables import TableError
 
 ranker_app = typer.Typer(
     help="GeoRanker: a vision-language reward model that ranks candidate locations.", no_args_is_help=True
@@ -93,7 +91,7 @@ def score_command(
         return
     if images is None:
         raise typer.BadParameter("--images is required to score with a GeoRanker adapter", param_hint="--images")
-    with clean_errors(TableError, ModelLoadError, ArchiveError, FileNotFoundError, ValueError), \
+    with clean_errors(ModelLoadError), \
             progress_callback("scoring queries") as progress:
         report = score_file(
             candidates, out, images=images, adapter=adapter, base=base, gallery=gallery, images_index=images_index,
@@ -119,14 +117,13 @@ def score_command(
 
 def _score_light(candidates: Path, adapter: Path, out: Path, top: dict[str, int], query_embeddings: Path | None,
                  gallery_embeddings: Path | None, gallery_table: Path | None, text_embeddings: Path | None) -> None:
-    from geoloc.embeddings import EmbeddingsError
     from geoloc.rank.light import Lookups, score_light_file
 
     if query_embeddings is None:
         raise typer.BadParameter("a light ranker scores from embeddings: pass --query-embeddings",
                                  param_hint="--query-embeddings")
     lookups = Lookups(query_embeddings, gallery_embeddings, gallery_table, text_embeddings)
-    with clean_errors(TableError, EmbeddingsError, FileNotFoundError, ValueError), \
+    with clean_errors(), \
             progress_callback("scoring") as progress:
         predicted = score_light_file(candidates, out, adapter, lookups, top, progress=progress)
     console.print(f"{predicted} queries predicted -> {out}")
@@ -146,7 +143,7 @@ def train_command(
     from geoloc.rank.model import ModelLoadError
     from geoloc.rank.training import TrainConfig, train
 
-    with clean_errors(TableError, ModelLoadError, ValueError, FileNotFoundError):
+    with clean_errors(ModelLoadError):
         result = train(TrainConfig.from_yaml(config), say=lambda line: console.print(line, highlight=False))
     if not result.main_process:  # one report per run, not one per GPU
         return
@@ -157,10 +154,9 @@ def train_command(
 
 
 def _train_light(config: Path) -> None:
-    from geoloc.embeddings import EmbeddingsError
     from geoloc.rank.light import LightTrainConfig, train_light_ranker
 
-    with clean_errors(TableError, EmbeddingsError, ValueError, FileNotFoundError), \
+    with clean_errors(), \
             progress_callback("training") as progress:
         settings = LightTrainConfig.from_yaml(config)
         result = train_light_ranker(settings, say=lambda line: errors.print(line, highlight=False), progress=progress)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from geoloc.encode.backbone import Backbone, backbone_unavailable, pick_device, pick_dtype
 from geoloc.encode.g3 import g3_dim, g3_image_processor, is_g3, load_g3_backbone
-from geoloc.hub import offline_unless_reachable
+from geoloc.hub import load_report_silenced, offline_unless_reachable
 
 
 def load_image_processor(name: str) -> object:
@@ -46,16 +46,13 @@ def backbone_dim(name: str) -> int:
 def load_backbone(name: str, device: str = "auto", dtype: str = "auto") -> Backbone:
     """Load a hub id, a local folder or `g3:PATH`; BackboneUnavailable names what is missing."""
     from transformers import AutoConfig, AutoImageProcessor, AutoModel, CLIPVisionModelWithProjection
-    from transformers.utils import logging as hf_logging
 
     if is_g3(name):
         return load_g3_backbone(name, device, dtype)
     target = pick_device(device)
     torch_dtype = pick_dtype(target, dtype)
-    # A CLIP checkpoint's text tower is skipped on purpose; its load report is noise.
-    hf_logging.set_verbosity_error()
     try:
-        with offline_unless_reachable(name):
+        with offline_unless_reachable(name), load_report_silenced():  # a CLIP's text tower is skipped on purpose
             config = AutoConfig.from_pretrained(name)
             processor = AutoImageProcessor.from_pretrained(name)
             is_clip = config.model_type == "clip"

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from geoloc.errors import InputError
 from geoloc.evaluate import GEOSCORE_MAX, GEOSCORE_SCALE_KM, Evaluation, accuracy_key, hit_column
 from geoloc.geo import ACCURACY_THRESHOLDS_KM
 from geoloc.places.areas import AREAS
@@ -230,7 +231,7 @@ def compare(
 ) -> dict[str, PairedDifference]:
     """Paired differences (evaluation − baseline) of every share both have, by key."""
     if not same_photos(baseline, evaluation):
-        raise ValueError("paired comparisons need both evaluations over the same photos")
+        raise InputError("paired comparisons need both evaluations over the same photos")
     rng = np.random.default_rng(seed)
     differences = {}
     for key in share_keys(evaluation):

@@ -17,6 +17,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from pyproj import Geod
 
+from geoloc.errors import InputError
 from geoloc.machine import cpu_count
 
 EARTH_RADIUS_KM = 6371.0088
@@ -109,7 +110,7 @@ def distance_km(
         return great_circle_km(lat1, lon1, lat2, lon2)
     if method == "geodesic":
         return geodesic_km(lat1, lon1, lat2, lon2)
-    raise ValueError(f"unknown distance method {method!r}; choose one of {', '.join(DISTANCE_METHODS)}")
+    raise InputError(f"unknown distance method {method!r}; choose one of {', '.join(DISTANCE_METHODS)}")
 
 
 def to_unit_vectors(lat: ArrayLike, lon: ArrayLike) -> NDArray[np.float64]:

@@ -19,6 +19,7 @@ import msgpack
 import polars as pl
 import xxhash
 
+from geoloc.errors import InputError
 from geoloc.images.containment import RootFolder
 from geoloc.images.exif import CORRUPT_IMAGE, read_header
 from geoloc.images.members import MemberLookup
@@ -46,7 +47,7 @@ _MAX_KEY_BYTES = 64
 _BIN_HEADS = frozenset({0xC4, 0xC5, 0xC6})
 
 
-class ArchiveError(ValueError):
+class ArchiveError(InputError):
     """A container or its index cannot be used."""
 
 

@@ -20,6 +20,8 @@ import os
 from pathlib import Path, PureWindowsPath
 from typing import BinaryIO
 
+from geoloc.errors import InputError
+
 OUTSIDE_ROOT = "outside_root"
 """Quarantine reason of a catalog row whose uri does not resolve below its root."""
 
@@ -27,7 +29,7 @@ _PROC_FD = Path("/proc/self/fd")
 _HAS_PROC_FD = _PROC_FD.is_dir()
 
 
-class OutsideRootError(ValueError):
+class OutsideRootError(InputError):
     """A uri that is absolute or resolves (through `..` or a symlink) outside its root."""
 
 

@@ -13,6 +13,7 @@ import struct
 
 from PIL import Image
 
+from geoloc.errors import InputError
 from geoloc.images.jpeg import JpegStructureError, header_segments
 
 JPEG_DROPPED = {0xE1, 0xED, 0xFE}
@@ -22,7 +23,7 @@ WEBP_DROPPED = {b"EXIF", b"XMP "}
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-class MetadataError(ValueError):
+class MetadataError(InputError):
     """The bytes do not follow their container's structure, so metadata cannot be removed safely."""
 
 

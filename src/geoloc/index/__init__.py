@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from geoloc.errors import InputError
 from geoloc.places import GALLERY_PLACE_COLUMNS, fill_place_texts, place_text
 from geoloc.tables import replace_durably, replace_folder_durably, restore_folder, write_table, write_text
 
@@ -91,7 +92,7 @@ def plan_index(
     else the smallest.
     """
     if kind not in INDEX_KINDS:
-        raise ValueError(f"unknown index kind {kind!r}; choose one of {', '.join(INDEX_KINDS)}")
+        raise InputError(f"unknown index kind {kind!r}; choose one of {', '.join(INDEX_KINDS)}")
     if kind != "auto":
         return _plan(rows, dim, kind, nlist, nprobe, part_rows)
     plans = [_plan(rows, dim, choice, nlist, nprobe, part_rows)
@@ -126,7 +127,7 @@ def parse_bytes(text: str) -> int:
     """'32GB', '512M', '1.5 GiB' or a plain number of bytes, as bytes (K, M, G, T are powers of 1024)."""
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]?)(i?B)?\s*", text, flags=re.IGNORECASE)
     if not match:
-        raise ValueError(f"{text!r} is not a memory size; write e.g. 32GB, 512MB or a number of bytes")
+        raise InputError(f"{text!r} is not a memory size; write e.g. 32GB, 512MB or a number of bytes")
     return int(float(match[1]) * 1024 ** "_KMGT".index((match[2] or "_").upper()))
 
 
@@ -259,7 +260,7 @@ class GalleryIndex:
         """Cosine similarities and gallery rows (queries, k); row -1 where fewer than k exist."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if queries.ndim != 2 or queries.shape[1] != self.info["dim"]:
-            raise ValueError(f"queries must have shape (n, {self.info['dim']}), got {queries.shape}; "
+            raise InputError(f"queries must have shape (n, {self.info['dim']}), got {queries.shape}; "
                              f"was the gallery embedded with another backbone ({self.info.get('backbone')})?")
         scores, rows = self.index.search(queries, k)
         return scores, rows
@@ -298,6 +299,6 @@ def gallery_table(ids: pl.Series, catalog: pl.DataFrame) -> pl.DataFrame:
     )
     unmatched = rows.filter(pl.col("lat").is_null())["image_id"]
     if len(unmatched):
-        raise ValueError(f"{len(unmatched)} embedded photo(s) are not in the catalog, e.g. {unmatched[0]!r}: "
+        raise InputError(f"{len(unmatched)} embedded photo(s) are not in the catalog, e.g. {unmatched[0]!r}: "
                          "were the embeddings made from another catalog?")
     return fill_place_texts(rows)

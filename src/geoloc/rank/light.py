@@ -27,6 +27,7 @@ import torch
 from numpy.typing import NDArray
 
 from geoloc.candidates import SOURCES
+from geoloc.errors import InputError
 from geoloc.fitting import FitSettings, fit
 from geoloc.geo import EARTH_RADIUS_KM, distance_km, to_unit_vectors
 from geoloc.rank.losses import multi_order_distance_loss
@@ -292,7 +293,7 @@ def load_light_ranker(folder: Path) -> LightRanker:
         raise FileNotFoundError(f"{folder}: not a light ranker folder (missing {', '.join(missing)})")
     values = json.loads((folder / CONFIG_FILE).read_text())
     if values.get("format") != FORMAT:
-        raise ValueError(f"{folder}: unknown light ranker format {values.get('format')!r}; expected {FORMAT}")
+        raise InputError(f"{folder}: unknown light ranker format {values.get('format')!r}; expected {FORMAT}")
     for name in ("fourier_sigmas", "consensus_km"):
         values[name] = tuple(values[name])
     model = LightRanker(LightConfig(**values))
@@ -325,7 +326,7 @@ class LightTrainConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known - {"light"})
         if unknown:
-            raise ValueError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+            raise InputError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         values = {key: value for key, value in values.items() if key != "light"}
         for name in ("candidates", "truth", "query_embeddings", "output", "gallery_embeddings", "gallery_index",
                      "text_embeddings"):
@@ -337,7 +338,7 @@ class LightTrainConfig:
         training = dict(values.get("training") or {})
         unknown = sorted(set(training) - {f.name for f in fields(FitSettings)})
         if unknown:
-            raise ValueError(f"unknown training setting(s) {', '.join(unknown)}")
+            raise InputError(f"unknown training setting(s) {', '.join(unknown)}")
         values["training"] = FitSettings(**training)
         return cls(**values)
 
@@ -362,10 +363,10 @@ def fit_light_ranker(groups: Groups, config: LightTrainConfig, backbone: str | N
                      progress: Callable[[int, int], None] = lambda done, total: None) -> LightTrainResult:
     """Train on the groups that have `group_size` candidates (the others are counted and left out)."""
     if groups.distances is None:
-        raise ValueError("training groups need true distances")
+        raise InputError("training groups need true distances")
     keep = torch.nonzero(groups.valid.sum(dim=1) == config.group_size)[:, 0]
     if len(keep) == 0:
-        raise ValueError(f"no query has {config.group_size} candidates; lower group_size")
+        raise InputError(f"no query has {config.group_size} candidates; lower group_size")
     model = LightRanker(LightConfig(
         dim=groups.query.shape[1], text_dim=groups.text_vectors.shape[1] if groups.text_rows.ge(0).any() else 0,
         hidden=config.hidden, fourier_features=config.fourier_features, fourier_sigmas=config.fourier_sigmas,

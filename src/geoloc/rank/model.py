@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from geoloc.hub import offline_unless_reachable
+from geoloc.hub import load_report_silenced, offline_unless_reachable
 from geoloc.tables import replace_folder_durably
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -112,17 +112,12 @@ def load_processor(base: str):
 def load_backbone(base: str, dtype: torch.dtype = torch.float32) -> nn.Module:
     """The base vision-language model without its language-modelling head, from a hub id or a local folder."""
     from transformers import AutoModel
-    from transformers.utils import logging as hf_logging
 
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the unused LM head is reported as an unexpected key otherwise
     try:
-        with offline_unless_reachable(base):
+        with offline_unless_reachable(base), load_report_silenced():  # the unused LM head is not an error
             return AutoModel.from_pretrained(base, dtype=dtype)
     except (OSError, ValueError) as error:
         raise _missing_files_error(base, error) from error
-    finally:
-        hf_logging.set_verbosity(verbosity)
 
 
 def new_reward_model(base: str, lora: LoraSettings = LoraSettings(), dtype: torch.dtype = torch.float32):

@@ -24,6 +24,7 @@ from pathlib import Path
 import polars as pl
 from PIL import Image
 
+from geoloc.errors import InputError
 from geoloc.images import ImageStore, index_tar, load_tar_index_pickle
 from geoloc.images.archives import MEMBER_SEPARATOR
 from geoloc.images.decoding import UNREADABLE, open_photo
@@ -129,7 +130,7 @@ class StorePhotos:
         try:
             return prepare_photo(self.store.read_bytes(self._store_uri(uri)), self.preparation, self.max_pixels)
         except UNREADABLE as error:
-            raise ValueError(f"{uri}: {error.__class__.__name__}: {error}") from error
+            raise InputError(f"{uri}: {error.__class__.__name__}: {error}") from error
 
     def _store_uri(self, uri: str) -> str:
         if self.container is None:

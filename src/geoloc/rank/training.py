@@ -19,6 +19,7 @@ import polars as pl
 import torch
 from torch.utils.data import Dataset
 
+from geoloc.errors import InputError
 from geoloc.geo import distance_km
 from geoloc.rank.losses import multi_order_distance_loss
 from geoloc.rank.model import LoraSettings, load_processor, new_reward_model, save_adapter
@@ -63,7 +64,7 @@ class TrainConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+            raise InputError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         values = dict(values)
         for name in ("dataset", "images", "output", "images_index"):
             if values.get(name) is not None:
