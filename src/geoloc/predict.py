@@ -147,21 +147,30 @@ def guess_photos_resumable(
     `on_start(done)` says how many photos were answered already; GeoCLIP is loaded only if
     any are left. The caller removes `work` once it has written its output.
     """
-    from geoloc.resumable import Task, Workers, cache_paths, claim_work_folder, run_cached
-
-    claim_work_folder(work, {**settings, "photos": photos_fingerprint(photos), "top_k": top_k,
-                             "batch_size": batch_size, "part_photos": part_photos}, restart)
-    parts = [photos[start:start + part_photos] for start in range(0, len(photos), part_photos)]
     loaded: list[GeoClip] = []
 
-    def guess_part(number: int) -> pl.DataFrame:
+    def guess_part(part: list[Photo]) -> pl.DataFrame:
         if not loaded:
             loaded.append(load_geoclip())
-        return answers_table(list(guess_photos(parts[number], loaded[0], top_k, batch_size, on_progress)))
+        return answers_table(list(guess_photos(part, loaded[0], top_k, batch_size, on_progress)))
 
-    tasks = [Task(f"part-{number:05d}", guess_part, (number,)) for number in range(len(parts))]
+    frames = answer_in_parts(photos, guess_part, work, {**settings, "top_k": top_k, "batch_size": batch_size},
+                             part_photos, restart, on_start)
+    return [answer for frame in frames for answer in answers_of(frame)]
+
+
+def answer_in_parts(photos: list[Photo], answer_part: Callable[[list[Photo]], pl.DataFrame], work: Path,
+                    settings: dict, part_photos: int = PART_PHOTOS, restart: bool = False,
+                    on_start: Callable[[int], None] = lambda done: None) -> list[pl.DataFrame]:
+    """Each part's table of answers, every `part_photos` photos kept in `work` as they finish; the parts a
+    previous run with the same settings and photos left are reused, and `on_start(done)` says how many."""
+    from geoloc.resumable import Task, Workers, cache_paths, claim_work_folder, run_cached
+
+    claim_work_folder(work, {**settings, "photos": photos_fingerprint(photos), "part_photos": part_photos}, restart)
+    parts = [photos[start:start + part_photos] for start in range(0, len(photos), part_photos)]
+    tasks = [Task(f"part-{number:05d}", answer_part, (parts[number],)) for number in range(len(parts))]
     on_start(sum(len(part) for part, path in zip(parts, cache_paths(tasks, work)) if path.is_file()))
-    return [answer for frame in run_cached(tasks, work, Workers(1), None) for answer in answers_of(frame)]
+    return run_cached(tasks, work, Workers(1), None)
 
 
 def guess_images(loaded: list[LoadedPhoto], geoclip: GeoClip, top_k: int) -> list[PhotoGuess]:

@@ -98,6 +98,9 @@ def predict_command(
     part_photos: int = typer.Option(1000, "--part-photos", min=1, help="With --out: photos per part kept in "
                                     "OUT.parts/ as they finish, so a rerun answers only the missing ones."),
     restart: bool = typer.Option(False, "--restart", help="With --out: discard the parts a previous run left."),
+    recipe: Path | None = typer.Option(None, "--recipe", help="A recipe (YAML: candidate sources, ranker, region; "
+                                       "see docs/recipes.md): every photo through it, its models loaded once. "
+                                       "--backbone, --top-k, --batch-size and --device are then the recipe's."),
 ) -> None:
     """Where was each photo taken: best guess, place, alternatives and a confidence radius."""
     from geoloc.encode.backbone import BackboneUnavailable
@@ -111,6 +114,11 @@ def predict_command(
         if truth is not None:
             table = load_truth(truth)
             known = dict(zip(table["image_id"], zip(table["lat"], table["lon"])))
+        if recipe is not None:
+            from geoloc.cli.recipe import predict_recipe
+
+            predict_recipe(recipe, photos, as_json, out, map_file, known, tiles, part_photos, restart)
+            return
         guesses, unreadable = _guesses(photos, backbone, top_k, batch_size, device, out, part_photos, restart)
         if out is not None and out.suffix.lower() == ".geojson":
             write_text(out, json.dumps(predictions_geojson(guesses)))

@@ -158,11 +158,27 @@ class Groups:
         return {name: value.to(device) for name, value in values.items()}
 
 
+@dataclass(frozen=True)
+class QueryVectors:
+    """Query embeddings held in memory (a recipe embeds its photos once), in place of an embeddings folder."""
+
+    ids: list[str]
+    vectors: NDArray[np.float32]
+    backbone: str | None
+
+    def by_id(self, ids: pl.Series) -> NDArray[np.float32]:
+        rows = rows_of(ids.cast(pl.Utf8), pl.Series(self.ids, dtype=pl.Utf8))
+        if (rows < 0).any():
+            raise TableError(f"no query embedding for {int((rows < 0).sum())} quer(ies), "
+                             f"e.g. {ids[int(np.argmin(rows))]!r}")
+        return self.vectors[rows]
+
+
 @dataclass
 class Lookups:
     """Where a query's and a candidate's embeddings come from (embeddings folders, see `geoloc embed`)."""
 
-    query_embeddings: Path
+    query_embeddings: Path | QueryVectors
     gallery_embeddings: Path | None = None
     """Gallery photo embeddings, ids = the candidates' ref_uri (or mapped through gallery_index)."""
     gallery_index: Path | None = None
@@ -208,11 +224,14 @@ def build_groups(frame: pl.DataFrame, lookups: Lookups, group_size: int | None =
         array[query_row, position] = values
         return array
 
-    try:
-        query_vectors = embeddings_by_id(lookups.query_embeddings, query_ids, "query photo(s)")
-    except ValueError as error:
-        raise TableError(str(error)) from error
-    backbones["query"] = json.loads((lookups.query_embeddings / "meta.json").read_text()).get("backbone")
+    if isinstance(lookups.query_embeddings, QueryVectors):
+        query_vectors, backbones["query"] = lookups.query_embeddings.by_id(query_ids), lookups.query_embeddings.backbone
+    else:
+        try:
+            query_vectors = embeddings_by_id(lookups.query_embeddings, query_ids, "query photo(s)")
+        except ValueError as error:
+            raise TableError(str(error)) from error
+        backbones["query"] = json.loads((lookups.query_embeddings / "meta.json").read_text()).get("backbone")
     dim = query_vectors.shape[1]
     gallery_vectors, gallery_rows = np.zeros((1, dim), np.float32), np.full(frame.height, -1, np.int64)
     if lookups.gallery_embeddings is not None:
