@@ -173,6 +173,11 @@ def test_a_recipe_gives_what_the_separate_commands_give(world, tiny_clip):
         chosen = [c for c in answer["candidates"] if (c["lat"], c["lon"]) == (answer["lat"], answer["lon"])]
         assert chosen and answer["source"] == chosen[0]["source"] and answer["place"]
         assert answer["radius_km"] >= 0 and answer["exif"] is not None
+    # `geoloc run`, the batch form, gives the same predictions.
+    invoke("run", recipe, "--photos", photos, "--out", root / "run.parquet")
+    ran = pl.read_parquet(root / "run.parquet").sort("image_id")
+    assert ran.select("image_id", "lat", "lon").equals(expected.select("image_id", "lat", "lon"))
+    assert ran["score"].to_list() == pytest.approx(expected["score"].to_list(), rel=1e-5)
     # The map draws every source's candidates in its colour.
     page = (root / "map.html").read_text()
     for colour in ("#3182bd", "#e6550d", "#756bb1", "#d6616b"):
@@ -203,3 +208,27 @@ def test_predict_recipe_out_resumes(world, tiny_clip, monkeypatch):
     result = invoke("predict", "--recipe", recipe, root / "photos", "--out", out, "--part-photos", "2")
     assert "resuming: 2 photo(s) already answered" in result.stderr
     assert pl.read_parquet(out)["image_id"].sort().to_list() == ["q0.jpg", "q1.jpg", "q2.jpg", "q3.jpg"]
+
+
+def test_run_reruns_only_what_changed(world, tiny_clip):
+    root, base_url, stand_in = world
+    recipe = root / "recipe.yaml"
+    text = recipe_text(base_url, tiny_clip)
+    recipe.write_text(text)
+    truth = root / "truth.csv"
+    truth.write_text("image_id,lat,lon\n" + "".join(f"q{n}.jpg,{lat},{lon}\n" for n, (lat, lon) in enumerate(QUERIES)))
+
+    def run() -> tuple[str, dict]:
+        result = invoke("run", recipe, "--photos", root / "photos", "--truth", truth)
+        return result.stdout.split("ran: ")[1].split(";")[0], json.loads(result.stdout.splitlines()[-1])
+
+    ran, metrics = run()
+    assert ran == "geoclip, retrieval, zeroshot, embed, ranking" and (metrics["n"], metrics["missing"]) == (4, 0)
+    assert (root / "recipe.work" / "predictions.evaluation.json").is_file()
+    assert run()[0] == "nothing"
+    asked = len(stand_in.requests)
+    recipe.write_text(text.replace("top: {retrieval: 3, zeroshot: 4}", "top: {retrieval: 2, zeroshot: 6}"))
+    assert run()[0] == "ranking"
+    recipe.write_text(text.replace("k: 4", "k: 5"))  # retrieval changes, and the RAG prompts that name it
+    assert run()[0] == "retrieval, zeroshot, ranking"
+    assert len(stand_in.requests) == asked, "RAG at K=2 names the same first neighbours: the answer cache serves"

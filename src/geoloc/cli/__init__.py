@@ -7,7 +7,19 @@ import typer
 import typer.core
 
 from geoloc import __version__
-from geoloc.cli import candidates, catalog, cells, classifier, evaluate, gallery, landmarks, predict, ranker, serve
+from geoloc.cli import (
+    candidates,
+    catalog,
+    cells,
+    classifier,
+    evaluate,
+    gallery,
+    landmarks,
+    predict,
+    ranker,
+    recipe,
+    serve,
+)
 
 _PLAIN_TYPES = {"str": "TEXT", "int": "INTEGER", "float": "FLOAT"}
 
@@ -28,7 +40,7 @@ typer.core.TyperOption.display_type_rich = _plain_metavar
 typer.core.TyperArgument.display_type_rich = lambda argument, ctx: None  # its name is shown already
 
 PIPELINE_ORDER = ("catalog", "landmarks", "cells", "embed", "index", "retrieve", "classifier", "candidates", "ranker",
-                  "evaluate", "predict", "serve")
+                  "evaluate", "predict", "run", "serve")
 
 
 class _PipelineOrder(typer.core.TyperGroup):
@@ -56,6 +68,7 @@ candidates.register(app, "3. Candidates")
 ranker.register(app, "4. Ranking")
 evaluate.register(app, "5. Results")
 predict.register(app, candidates.app, "5. Results")
+recipe.register(app, "5. Results")
 serve.register(app, "5. Results")
 
 

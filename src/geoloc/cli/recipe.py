@@ -12,33 +12,12 @@ from geoloc.progress import progress_bar
 from geoloc.tables import write_table, write_text
 
 
-def recipe_settings(recipe) -> dict:
-    """What makes an answer: the recipe's settings, the models it names, the code's versions."""
-    from importlib.metadata import version
-
-    from geoloc.resumable import model_identity
-
-    settings = recipe.model_dump(mode="json", exclude={"path"})
-    named = {key: model_identity(value) for key, value in _named_models(settings)}
-    return {"recipe": settings, "models": named,
-            "versions": {name: version(name) for name in ("geoloc", "torch", "transformers")}}
-
-
-def _named_models(values, prefix: str = ""):
-    """(dotted setting, value) of every model, index or backbone the recipe names."""
-    for key, value in values.items():
-        if isinstance(value, dict):
-            yield from _named_models(value, f"{prefix}{key}.")
-        elif key in ("backbone", "base", "model", "adapter", "index") and isinstance(value, str) and "://" not in value:
-            yield prefix + key, value
-
-
 def recipe_answers(recipe_path: Path, photos_or_folders: list[Path], out: Path | None, part_photos: int,
                    restart: bool) -> tuple[list, list]:
     """(answers, unreadable) for every photo, resumable through `out`'s work folder."""
     from geoloc.images import find_photos
     from geoloc.predict import answer_in_parts
-    from geoloc.recipe import load_recipe
+    from geoloc.recipe import load_recipe, recipe_identity
     from geoloc.recipe.engine import RecipeAnswer, RecipeEngine, answers_from_table, answers_table
     from geoloc.resumable import work_folder
 
@@ -68,7 +47,7 @@ def recipe_answers(recipe_path: Path, photos_or_folders: list[Path], out: Path |
                     advance(done)
 
             frames = answer_in_parts(photos, lambda part: answers_table(answer_part(part)), work_folder(out),
-                                     recipe_settings(recipe), part_photos, restart, on_start)
+                                     recipe_identity(recipe), part_photos, restart, on_start)
             answers = [answer for frame in frames for answer in answers_from_table(frame)]
     found = [answer for answer in answers if isinstance(answer, RecipeAnswer)]
     unreadable = [answer for answer in answers if not isinstance(answer, RecipeAnswer)]
@@ -115,3 +94,46 @@ def answers_geojson(answers: list) -> dict:
          "properties": {"image_id": answer.image_id,
                         **{key: value for key, value in answer.as_json().items() if key not in ("lat", "lon")}}}
         for answer in answers]}
+
+
+def run_command(
+    recipe: Path = typer.Argument(..., help="The recipe (YAML)."),
+    photos: list[Path] = typer.Option(..., "--photos", help="Photos, or folders of photos (searched recursively)."),
+    truth: Path | None = typer.Option(None, "--truth", help="True locations (IMG_ID, LAT, LON or image_id, lat, "
+                                      "lon): the predictions are evaluated against them."),
+    work: Path | None = typer.Option(None, "--work", help="Where each stage's table is kept, named by the "
+                                     "settings that made it [default: RECIPE.work/ beside the recipe]."),
+    out: Path | None = typer.Option(None, "--out", help="Predictions file [default: WORK/predictions.parquet]."),
+) -> None:
+    """A recipe over many photos, for a benchmark: each stage's table kept, a rerun redoes only what changed."""
+    from geoloc.candidates.zeroshot import ZeroShotError
+    from geoloc.encode.backbone import BackboneUnavailable
+    from geoloc.evaluate import evaluate_files
+    from geoloc.images import find_photos
+    from geoloc.rank.model import ModelLoadError
+    from geoloc.recipe import RecipeError, load_recipe
+    from geoloc.recipe.batch import run_recipe
+    from geoloc.tables import TableError
+
+    with clean_errors(RecipeError, ZeroShotError, ModelLoadError, BackboneUnavailable, FileNotFoundError,
+                      TableError, ValueError):
+        loaded = load_recipe(recipe)
+        work = work or recipe.with_suffix(".work")
+        out = out or work / "predictions.parquet"
+        found = find_photos(photos)
+        if not found:
+            raise FileNotFoundError("no photos found in " + ", ".join(map(str, photos)))
+        with console.status(f"running {recipe.name} over {len(found)} photo(s)", spinner="dots"):
+            report = run_recipe(loaded, found, work)
+        write_table(report.predictions.select("image_id", "lat", "lon", "score"), out)
+        console.print(f"ran: {', '.join(report.ran) or 'nothing'}; reused: {', '.join(report.reused) or 'nothing'} "
+                      f"(in {work})", highlight=False)
+        console.print(f"{report.predictions.height} of {len(found)} photo(s) predicted -> {out}", highlight=False)
+        if truth is not None:
+            evaluation = evaluate_files(out, truth)
+            write_text(out.with_suffix(".evaluation.json"), json.dumps(evaluation.metrics, indent=2))
+            typer.echo(json.dumps(evaluation.metrics))
+
+
+def register(app: typer.Typer, panel: str) -> None:
+    app.command("run", rich_help_panel=panel)(run_command)

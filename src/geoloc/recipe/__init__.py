@@ -243,3 +243,24 @@ def load_recipe(path: Path) -> Recipe:
         raise RecipeError(f"{path}, line {lines.get(('sources', 'plonk'))}: sources.plonk: PLONK is not a recipe "
                           "source yet (geoloc.plonk is not part of this geoloc); remove it from the recipe")
     return recipe
+
+
+def recipe_identity(recipe: Recipe | BaseModel) -> dict:
+    """What makes a recipe's (or one of its parts') answers: its settings, the models it names by identity
+    (a folder's files by size and time), the code's versions. Resumable and batch runs key their work by it."""
+    from importlib.metadata import version
+
+    from geoloc.resumable import model_identity
+
+    settings = recipe.model_dump(mode="json", exclude={"path"} if isinstance(recipe, Recipe) else None)
+    return {"settings": settings, "models": {key: model_identity(value) for key, value in _named_models(settings)},
+            "versions": {name: version(name) for name in ("geoloc", "torch", "transformers")}}
+
+
+def _named_models(values: dict, prefix: str = ""):
+    """(dotted setting, value) of every model, index or backbone the settings name."""
+    for key, value in values.items():
+        if isinstance(value, dict):
+            yield from _named_models(value, f"{prefix}{key}.")
+        elif key in MODEL_FIELDS | PATH_FIELDS and isinstance(value, str) and "://" not in value:
+            yield prefix + key, value

@@ -118,7 +118,7 @@ class RecipeEngine:
         if recipe.sources.retrieval is not None:
             self.backbone(recipe.sources.retrieval.backbone or self.gallery.info["backbone"])
         if recipe.ranker.kind == "light":
-            self.backbone(self._light_backbone())
+            self.backbone(self.light_backbone())
         if recipe.ranker.kind == "georanker":
             _ = self.reward_scorer
 
@@ -158,7 +158,7 @@ class RecipeEngine:
             return self._rank_light(candidates, photos, stages or Stages(self, photos))
         return self._rank_georanker(candidates, photos)
 
-    def _light_backbone(self) -> str:
+    def light_backbone(self) -> str:
         backbone = self.light_ranker.config.backbone
         if backbone is None:
             raise RecipeError(f"{self.recipe.ranker.model}: the light ranker does not record the backbone of its "
@@ -170,7 +170,7 @@ class RecipeEngine:
         from geoloc.rank.ranking import select_candidates
 
         ranker = self.recipe.ranker
-        name = self._light_backbone()
+        name = self.light_backbone()
         vectors, _ = stages.vectors(name)
         lookups = Lookups(QueryVectors([photo.query_id for photo in photos], vectors, name), ranker.gallery_embeddings,
                           ranker.gallery_table, ranker.text_embeddings)
@@ -221,13 +221,23 @@ class Stages:
     def candidates(self) -> pl.DataFrame:
         from geoloc.candidates.compile import merge_candidates
 
-        recipe = self.engine.recipe
+        tables: dict[str, pl.DataFrame] = {}
+        for name in source_order(self.engine.recipe):
+            tables[name] = self.source(name, tables)
+        return merge_candidates([tables[name] for name in self.engine.recipe.source_names()])
+
+    def source(self, name: str, tables: dict[str, pl.DataFrame]) -> pl.DataFrame:
+        """One source's candidates for the photos; `tables` holds the sources made before (RAG reads retrieval)."""
         make = {"geoclip": self._geoclip, "retrieval": self._retrieval, "classifier": self._classifier,
                 "zeroshot": self._zeroshot}
-        tables: dict[str, pl.DataFrame] = {}
-        for name in sorted(recipe.source_names(), key=lambda source: source == "zeroshot"):  # RAG reads retrieval
-            tables[name] = make[name](tables)
-        return merge_candidates([tables[name] for name in recipe.source_names()])
+        return make[name](tables)
+
+    def keep_vectors(self, backbone: str, vectors: np.ndarray, problems: list[str | None]) -> None:
+        """Embeddings made before (a batch run keeps them in its work folder)."""
+        self._vectors[backbone] = (vectors, problems)
+
+    def made_vectors(self) -> dict[str, tuple[np.ndarray, list[str | None]]]:
+        return dict(self._vectors)
 
     def _geoclip(self, tables: dict) -> pl.DataFrame:
         from geoloc.predict import PhotoGuess, geoclip_candidates, guess_photos
@@ -277,6 +287,11 @@ class Stages:
         answers = ask_zeroshot(self.photos, request, settings.cache or default_cache_path(), rag=ks, neighbours=near)
         table, _ = zeroshot_candidates([(answers.table, Path("zeroshot answers"))])
         return table
+
+
+def source_order(recipe: Recipe) -> list[str]:
+    """The order the sources run in: the file's, with zeroshot last (its RAG prompts read retrieval)."""
+    return sorted(recipe.source_names(), key=lambda source: source == "zeroshot")
 
 
 def first_source_best(candidates: pl.DataFrame, order: list[str]) -> pl.DataFrame:
