@@ -9,6 +9,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 from datawriters import photo, write_files
+from test_serve import browser, serving  # noqa: F401 (browser is a fixture)
 from test_zeroshot import SECRET, Reply, serve  # noqa: F401 (serve is a fixture)
 from typer.testing import CliRunner
 
@@ -232,3 +233,50 @@ def test_run_reruns_only_what_changed(world, tiny_clip):
     recipe.write_text(text.replace("k: 4", "k: 5"))  # retrieval changes, and the RAG prompts that name it
     assert run()[0] == "retrieval, zeroshot, ranking"
     assert len(stand_in.requests) == asked, "RAG at K=2 names the same first neighbours: the answer cache serves"
+
+
+def test_serve_answers_through_the_recipe_over_http_and_in_the_browser(world, tiny_clip, request, tmp_path):
+    import httpx
+
+    from geoloc.cli.serve import _recipe_guesser
+    from geoloc.serve import ServeSettings, create_app
+
+    root, base_url, stand_in = world
+    recipe = root / "recipe.yaml"
+    recipe.write_text(recipe_text(base_url, tiny_clip))
+    result = invoke("predict", "--recipe", recipe, root / "photos", "--json")
+    by_hand = {Path(answer["image"]).name: answer for answer in map(json.loads, result.stdout.splitlines())}
+    settings, load = _recipe_guesser(recipe, ServeSettings(tiles=None))
+    assert settings.sources == ("geoclip", "retrieval", "zeroshot") and settings.photo_leaves_for == (base_url,)
+    with serving(create_app(load, settings)) as port:
+        url = f"http://127.0.0.1:{port}"
+        with httpx.Client(base_url=url, timeout=60) as client:
+            while client.get("/api/health").status_code != 200:
+                pass
+            for name, expected in by_hand.items():
+                answer = client.post("/api/predict", files={"photo": (root / "photos" / name).read_bytes()}).json()
+                assert (answer["lat"], answer["lon"], answer["source"]) == (expected["lat"], expected["lon"],
+                                                                            expected["source"])
+                keys = ("source", "rank", "lat", "lon", "place")
+                assert [[c[k] for k in keys] for c in answer["candidates"]] == \
+                    [[c[k] for k in keys] for c in expected["candidates"]]
+                assert answer["region"] and answer["region_bounds"]
+        page = request.getfixturevalue("browser").new_page()  # after predict: Playwright runs an event loop
+        problems = []
+        page.on("console", lambda message: message.type == "error" and problems.append(message.text))
+        page.on("pageerror", lambda error: problems.append(str(error)))
+        page.goto(url, wait_until="networkidle")
+        page.wait_for_selector("#status:has-text('Ready')", timeout=20_000)
+        assert "leaves this machine" in page.inner_text("#recipe-note") and base_url in page.inner_text("#recipe-note")
+        page.set_input_files("#photo", str(root / "photos" / "q0.jpg"))
+        page.wait_for_selector(".guess-marker", timeout=30_000)
+        expected = by_hand["q0.jpg"]
+        assert page.locator(".alternative-marker").count() == len(expected["candidates"])
+        for source in ("geoclip", "retrieval", "reverse", "zeroshot"):
+            assert page.locator(f".source-{source}").count() == sum(c["source"] == source
+                                                                     for c in expected["candidates"])
+        assert f"chosen from {expected['source']}" in page.inner_text("#coordinates")
+        page.screenshot(path=str(tmp_path / "recipe-page.png"))
+        assert (tmp_path / "recipe-page.png").stat().st_size > 10_000
+        assert problems == []
+        page.close()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +68,8 @@ class LoadedPhoto:
     label: str
     image: Image.Image
     exif: dict | None
+    data: bytes | None = field(default=None, repr=False)
+    """The photo's bytes, for models that read them (a recipe's sources); None when not kept."""
 
 
 def exif_position(source: bytes | Path) -> dict | None:
@@ -92,7 +94,7 @@ def guess_photos(
         failures: dict[str, Unreadable] = {}
         for photo in batch:
             try:
-                data = photo.path.read_bytes()
+                data = photo.read_bytes()
                 loaded.append(LoadedPhoto(photo.query_id, str(photo.path), decode_photo(data), exif_position(data)))
             except UNREADABLE as error:
                 failures[photo.query_id] = Unreadable(str(photo.path), unreadable_reason(error))

@@ -57,10 +57,10 @@ class Retrieved:
 def retrieve_photos(photos: list[Photo], index: GalleryIndex, backbone: Backbone, k: int, reverse: int = 0,
                     batch_size: int = 64, on_progress: Callable[[int], None] = lambda done: None) -> Retrieved:
     """Embed the photos, then their k nearest gallery photos (and `reverse` reverse ones) as candidates."""
-    from geoloc.encode import embed_batches, read_file
+    from geoloc.encode import embed_batches
+    from geoloc.images.discovery import photos_reader
 
-    vectors, problems = embed_batches([("", str(photo.path)) for photo in photos], read_file, backbone, batch_size,
-                                      on_progress=on_progress)
+    vectors, problems = embed_batches(*photos_reader(photos), backbone, batch_size, on_progress=on_progress)
     readable = [row for row, problem in enumerate(problems) if problem is None]
     query_ids = [photos[row].query_id for row in readable]
     table = retrieval_candidates(index, query_ids, vectors[readable], k)

@@ -328,7 +328,7 @@ async def _run(
     for photo in photos:
         questions = _questions(photo, settings, rag, neighbours)
         try:
-            data = photo.path.read_bytes()
+            data = photo.read_bytes()
             with Image.open(io.BytesIO(data)) as image:
                 image.verify()
         except UNREADABLE as error:
@@ -366,7 +366,7 @@ async def _run(
         async with limit:
             try:
                 # Encoded only while in flight: a whole benchmark's data URLs would fill memory.
-                data_url = image_data_url(question.photo.path.read_bytes())
+                data_url = image_data_url(question.photo.read_bytes())
                 answers = await _ask(client, settings, question.prompt, data_url, len(samples))
             except (openai.APIStatusError, openai.APIConnectionError) as error:
                 failure = f"request failed after retries: {error.__class__.__name__}"

@@ -18,7 +18,7 @@ import polars as pl
 
 from geoloc.images import Photo
 from geoloc.images.decoding import UNREADABLE, decode_photo, unreadable_reason
-from geoloc.predict import Unreadable, exif_position
+from geoloc.predict import LoadedPhoto, Unreadable, exif_position
 from geoloc.recipe import Recipe, RecipeError
 
 
@@ -128,7 +128,7 @@ class RecipeEngine:
         readable, failures = [], {}
         for photo in photos:
             try:
-                data = photo.path.read_bytes()
+                data = photo.read_bytes()
                 decode_photo(data)
                 readable.append(Readable(photo, exif_position(data)))
             except UNREADABLE as error:
@@ -182,10 +182,10 @@ class RecipeEngine:
         from geoloc.rank.ranking import predictions_of, query_candidates, score_queries, select_candidates
 
         ranker = self.recipe.ranker
-        paths = {photo.query_id: photo.path for photo in photos}
+        by_id = {photo.query_id: photo for photo in photos}
 
         def open_query(query_id: str):
-            return prepare_photo(paths[query_id].read_bytes(), RAW if ranker.raw_photos else GEORANKER_QUERY)
+            return prepare_photo(by_id[query_id].read_bytes(), RAW if ranker.raw_photos else GEORANKER_QUERY)
 
         gallery = (StorePhotos(ranker.gallery, ranker.gallery_index,
                                preparation=RAW if ranker.raw_photos else GEORANKER_GALLERY)
@@ -195,6 +195,15 @@ class RecipeEngine:
         results = score_queries(query_candidates(scored), negatives_by_query, self.reward_scorer, open_query, gallery)
         predictions, _ = predictions_of(results)
         return with_winning_source(predictions, candidates)
+
+
+def engine_guesser(engine: RecipeEngine) -> Callable[[list[LoadedPhoto]], list[RecipeAnswer | Unreadable]]:
+    """The web app's model: decoded uploads (their bytes kept in memory, never on disk) through the recipe."""
+
+    def guess(loaded: list[LoadedPhoto]) -> list[RecipeAnswer | Unreadable]:
+        return engine.answer([Photo(photo.image_id, Path(photo.label), data=photo.data) for photo in loaded])
+
+    return guess
 
 
 def _no_gallery(uri: str):
@@ -211,11 +220,12 @@ class Stages:
 
     def vectors(self, backbone: str) -> tuple[np.ndarray, list[str | None]]:
         """The photos' embeddings by `backbone` (as `geoloc embed` makes them), made once."""
-        from geoloc.encode import embed_batches, read_file
+        from geoloc.encode import embed_batches
+        from geoloc.images.discovery import photos_reader
 
         if backbone not in self._vectors:
-            self._vectors[backbone] = embed_batches([("", str(photo.path)) for photo in self.photos], read_file,
-                                                    self.engine.backbone(backbone), self.engine.recipe.batch_size)
+            self._vectors[backbone] = embed_batches(*photos_reader(self.photos), self.engine.backbone(backbone),
+                                                    self.engine.recipe.batch_size)
         return self._vectors[backbone]
 
     def candidates(self) -> pl.DataFrame:
