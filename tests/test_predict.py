@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -186,3 +187,45 @@ def test_predict_out_resumes_after_an_interruption_and_refuses_other_settings(ti
             pytest.approx([c["prob"] for c in theirs["properties"]["candidates"]], rel=1e-5)
     assert [line for line in resumed.stdout.splitlines() if line.startswith("{")][:4] == \
         [line for line in whole.stdout.splitlines() if line.startswith("{")][:4]
+
+
+@pytest.fixture
+def confident_geoclip(monkeypatch):
+    """GeoCLIP's real heads with a logit scale so large that the best gallery point holds all the belief."""
+    real_heads = geoclip_module.GeoClipHeads.from_package
+
+    def sure_of_itself():
+        heads = real_heads()
+        heads.logit_scale = torch.tensor(40.0)
+        return heads
+
+    monkeypatch.setattr(geoclip_module.GeoClipHeads, "from_package", staticmethod(sure_of_itself))
+
+
+def test_a_confident_model_gets_a_small_region_on_the_map_and_from_serve(tiny_clip, small_gallery,
+                                                                         confident_geoclip, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from geoloc.predict import guess_images
+    from geoloc.serve import ServeSettings, create_app
+
+    photo = noisy_photo(tmp_path / "a.jpg", seed=5)
+    out, page = tmp_path / "predictions.csv", tmp_path / "map.html"
+    result = CliRunner().invoke(app, ["predict", str(photo), "--backbone", str(tiny_clip), "--json", "--out",
+                                      str(out), "--map", str(page), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    (answer,) = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert answer["radius_km"] == 0 and answer["candidates"][0]["prob"] > 0.99
+    assert '"region":[[[' in page.read_text() and out.is_file()
+
+    geoclip = GeoClip(load_backbone(str(tiny_clip), device="cpu"))
+    with TestClient(create_app(lambda: lambda photos: guess_images(photos, geoclip, 3), ServeSettings(tiles=None)),
+                    base_url="http://127.0.0.1:8000") as client:
+        deadline = time.monotonic() + 30
+        while client.get("/api/health").status_code != 200:
+            assert time.monotonic() < deadline, "the model never became ready"
+            time.sleep(0.05)
+        served = client.post("/api/predict", files={"photo": ("a.jpg", photo.read_bytes())})
+    assert served.status_code == 200, served.text
+    (south, _), (north, _) = served.json()["region_bounds"]
+    assert served.json()["radius_km"] == 0 and 0 < north - south < 0.1
