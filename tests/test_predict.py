@@ -229,3 +229,32 @@ def test_a_confident_model_gets_a_small_region_on_the_map_and_from_serve(tiny_cl
     assert served.status_code == 200, served.text
     (south, _), (north, _) = served.json()["region_bounds"]
     assert served.json()["radius_km"] == 0 and 0 < north - south < 0.1
+
+
+def test_two_photos_with_one_id_are_refused_and_answers_follow_positions(tiny_clip, small_gallery, tmp_path):
+    from geoloc.images import Photo, find_photos
+    from geoloc.predict import PhotoGuess, Unreadable, guess_photos
+
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+    (tmp_path / "a" / "x.jpg").write_bytes(b"\xff\xd8 not a photo")
+    noisy_photo(tmp_path / "b" / "x.jpg", seed=1)
+    noisy_photo(tmp_path / "b" / "y.jpg", seed=2)
+    result = CliRunner().invoke(app, ["predict", str(tmp_path / "a"), str(tmp_path / "b"), "--backbone",
+                                      str(tiny_clip), "--device", "cpu"])
+    assert result.exit_code == 2
+    message = " ".join(result.stderr.split())
+    assert str(tmp_path / "a" / "x.jpg") in message and str(tmp_path / "b" / "x.jpg") in message
+    assert "'x.jpg'" in message and "common parent folder" in message
+    # Their common parent gives distinct ids; a file named twice is one photo.
+    assert [p.query_id for p in find_photos([tmp_path, tmp_path / "b" / "y.jpg", tmp_path / "b" / "y.jpg"])] \
+        == ["a/x.jpg", "b/x.jpg", "b/y.jpg", "y.jpg"]
+
+    # Photos that do share an id (built by hand) still get their own answers, in their order.
+    geoclip = GeoClip(load_backbone(str(tiny_clip), device="cpu"))
+    photos = [Photo("x.jpg", tmp_path / "a" / "x.jpg"), Photo("x.jpg", tmp_path / "b" / "x.jpg"),
+              Photo("y.jpg", tmp_path / "b" / "y.jpg")]
+    unreadable, readable, other = guess_photos(photos, geoclip, top_k=2)
+    assert isinstance(unreadable, Unreadable) and unreadable.image == str(tmp_path / "a" / "x.jpg")
+    assert isinstance(readable, PhotoGuess) and readable.image == str(tmp_path / "b" / "x.jpg")
+    assert isinstance(other, PhotoGuess) and other.image == str(tmp_path / "b" / "y.jpg")

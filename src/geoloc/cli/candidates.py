@@ -67,7 +67,7 @@ def zeroshot_command(
         ask_zeroshot,
         default_cache_path,
     )
-    from geoloc.images import find_photos
+    from geoloc.images import PhotoIdClash, find_photos
     from geoloc.tables import read_table
 
     ks = sorted(set(rag)) or [0]
@@ -83,7 +83,7 @@ def zeroshot_command(
     chosen = {**base, **{k: v for k, v in given.items() if v is not None}}
     settings = ZeroShotSettings(model=model, base_url=base_url, concurrency=concurrency, max_retries=max_retries,
                                 timeout_s=timeout, **chosen)
-    with clean_errors(ZeroShotError, FileNotFoundError, TableError):
+    with clean_errors(ZeroShotError, FileNotFoundError, TableError, PhotoIdClash):
         near = Neighbours(read_table(neighbours), neighbours, ks[-1]) if neighbours is not None else None
         photos = find_photos(images)
         with progress_bar("asking") as progress:
