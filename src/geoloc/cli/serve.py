@@ -38,7 +38,8 @@ def serve_command(
     """Serve the page and the API: drop a photo, see where it was taken."""
     import uvicorn
 
-    from geoloc.serve import ServeSettings, create_app, is_loopback
+    from geoloc.network import is_loopback
+    from geoloc.serve import ServeSettings, create_app
 
     if not is_loopback(host) and not token and not insecure:
         errors.print(f"[bold red]error:[/] refusing to serve on {host} without a token: anyone who can reach it "

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import ipaddress
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -36,10 +35,10 @@ from PIL import Image
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from geoloc.geo import drawable_region
+from geoloc.network import is_loopback
 from geoloc.predict import UNREADABLE, LoadedPhoto, PhotoGuess, decode_photo, exif_position
 
 log = logging.getLogger("geoloc.serve")
-LOOPBACK_NAMES = ("localhost",)
 MULTIPART_ALLOWANCE = 64 * 1024
 """Bytes a request may carry beyond its photo: the multipart boundaries and part headers."""
 DEFAULT_TILES = "https://tile.openstreetmap.org/{z}/{x}/{y}.png"
@@ -65,15 +64,6 @@ class ServeSettings:
 
 Guesser = Callable[[list[LoadedPhoto]], list[PhotoGuess]]
 """Decoded photos in, answers out: the model behind the app (GeoCLIP by default)."""
-
-
-def is_loopback(host: str) -> bool:
-    if host in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _host_name(authority: str) -> str | None:
