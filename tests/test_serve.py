@@ -539,3 +539,59 @@ def test_allowed_hosts_come_from_the_command_line(monkeypatch):
                                     env={"GEOLOC_TOKEN": "s3cret"})
         assert result.exit_code == 0, result.output
         assert created["settings"].allowed_hosts == expected
+
+
+HOSTILE_NAME = '<!--<script>x.jpg</script><img id="injected" src="x" onerror="window.pwned=1">'
+
+
+def hostile_guess():
+    from geoloc.predict import Alternative, PhotoGuess
+
+    return PhotoGuess(HOSTILE_NAME, HOSTILE_NAME, 48.86, 2.29, HOSTILE_NAME, 50.0,
+                      [Alternative(48.86, 2.29, 0.5, HOSTILE_NAME), Alternative(45.76, 4.84, 0.2, HOSTILE_NAME)],
+                      {"lat": 48.0, "lon": 2.0})
+
+
+def test_a_hostile_file_name_is_data_in_the_generated_map_page():
+    from geoloc.maps import map_html
+
+    page = map_html([hostile_guess()], {HOSTILE_NAME: (48.0, 2.5)}, title=HOSTILE_NAME)
+    # The page's own two scripts (Leaflet, the map) and nothing the name could open or close.
+    assert page.count("<script") == 2 and page.count("</script>") == 2 and "<!--" not in page
+    assert "<img" not in page and "<title>&lt;!--&lt;script&gt;" in page
+    data = page.split("const photos = ", 1)[1].split(";\n", 1)[0]
+    (photo,) = json.loads(data)
+    assert photo["image"] == HOSTILE_NAME and photo["alternatives"][0]["place"] == HOSTILE_NAME
+
+
+def test_names_are_text_in_map_popups_and_serve_tooltips(browser, tmp_path):
+    from geoloc.maps import map_html
+
+    path = tmp_path / "map.html"
+    path.write_text(map_html([hostile_guess()], {HOSTILE_NAME: (48.0, 2.5)}))
+    page = browser.new_page()
+    problems = []
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    page.goto(path.as_uri(), wait_until="domcontentloaded", timeout=60_000)
+    page.wait_for_selector("path.confidence-region", timeout=60_000)
+    page.evaluate("map.eachLayer((layer) => { if (layer.getPopup && layer.getPopup()) {"
+                  " layer.openPopup(); layer.getPopup().update(); } })")
+    assert HOSTILE_NAME in page.inner_text(".leaflet-popup-content")
+    assert page.evaluate("document.getElementById('injected') === null && window.pwned === undefined")
+    assert problems == []
+    page.close()
+
+    guess = hostile_guess()
+    with serving(create_app(lambda: (lambda photos: [guess]), ServeSettings(tiles=None))) as port:
+        photo = tmp_path / "photo.jpg"
+        photo.write_bytes(jpeg())
+        page = browser.new_page()
+        page.goto(f"http://127.0.0.1:{port}", wait_until="networkidle")
+        page.wait_for_selector("#status:has-text('Ready')", timeout=20_000)
+        page.set_input_files("#photo", str(photo))
+        page.wait_for_selector(".guess-marker", timeout=20_000)
+        page.evaluate("answerLayer.eachLayer((layer) => layer.getTooltip() && layer.openTooltip())")
+        tooltips = page.locator(".leaflet-tooltip").all_inner_texts()
+        assert f"best guess: {HOSTILE_NAME}" in tooltips and f"{HOSTILE_NAME}: p = 0.200" in tooltips
+        assert page.evaluate("document.getElementById('injected') === null && window.pwned === undefined")
+        page.close()
