@@ -12,10 +12,11 @@ bit-identical; GIF is re-encoded without its comment and application extensions.
 from __future__ import annotations
 
 import io
-import re
 import struct
 
 from PIL import Image
+
+from geoloc.images.jpeg import JpegStructureError, image_segments
 
 JPEG_KEPT = {*range(0xC0, 0xD0), 0xD9, 0xDA, 0xDB, 0xDC, 0xDD, 0xDE, 0xDF}
 """Start of frame (every coding process), Huffman and arithmetic tables, quantization tables,
@@ -23,9 +24,6 @@ restart interval, scan, number of lines, hierarchical progression, expansion, en
 JPEG_KEPT_APP = {0xE0: b"JFIF\x00", 0xE2: b"ICC_PROFILE\x00", 0xEE: b"Adobe"}
 """Application segments kept, by their signature: JFIF (colour space and density; its thumbnail
 is dropped), the ICC colour profile, Adobe's colour transform (needed to decode CMYK)."""
-JPEG_NEXT_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
-"""In entropy-coded data, 0xFF is followed by a stuffed 0x00, a restart marker or fill bytes
-unless a real marker starts there."""
 PNG_KEPT = {b"IHDR", b"PLTE", b"IDAT", b"IEND", b"tRNS", b"gAMA", b"cHRM", b"sRGB", b"iCCP", b"sBIT", b"cICP",
             b"mDCV", b"cLLI", b"acTL", b"fcTL", b"fdAT"}
 """Pixels, palette, transparency, colour (profile and HDR description), animation frames."""
@@ -67,38 +65,12 @@ def _kept_jpeg_segment(marker: int, segment: bytes) -> bytes | None:
 
 
 def _strip_jpeg(data: bytes) -> bytes:
-    """Segments on the allow list, each scan's entropy-coded data, cut at the end-of-image marker."""
-    kept = [data[:2]]
-    position = 2
-    while position < len(data):
-        if data[position] != 0xFF:
-            raise MetadataError(f"JPEG: no segment marker at byte {position}")
-        marker = data[position + 1] if position + 1 < len(data) else None
-        if marker == 0xFF:  # fill byte before a marker
-            position += 1
-            continue
-        if marker == 0xD9:
-            kept.append(b"\xff\xd9")
-            return b"".join(kept)
-        if marker is None or position + 4 > len(data):
-            raise MetadataError("JPEG: truncated segment header")
-        if 0xD0 <= marker <= 0xD7 or marker == 0x01:
-            raise MetadataError(f"JPEG: a restart marker outside a scan at byte {position}")
-        (length,) = struct.unpack(">H", data[position + 2:position + 4])
-        end = position + 2 + length
-        if length < 2 or end > len(data):
-            raise MetadataError(f"JPEG: segment at byte {position} runs past the end")
-        segment = _kept_jpeg_segment(marker, data[position:end])
-        if segment is not None:
-            kept.append(segment)
-        position = end
-        if marker == 0xDA:  # the scan's entropy-coded data runs to the next marker
-            following = JPEG_NEXT_MARKER.search(data, position)
-            if following is None:
-                raise MetadataError("JPEG: no end-of-image marker (truncated file)")
-            kept.append(data[position:following.start()])
-            position = following.start()
-    raise MetadataError("JPEG: no end-of-image marker (truncated file)")
+    """Segments on the allow list and every scan's compressed data, cut at the end of image."""
+    try:
+        segments = [_kept_jpeg_segment(marker, data[start:end]) for marker, start, end in image_segments(data)]
+    except JpegStructureError as error:
+        raise MetadataError(f"JPEG: {error}") from error
+    return data[:2] + b"".join(segment for segment in segments if segment is not None)
 
 
 def _strip_png(data: bytes) -> bytes:

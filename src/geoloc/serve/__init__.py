@@ -35,8 +35,9 @@ from PIL import Image
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from geoloc.geo import drawable_region
+from geoloc.images.decoding import UNREADABLE, decode_photo
 from geoloc.network import is_loopback
-from geoloc.predict import UNREADABLE, LoadedPhoto, PhotoGuess, decode_photo, exif_position
+from geoloc.predict import LoadedPhoto, PhotoGuess, exif_position
 
 log = logging.getLogger("geoloc.serve")
 MULTIPART_ALLOWANCE = 64 * 1024
