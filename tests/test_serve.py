@@ -574,8 +574,7 @@ def test_names_are_text_in_map_popups_and_serve_tooltips(browser, tmp_path):
     page.on("pageerror", lambda error: problems.append(str(error)))
     page.goto(path.as_uri(), wait_until="domcontentloaded", timeout=60_000)
     page.wait_for_selector("path.confidence-region", timeout=60_000)
-    page.evaluate("map.eachLayer((layer) => { if (layer.getPopup && layer.getPopup()) {"
-                  " layer.openPopup(); layer.getPopup().update(); } })")
+    page.evaluate("() => { map.eachLayer((layer) => layer.getPopup && layer.getPopup() && layer.openPopup()); }")
     assert HOSTILE_NAME in page.inner_text(".leaflet-popup-content")
     assert page.evaluate("document.getElementById('injected') === null && window.pwned === undefined")
     assert problems == []
@@ -590,7 +589,7 @@ def test_names_are_text_in_map_popups_and_serve_tooltips(browser, tmp_path):
         page.wait_for_selector("#status:has-text('Ready')", timeout=20_000)
         page.set_input_files("#photo", str(photo))
         page.wait_for_selector(".guess-marker", timeout=20_000)
-        page.evaluate("answerLayer.eachLayer((layer) => layer.getTooltip() && layer.openTooltip())")
+        page.evaluate("() => { answerLayer.eachLayer((layer) => layer.getTooltip() && layer.openTooltip()); }")
         tooltips = page.locator(".leaflet-tooltip").all_inner_texts()
         assert f"best guess: {HOSTILE_NAME}" in tooltips and f"{HOSTILE_NAME}: p = 0.200" in tooltips
         assert page.evaluate("document.getElementById('injected') === null && window.pwned === undefined")
