@@ -9,7 +9,7 @@ normalizes them for retrieval. `g3:PATH` names G3's geo-aligned encoder
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +76,22 @@ class Backbone:
     dtype: torch.dtype
     renormalize: bool = True
     """False where the model returns its final vectors itself (G3's three separately normalized thirds)."""
+    feature_kind: str = "normalized"
+    """What `embed_pixels` returns (geoloc.embeddings.FEATURE_KINDS)."""
+
+    def with_features(self, kind: str) -> Backbone:
+        """The same model giving another kind of features: raw ones, or raw ones through GeoCLIP's training
+        preprocessing."""
+        from geoloc.embeddings import FEATURE_KINDS
+
+        if kind not in FEATURE_KINDS:
+            raise ValueError(f"unknown kind of features {kind!r}; choose one of {', '.join(FEATURE_KINDS)}")
+        if kind == self.feature_kind:
+            return self
+        if not self.renormalize:
+            raise ValueError(f"{self.name} gives its final vectors itself; only normalized features can be had")
+        processor = GeoClipTrainProcessor() if kind == "raw-geoclip-train" else self.processor
+        return replace(self, processor=processor, renormalize=kind == "normalized", feature_kind=kind)
 
     def pixel_values(self, images: list[Image.Image]) -> torch.Tensor:
         return pixel_values(self.processor, images)
@@ -103,6 +119,19 @@ class Backbone:
     def embed(self, images: list[Image.Image]) -> np.ndarray:
         """L2-normalized float32 embeddings, one row per image."""
         return self.embed_pixels(self.pixel_values(images))
+
+
+class GeoClipTrainProcessor:
+    """GeoCLIP's training-side preprocessing (the package's `img_val_transform`: resize 256, centre crop 224,
+    ImageNet mean and std), called like a Hugging Face image processor. Its predict uses CLIP's processor."""
+
+    def __init__(self) -> None:
+        from geoclip.train.dataloader import img_val_transform
+
+        self.transform = img_val_transform()
+
+    def __call__(self, images: list[Image.Image], return_tensors: str = "pt") -> dict[str, torch.Tensor]:
+        return {"pixel_values": torch.stack([self.transform(image) for image in images])}
 
 
 def pixel_values(processor: object, images: list[Image.Image]) -> torch.Tensor:
