@@ -127,7 +127,7 @@ def gallery_features(model: torch.nn.Module, gallery: np.ndarray, batch_size: in
 
 
 def cached_gallery_features(cache: Path, weights_key: bytes, location_encoder: torch.nn.Module,
-                            gallery: np.ndarray) -> torch.Tensor:
+                            gallery: np.ndarray, batch_size: int = 4096) -> torch.Tensor:
     """The gallery's location features from `cache` when it was made from these weights and this gallery; else
     computed and cached (a cache that cannot be written is skipped)."""
     key = hashlib.sha256(weights_key + np.ascontiguousarray(gallery, dtype=np.float32).tobytes()).hexdigest()
@@ -135,7 +135,7 @@ def cached_gallery_features(cache: Path, weights_key: bytes, location_encoder: t
         with safe_open(str(cache), framework="pt") as handle:
             if (handle.metadata() or {}).get("key") == key:
                 return handle.get_tensor("features")
-    features = gallery_features(location_encoder, gallery)
+    features = gallery_features(location_encoder, gallery, batch_size)
     if os.access(cache.parent if cache.parent.exists() else cache.parent.parent, os.W_OK):
         replace_durably(cache, lambda temporary: save_file({"features": features}, str(temporary),
                                                            metadata={"key": key}))
