@@ -92,7 +92,8 @@ def sample_gallery(lat: np.ndarray, lon: np.ndarray, size: int, seed: int = 0, c
     each occupied cell per turn, so every region has a location before any has two, and
     dense regions fill the rest.
     """
-    points = pl.DataFrame({"lat": np.asarray(lat, np.float64), "lon": np.asarray(lon, np.float64)}).unique()
+    points = pl.DataFrame({"lat": np.asarray(lat, np.float64), "lon": np.asarray(lon, np.float64)})
+    points = points.unique(maintain_order=True)
     if len(points) <= size:
         return points.sort("lat", "lon").to_numpy()
     band = np.floor((points["lat"].to_numpy() + 90.0) / cell_degrees)
