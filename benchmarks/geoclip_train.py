@@ -118,7 +118,8 @@ def geoloc_side(folder: Path, args: argparse.Namespace) -> dict:
     import torch
 
     from geoloc.encode import embed_table
-    from geoloc.encode.backbone import load_backbone, pick_device
+    from geoloc.encode.backbone import pick_device
+    from geoloc.encode.loading import load_backbone
     from geoloc.geoclip import training_rows
     from geoloc.geoclip.training import TrainSettings, new_state, train_epochs
 

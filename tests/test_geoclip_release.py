@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from geoloc.cli import app
 from geoloc.embeddings import EmbeddingsError, read_embeddings
 from geoloc.encode import embed_table
-from geoloc.encode.backbone import load_backbone
+from geoloc.encode.loading import load_backbone
 from geoloc.geoclip import training_rows
 from geoloc.geoclip.release import read_release, sample_gallery
 

@@ -60,7 +60,7 @@ def require_features(meta: dict, folder: Path, kinds: tuple[str, ...], consumer:
 
 def check_meta(out: Path, meta: dict) -> None:
     """Write meta.json, or refuse a folder holding another run's embeddings."""
-    from geoloc.catalog.work import record_settings
+    from geoloc.resumable import record_settings
 
     changed = record_settings(out / "meta.json", meta)
     if changed:

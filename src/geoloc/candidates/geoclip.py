@@ -13,7 +13,6 @@ batches, cached on disk, and photos are scored in batches.
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -26,6 +25,7 @@ from geoloc.encode.backbone import Backbone
 from geoloc.geo import great_circle_km
 from geoloc.geoclip.model import GEOCLIP_SIGMAS, GeoClipModel, published_state
 from geoloc.geoclip.release import LOCATION_FEATURES, cached_gallery_features, read_release, weights_key
+from geoloc.user_cache import user_cache_folder
 
 GEOCLIP_IMAGE_DIM = 768
 """GeoCLIP's MLP reads CLIP ViT-L/14 projections: a backbone must produce 768 features."""
@@ -50,11 +50,6 @@ def geoclip_gallery() -> np.ndarray:
     """The package's 100K GPS gallery (lat, lon), float32 as the package holds it."""
     table = pl.read_csv(_package_file("gps_gallery", "coordinates_100K.csv"))
     return table.select("LAT", "LON").to_numpy().astype(np.float32)
-
-
-def _cache_folder() -> Path:
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "geoloc" / "geoclip"
 
 
 @dataclass
@@ -94,7 +89,7 @@ class GeoClip:
             self.gallery = geoclip_gallery() if gallery is None else np.asarray(gallery, dtype=np.float32)
             weights = _package_file("weights", "location_encoder_weights.pth").read_bytes()
             key = hashlib.sha256(weights + self.gallery.tobytes()).hexdigest()[:24]
-            cache = _cache_folder() / f"locations-{key}.safetensors"
+            cache = user_cache_folder() / "geoclip" / f"locations-{key}.safetensors"
         else:
             published = read_release(release)
             self.heads = GeoClipHeads.from_state(published.weights, published.sigmas)
