@@ -46,7 +46,8 @@ from geoloc.tables import write_table, write_text
 TRAINABLE_FEATURES = ("raw-geoclip-train", "raw")
 """GeoCLIP's MLP reads raw CLIP projections: its training preprocessing's, or the CLIP processor's."""
 
-__all__ = ["ReleaseError", "TrainSettings", "TrainSummary", "read_release", "train_geoclip", "training_rows"]
+__all__ = ["ReleaseError", "TrainSettings", "TrainSummary", "read_release", "top1_locations", "train_geoclip",
+           "training_rows"]
 
 
 @dataclass(frozen=True)
@@ -113,16 +114,20 @@ def initial_weights(init: str) -> tuple[dict[str, torch.Tensor] | None, tuple[fl
 
 
 @torch.inference_mode()
+def top1_locations(model: GeoClipModel, location_features: torch.Tensor, gallery: np.ndarray, features: np.ndarray,
+                   batch_size: int = 4096) -> np.ndarray:
+    """Each photo's most probable gallery location (lat, lon), float64."""
+    best = [(model.image_features(torch.from_numpy(features[start:start + batch_size])) @ location_features.T)
+            .argmax(dim=1).numpy() for start in range(0, len(features), batch_size)]
+    return gallery[np.concatenate(best)].astype(np.float64)
+
+
 def validation_figures(model: GeoClipModel, location_features: torch.Tensor, gallery: np.ndarray,
-                       features: np.ndarray, coordinates: np.ndarray, batch_size: int = 1024) -> dict:
+                       features: np.ndarray, coordinates: np.ndarray) -> dict:
     """Top-1 over the gallery for each validation photo: median error and accuracy at GeoCLIP's radii."""
     from geoloc.geo import ACCURACY_THRESHOLDS_KM, great_circle_km
 
-    best = []
-    for start in range(0, len(features), batch_size):
-        images = model.image_features(torch.from_numpy(features[start:start + batch_size]))
-        best.append((images @ location_features.T).argmax(dim=1).numpy())
-    guesses = gallery[np.concatenate(best)].astype(np.float64)
+    guesses = top1_locations(model, location_features, gallery, features)
     km = great_circle_km(guesses[:, 0], guesses[:, 1], coordinates[:, 0], coordinates[:, 1])
     return {"photos": len(km), "median_km": float(np.median(km)),
             **{f"acc_{radius}km": float((km <= radius).mean()) for radius in ACCURACY_THRESHOLDS_KM}}

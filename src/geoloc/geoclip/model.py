@@ -27,14 +27,19 @@ INITIAL_TEMPERATURE = 0.07
 
 
 class GeoClipModel(nn.Module):
-    """Image MLP 768->768->512 over raw CLIP features, the location encoder, the learnable logit scale."""
+    """Image MLP 768->768->512 over raw CLIP features, the location encoder, the learnable logit scale.
 
-    def __init__(self, sigmas: Sequence[float] = GEOCLIP_SIGMAS, queue_size: int = QUEUE_SIZE) -> None:
+    `image_dim` other than CLIP ViT-L/14's 768 is for features of other sizes (a synthetic
+    world): such weights train and predict here, but the package cannot load them.
+    """
+
+    def __init__(self, sigmas: Sequence[float] = GEOCLIP_SIGMAS, queue_size: int = QUEUE_SIZE,
+                 image_dim: int = IMAGE_DIM) -> None:
         from geoclip.model.location_encoder import LocationEncoder
 
         super().__init__()
         self.sigmas = [float(sigma) for sigma in sigmas]
-        self.image_mlp = nn.Sequential(nn.Linear(IMAGE_DIM, 768), nn.ReLU(), nn.Linear(768, 512))
+        self.image_mlp = nn.Sequential(nn.Linear(image_dim, 768), nn.ReLU(), nn.Linear(768, 512))
         self.location_encoder = LocationEncoder(sigma=self.sigmas, from_pretrained=False)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / INITIAL_TEMPERATURE), dtype=torch.float32))
         # The package starts its queue as normalized Gaussian noise, (2, size), and fills it as it trains.

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from geoloc.geoclip.model import GEOCLIP_SIGMAS, QUEUE_SIZE, GeoClipModel
+from geoloc.geoclip.model import GEOCLIP_SIGMAS, IMAGE_DIM, QUEUE_SIZE, GeoClipModel
 from geoloc.tables import replace_durably, write_text
 
 CHECKPOINT_FOLDER = "checkpoint"
@@ -42,6 +42,7 @@ class TrainSettings:
     seed: int = 0
     init: str = "scratch"
     """scratch, published (GeoCLIP's released weights) or the folder of another release."""
+    image_dim: int = IMAGE_DIM
 
     def resumable_with(self) -> dict:
         """What a resumed run must share with the checkpoint (more epochs may be asked)."""
@@ -63,7 +64,7 @@ class TrainState:
 def new_state(settings: TrainSettings, initial: dict[str, torch.Tensor] | None = None) -> TrainState:
     """A fresh model (seeded; from `initial` weights when given), Adam and the per-epoch decay."""
     torch.manual_seed(settings.seed)
-    model = GeoClipModel(settings.sigmas, settings.queue_size)
+    model = GeoClipModel(settings.sigmas, settings.queue_size, settings.image_dim)
     if initial is not None:
         model.load_package_state(initial)
     trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
