@@ -75,7 +75,7 @@ def test_release_loads_in_the_package_and_predicts_as_geoloc_does(hub_cache, pho
     release = tmp_path / "release"
     result = CliRunner().invoke(app, ["geoclip", "train", "--catalog", str(catalog), "--embeddings", str(embeddings),
                                       "--out", str(release), "--epochs", "2", "--batch-size", "4", "--queue-size",
-                                      "8", "--lr", "1e-3", "--sigmas", "1,16,256,4096"])
+                                      "8", "--lr", "1e-3", "--sigmas", "1,16,256,4096", "--val", str(catalog)])
     assert result.exit_code == 0, result.output
     assert "trained on 16 photos (2 refused)" in result.stdout
     refused = dict(pl.read_parquet(release / "refused.parquet").iter_rows())
@@ -85,6 +85,9 @@ def test_release_loads_in_the_package_and_predicts_as_geoloc_does(hub_cache, pho
     assert config["sigma"] == [1.0, 16.0, 256.0, 4096.0]
     assert len(read_release(release).gallery) == len(PLACES)  # the distinct training locations
     assert not (release / "checkpoint").exists() and (release / "location_features.safetensors").is_file()
+    record = json.loads((release / "training.json").read_text())
+    assert len(record["losses"]) == 2 and [row["epoch"] for row in record["validation"]] == [1, 2]
+    assert 0 <= record["validation"][-1]["acc_2500km"] <= 1 and record["validation"][-1]["photos"] == 16
 
     package = GeoCLIP.from_pretrained(str(release), cache_dir=str(cache), local_files_only=True)
     queries = [root / "sydney-1.jpg", root / "oslo-14.jpg", root / "lima-7.jpg"]
@@ -129,3 +132,26 @@ def test_the_gallery_serves_sparse_regions_before_dense_ones():
     kept = {tuple(row) for row in gallery}
     assert all(tuple(row) in kept for row in sparse)  # every sparse location kept, the dense city fills the rest
     np.testing.assert_array_equal(gallery, sample_gallery(points[:, 0], points[:, 1], 200))
+
+
+def test_fine_tuning_starts_from_the_published_weights_and_refuses_other_sigmas(tiny_clip, photos, tmp_path):
+    from safetensors.torch import load_file
+
+    from geoloc.geoclip.model import published_state
+
+    root, catalog, table = photos
+    raw = tmp_path / "raw"
+    embed_table(table.head(8), lambda source, uri: (root / uri).read_bytes(),
+                load_backbone(str(tiny_clip)).with_features("raw"), raw)
+    common = ["geoclip", "train", "--catalog", str(catalog), "--embeddings", str(raw), "--batch-size", "4",
+              "--queue-size", "8", "--epochs", "1"]
+    result = CliRunner().invoke(app, [*common, "--out", str(tmp_path / "tuned"), "--init", "published"])
+    assert result.exit_code == 0, result.output
+    tuned, published = load_file(tmp_path / "tuned" / "model.safetensors"), published_state()
+    torch.testing.assert_close(tuned["location_encoder.LocEnc2.capsule.0.b"],
+                               published["location_encoder.LocEnc2.capsule.0.b"], rtol=0, atol=0)  # fixed RFF
+    moved = (tuned["image_encoder.mlp.0.weight"] - published["image_encoder.mlp.0.weight"]).abs().max()
+    assert 0 < moved < 1e-3  # one epoch at 3e-5 from the published weights, not from scratch
+    result = CliRunner().invoke(app, [*common, "--out", str(tmp_path / "other"), "--init", str(tmp_path / "tuned"),
+                                      "--sigmas", "1,16,256,4096"])
+    assert result.exit_code == 2 and "was trained with sigmas" in result.output
