@@ -134,6 +134,23 @@ def test_the_gallery_serves_sparse_regions_before_dense_ones():
     np.testing.assert_array_equal(gallery, sample_gallery(points[:, 0], points[:, 1], 200))
 
 
+def test_augmented_views_are_embedded_side_by_side_and_train(hub_cache, photos, tmp_path):
+    _, snapshot = hub_cache
+    root, catalog, table = photos
+    backbone = load_backbone(str(snapshot), device="cpu").with_features("raw-geoclip-train", views=2)
+    embeddings = tmp_path / "views"
+    torch.manual_seed(0)
+    embed_table(table.head(4), lambda source, uri: (root / uri).read_bytes(), backbone, embeddings)
+    meta, _, vectors = read_embeddings(embeddings)
+    assert (meta["views"], meta["dim"], vectors.shape) == (2, 1536, (4, 1536))
+    assert not np.allclose(vectors[:, :768], vectors[:, 768:])  # two random augmentations of each photo
+    rows = training_rows(catalog, embeddings)
+    assert rows.features.shape == (4, 2, 768)
+    np.testing.assert_array_equal(rows.features[:, 1], vectors[:, 768:])
+    with pytest.raises(ValueError, match="raw-geoclip-train only"):
+        load_backbone(str(snapshot), device="cpu").with_features("raw", views=2)
+
+
 def test_fine_tuning_starts_from_the_published_weights_and_refuses_other_sigmas(tiny_clip, photos, tmp_path):
     from safetensors.torch import load_file
 

@@ -95,3 +95,18 @@ def test_a_run_resumed_after_its_first_epoch_ends_where_an_uninterrupted_one_doe
     other = TrainSettings(**{**settings.__dict__, "learning_rate": 1.0})
     with pytest.raises(ValueError, match="other settings .*learning_rate"):
         load_checkpoint(tmp_path, other)
+
+
+def test_augmented_views_are_taken_one_per_epoch():
+    features, coordinates = photos(20)
+    views = np.stack([features, np.random.default_rng(1).normal(size=features.shape).astype(np.float32)], axis=1)
+    settings = TrainSettings(**{**SETTINGS.__dict__, "sigmas": (1.0,), "epochs": 1})
+    first = train_epochs(new_state(settings), features, coordinates, settings).model.package_state()
+    first_of_views = train_epochs(new_state(settings), views, coordinates, settings).model.package_state()
+    for key, value in first.items():
+        torch.testing.assert_close(first_of_views[key], value, atol=0, rtol=0, msg=key)  # epoch 0: view 0
+
+    two = TrainSettings(**{**settings.__dict__, "epochs": 2})
+    plain = train_epochs(new_state(two), features, coordinates, two).model.package_state()
+    augmented = train_epochs(new_state(two), views, coordinates, two).model.package_state()
+    assert not torch.equal(plain["image_encoder.mlp.0.weight"], augmented["image_encoder.mlp.0.weight"])

@@ -35,11 +35,14 @@ class EmbeddingsError(ValueError):
 
 
 def embeddings_meta(backbone: str, dim: int, ids: pl.Series, chunk_rows: int,
-                    feature_kind: str = "normalized") -> dict:
-    """What a folder's embeddings were made of: a resumed run must match it."""
+                    feature_kind: str = "normalized", views: int = 1) -> dict:
+    """What a folder's embeddings were made of: a resumed run must match it.
+
+    `dim` is a row's width: with several augmented `views` per photo, views x the backbone's size.
+    """
     fingerprint = hashlib.sha256(ids.hash(seed=0).to_numpy().tobytes()).hexdigest()[:32]
     return {"backbone": backbone, "dim": dim, "rows": len(ids), "chunk_rows": chunk_rows, "ids": fingerprint,
-            "feature_kind": feature_kind}
+            "feature_kind": feature_kind, "views": views}
 
 
 def feature_kind(meta: dict) -> str:
@@ -53,9 +56,10 @@ def require_features(meta: dict, folder: Path, kinds: tuple[str, ...], consumer:
         raise EmbeddingsError(f"{folder} holds {kind} features ({FEATURE_KINDS.get(kind, 'unknown kind')}); "
                               f"{consumer} needs {' or '.join(kinds)}: make them with "
                               f"`geoloc embed --features {kinds[0]}`")
-    if dim is not None and int(meta["dim"]) != dim:
-        raise EmbeddingsError(f"{folder} holds {meta['dim']}-dimensional features of {meta.get('backbone')}; "
-                              f"{consumer} needs {dim} (CLIP ViT-L/14's projection)")
+    views = int(meta.get("views", 1))
+    if dim is not None and int(meta["dim"]) != dim * views:
+        raise EmbeddingsError(f"{folder} holds {int(meta['dim']) // views}-dimensional features of "
+                              f"{meta.get('backbone')}; {consumer} needs {dim} (CLIP ViT-L/14's projection)")
 
 
 def check_meta(out: Path, meta: dict) -> None:

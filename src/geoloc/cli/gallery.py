@@ -53,6 +53,8 @@ def embed_command(
     features: str = typer.Option("normalized", "--features", help="normalized (retrieval, index, classifier), raw "
                                  "(the backbone's raw features), raw-geoclip-train (raw CLIP features through "
                                  "GeoCLIP's training preprocessing: what `geoloc geoclip train` reads)."),
+    views: int = typer.Option(1, "--views", min=1, help="With --features raw-geoclip-train: K randomly augmented "
+                              "views per photo (GeoCLIP's train transform); training uses one per epoch."),
 ) -> None:
     """Embed every photo of the catalog with a frozen backbone."""
     from geoloc.catalog import CatalogError
@@ -66,7 +68,7 @@ def embed_command(
     with clean_errors(BackboneUnavailable, EmbeddingsError, CatalogError, TableError, FileNotFoundError, ClusterError,
                       ValueError):
         items = read_table(catalog / "catalog.parquet", columns=["image_id", "uri", "source"])
-        if check_engine(engine) == "ray" and features != "normalized":
+        if check_engine(engine) == "ray" and (features != "normalized" or views != 1):
             raise EmbeddingsError(f"--features {features} runs on the local engine only")
         if engine == "ray":
             from geoloc.encode.ray_engine import embed_table_ray
@@ -75,7 +77,7 @@ def embed_command(
                                     actors=actors, gpus_per_actor=gpus_per_actor, device=device, dtype=dtype,
                                     address=ray_address)
         else:
-            model = load_backbone(backbone, device=device, dtype=dtype).with_features(features)
+            model = load_backbone(backbone, device=device, dtype=dtype).with_features(features, views)
             run = functools.partial(embed_table, items, CatalogImages(catalog), model, out, workers=workers)
         with progress_bar() as progress:
             task = progress.add_task("embedding", total=len(items))

@@ -139,13 +139,14 @@ def embed_parts(
     chunk_rows: int = 50_000,
     on_progress: Callable[[int], None] = lambda done: None,
     feature_kind: str = "normalized",
+    views: int = 1,
 ) -> EmbedSummary:
     """Every (image_id, uri, source) row into `out`, part by part, the parts a previous run finished skipped.
 
     `compute` embeds the missing parts (here, or on a Ray cluster); each part is
     written atomically by this function as soon as it comes back.
     """
-    check_meta(out, embeddings_meta(backbone, dim, items["image_id"], chunk_rows, feature_kind))
+    check_meta(out, embeddings_meta(backbone, dim, items["image_id"], chunk_rows, feature_kind, views))
     embedded = failed = skipped = 0
     chunks: dict[int, pl.DataFrame] = {}
     for number, start in enumerate(range(0, len(items), chunk_rows)):
@@ -184,4 +185,4 @@ def embed_table(
             yield number, *embed_batches(locations, read_bytes, backbone, batch_size, workers, on_progress)
 
     return embed_parts(items, backbone.name, backbone.dim, out, compute, chunk_rows, on_progress,
-                       backbone.feature_kind)
+                       backbone.feature_kind, backbone.views)

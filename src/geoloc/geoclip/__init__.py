@@ -54,6 +54,7 @@ __all__ = ["ReleaseError", "TrainSettings", "TrainSummary", "read_release", "top
 class TrainingRows:
     ids: pl.Series
     features: np.ndarray
+    """(photos, 768), or (photos, views, 768) with augmented views."""
     coordinates: np.ndarray
     refused: pl.DataFrame
     """image_id, reason: rows of the embeddings that cannot be trained on."""
@@ -84,7 +85,8 @@ def training_rows(catalog_dir: Path, embeddings_dir: Path) -> TrainingRows:
                          columns=["image_id", "lat", "lon"]).with_columns(pl.col("image_id").cast(pl.Utf8))
     rows = table.join(catalog, on="image_id", how="left", maintain_order="left")
     status = coordinate_status(rows["lat"].fill_null(np.nan).to_numpy(), rows["lon"].fill_null(np.nan).to_numpy())
-    features = np.zeros((len(rows), IMAGE_DIM), dtype=np.float32)
+    views = int(embeddings.meta.get("views", 1))
+    features = np.zeros((len(rows), IMAGE_DIM * views), dtype=np.float32)
     embedded = rows["error"].is_null().to_numpy()
     if embedded.any():
         features[embedded] = rows.filter(pl.col("error").is_null())["embedding"].to_numpy()
@@ -98,7 +100,8 @@ def training_rows(catalog_dir: Path, embeddings_dir: Path) -> TrainingRows:
         raise EmbeddingsError(f"{embeddings_dir}: no photo can be trained on ({len(rows)} refused; "
                               f"first reason: {reasons[0] if len(reasons) else 'no rows'})")
     refused = pl.DataFrame({"image_id": rows["image_id"].filter(~keep), "reason": reasons[~keep]})
-    return TrainingRows(rows["image_id"].filter(keep), features[keep],
+    kept = features[keep] if views == 1 else features[keep].reshape(int(keep.sum()), views, IMAGE_DIM)
+    return TrainingRows(rows["image_id"].filter(keep), kept,
                         rows.filter(pl.Series(keep)).select("lat", "lon").to_numpy(), refused,
                         str(embeddings.meta.get("backbone")), feature_kind(embeddings.meta))
 

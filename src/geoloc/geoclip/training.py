@@ -103,7 +103,11 @@ def train_epochs(
     after_epoch: Callable[[TrainState], None] = lambda state: None,
     progress: Callable[[int, int], None] = lambda done, total: None,
 ) -> TrainState:
-    """Train from `state.epochs_done` to `settings.epochs`; `after_epoch` saves each finished epoch."""
+    """Train from `state.epochs_done` to `settings.epochs`; `after_epoch` saves each finished epoch.
+
+    `features` (photos, dim), or (photos, views, dim): augmented views embedded once, epoch e training on
+    view e mod views, so the model sees each photo augmented anew without running CLIP again.
+    """
     from accelerate import Accelerator
 
     accelerator = Accelerator()
@@ -118,7 +122,8 @@ def train_epochs(
         total = torch.zeros((), device=accelerator.device)
         for batch in epoch_batches(len(features), settings.batch_size, settings.seed, epoch):
             mine = batch[rank::processes]
-            total += training_step(model, optimizer, features_t[mine].to(accelerator.device),
+            images = features_t[mine] if features_t.ndim == 2 else features_t[mine, epoch % features_t.shape[1]]
+            total += training_step(model, optimizer, images.to(accelerator.device),
                                    coordinates_t[mine].to(accelerator.device),
                                    coordinates_t[batch].to(accelerator.device), accelerator.backward)
             done += 1
