@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import typer
 
-from geoloc.cli.common import errors
-from geoloc.cli.predict import BACKBONE_HELP, DEFAULT_BACKBONE
+from geoloc.cli.common import clean_errors, errors
+from geoloc.cli.predict import BACKBONE_HELP, MODEL_HELP, geoclip_loader
 
 
 def serve_command(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; beyond loopback a token is required."),
     port: int = typer.Option(8000, "--port"),
-    backbone: str = typer.Option(DEFAULT_BACKBONE, "--backbone", help=BACKBONE_HELP),
+    backbone: str | None = typer.Option(None, "--backbone", help=BACKBONE_HELP, show_default=False),
+    model: Path | None = typer.Option(None, "--model", help=MODEL_HELP),
     token: str | None = typer.Option(None, "--token", envvar="GEOLOC_TOKEN", show_envvar=True,
                                      help="Require this bearer token on every API call (prefer GEOLOC_TOKEN: "
                                      "command lines are visible to other users)."),
@@ -50,12 +52,13 @@ def serve_command(
                              token=token or None, allowed_hosts=(*allowed_host, *_bound_name(host)),
                              tiles=None if tiles.lower() == "none" else tiles)
 
+    with clean_errors(ValueError):  # a --model that is not a release
+        load_geoclip = geoclip_loader(backbone, model, device)
+
     def load_guesser():
-        from geoloc.candidates.geoclip import GeoClip
-        from geoloc.encode.loading import load_backbone
         from geoloc.predict import guess_images
 
-        geoclip = GeoClip(load_backbone(backbone, device=device))
+        geoclip = load_geoclip()
         return lambda photos: guess_images(photos, geoclip, top_k)
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
