@@ -27,8 +27,10 @@ class _Settings(BaseModel):
 
 
 class GeoClipSource(_Settings):
-    backbone: str = "openai/clip-vit-large-patch14"
-    """CLIP ViT-L/14 for GeoCLIP's heads, as `geoloc predict --backbone`."""
+    model: Path | None = None
+    """A GeoCLIP release (`geoloc geoclip train`), as `geoloc predict --model`; None: the published GeoCLIP."""
+    backbone: str | None = None
+    """As `geoloc predict --backbone` (default: the release's, else CLIP ViT-L/14)."""
     top_k: int = Field(10, ge=1)
 
 

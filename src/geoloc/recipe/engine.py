@@ -80,9 +80,10 @@ class RecipeEngine:
 
     @functools.cached_property
     def geoclip(self):
-        from geoloc.candidates.geoclip import GeoClip
+        from geoloc.candidates.geoclip import GeoClip, geoclip_backbone
 
-        return GeoClip(self.backbone(self.recipe.sources.geoclip.backbone))
+        settings = self.recipe.sources.geoclip
+        return GeoClip(self.backbone(geoclip_backbone(settings.backbone, settings.model)), release=settings.model)
 
     @functools.cached_property
     def gallery(self):
