@@ -67,6 +67,8 @@ class ZeroShotSource(_Settings):
     concurrency: int = Field(8, ge=1)
     max_retries: int = Field(6, ge=0)
     timeout_s: float = Field(60.0, gt=0)
+    allow_http: bool = False
+    """As `--allow-http`: a plain http endpoint beyond this machine."""
     cache: Path | None = None
     """The answers' SQLite cache; default `$XDG_CACHE_HOME/geoloc/zeroshot.sqlite`."""
 

@@ -293,7 +293,7 @@ class Stages:
                  "temperature": settings.temperature, "max_tokens": settings.max_tokens, "detail": settings.detail}
         request = zeroshot_settings(settings.model, settings.base_url, settings.preset, ks, given,
                                     concurrency=settings.concurrency, max_retries=settings.max_retries,
-                                    timeout_s=settings.timeout_s)
+                                    timeout_s=settings.timeout_s, allow_http=settings.allow_http)
         near = Neighbours(tables["retrieval"], "the recipe's retrieval", ks[-1]) if ks[-1] > 0 else None
         answers = ask_zeroshot(self.photos, request, settings.cache or default_cache_path(), rag=ks, neighbours=near)
         table, _ = zeroshot_candidates([(answers.table, Path("zeroshot answers"))])
