@@ -108,11 +108,9 @@ def map_html(
     title: str = "geoloc predictions",
 ) -> str:
     """The page: every guess with its alternatives and confidence region; truth lines when given."""
-    photos = [{"image": guess.image, "image_id": guess.image_id, "lat": guess.lat, "lon": guess.lon,
-               "place": guess.place, "summary": f"p = {guess.candidates[0].prob:.3f}", "radius_km": guess.radius_km,
-               "exif": guess.exif,
-               "alternatives": [{"lat": c.lat, "lon": c.lon, "place": c.place, "colour": ALTERNATIVE_COLOUR,
-                                 "label": f"alternative, p = {c.prob:.3f}"} for c in guess.candidates[1:]]}
+    photos = [_photo(guess, f"p = {guess.candidates[0].prob:.3f}",
+                     [{"lat": c.lat, "lon": c.lon, "place": c.place, "colour": ALTERNATIVE_COLOUR,
+                       "label": f"alternative, p = {c.prob:.3f}"} for c in guess.candidates[1:]])
               for guess in guesses]
     return _page(photos, truth, tiles, title, {})
 
@@ -124,15 +122,20 @@ def recipe_map_html(
     title: str = "geoloc predictions (recipe)",
 ) -> str:
     """The page of a recipe's answers: every source's candidates in the source's colour, the ranked winner."""
-    photos = [{"image": answer.image, "image_id": answer.image_id, "lat": answer.lat, "lon": answer.lon,
-               "place": answer.place, "summary": f"chosen from {answer.source}", "radius_km": answer.radius_km,
-               "exif": answer.exif,
-               "alternatives": [{"lat": c.lat, "lon": c.lon, "place": c.place, "colour": SOURCE_COLOURS[c.source],
-                                 "label": f"{c.source} #{c.rank + 1}"} for c in answer.candidates]}
+    photos = [_photo(answer, f"chosen from {answer.source}",
+                     [{"lat": c.lat, "lon": c.lon, "place": c.place, "colour": SOURCE_COLOURS[c.source],
+                       "label": f"{c.source} #{c.rank + 1}"} for c in answer.candidates])
               for answer in answers]
     shown = {c.source for answer in answers for c in answer.candidates}
     return _page(photos, truth, tiles, title, {name: colour for name, colour in SOURCE_COLOURS.items()
                                                if name in shown})
+
+
+def _photo(answer: PhotoGuess | RecipeAnswer, summary: str, alternatives: list[dict]) -> dict:
+    """What the page draws of one photo's answer."""
+    return {"image": answer.image, "image_id": answer.image_id, "lat": answer.lat, "lon": answer.lon,
+            "place": answer.place, "summary": summary, "radius_km": answer.radius_km, "exif": answer.exif,
+            "alternatives": alternatives}
 
 
 def _page(photos: list[dict], truth: dict[str, tuple[float, float]] | None, tiles: str | None, title: str,

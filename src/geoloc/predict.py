@@ -225,8 +225,10 @@ def geoclip_candidates(guesses: list[PhotoGuess]) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=CANDIDATE_SCHEMA)
 
 
-def predictions_geojson(guesses: list[PhotoGuess]) -> dict:
-    """A GeoJSON FeatureCollection: one Point per photo at its best guess, the rest as properties."""
+def predictions_geojson(guesses: list) -> dict:
+    """A GeoJSON FeatureCollection: one Point per photo at its best guess, the rest as properties.
+
+    Any answers with `image_id`, `lat`, `lon` and `as_json()`: GeoCLIP's, or a recipe's."""
     return {
         "type": "FeatureCollection",
         "features": [

@@ -58,7 +58,7 @@ def _guesses(photos_or_folders: list[Path], backbone: str | None, model: Path | 
                                         on_progress=advance))
         else:
             answers = guess_photos_resumable(photos, load_geoclip, work_folder(out), _settings(backbone, model, device),
-                                             top_k, batch_size, part_photos, restart, _resuming(out, advance),
+                                             top_k, batch_size, part_photos, restart, resuming(out, advance),
                                              advance)
     guesses = [answer for answer in answers if isinstance(answer, PhotoGuess)]
     unreadable = [answer for answer in answers if not isinstance(answer, PhotoGuess)]
@@ -81,7 +81,7 @@ def _settings(backbone: str | None, model: Path | None, device: str) -> dict:
             "versions": {name: version(name) for name in ("geoloc", "geoclip", "torch", "transformers")}}
 
 
-def _resuming(out: Path, advance):
+def resuming(out: Path, advance):
     """`on_start` for a resumable run: the bar starts at what is done, and says so."""
     from geoloc.resumable import work_folder
 
@@ -120,8 +120,7 @@ def predict_command(
     from geoloc.encode.backbone import BackboneUnavailable
     from geoloc.evaluate import load_truth
     from geoloc.maps import map_html
-    from geoloc.predict import predictions_geojson, predictions_table
-    from geoloc.resumable import remove_work_folder, work_folder
+    from geoloc.predict import predictions_table
 
     with clean_errors(BackboneUnavailable, FileNotFoundError, TableError, ValueError):
         known = None
@@ -134,14 +133,7 @@ def predict_command(
             predict_recipe(recipe, photos, as_json, out, map_file, known, tiles, part_photos, restart)
             return
         guesses, unreadable = _guesses(photos, backbone, model, top_k, batch_size, device, out, part_photos, restart)
-        if out is not None and out.suffix.lower() == ".geojson":
-            write_text(out, json.dumps(predictions_geojson(guesses)))
-        elif out is not None:
-            write_table(predictions_table(guesses), out)
-        if out is not None:
-            remove_work_folder(work_folder(out))
-        if map_file is not None:
-            write_text(map_file, map_html(guesses, known, tiles))
+        write_answers(guesses, out, map_file, predictions_table, lambda: map_html(guesses, known, tiles))
     for guess in guesses:
         if as_json:
             typer.echo(json.dumps(guess.as_json()))
@@ -151,6 +143,21 @@ def predict_command(
                       f"p={guess.candidates[0].prob:.3f}, within ~{guess.radius_km:,.0f} km{exif}", highlight=False)
     if unreadable and not guesses:
         raise typer.Exit(code=1)
+
+
+def write_answers(answers: list, out: Path | None, map_file: Path | None, table, page) -> None:
+    """`--out` (GeoJSON, else `table(answers)` as CSV/Parquet; its work folder removed) and `--map` (`page()`)."""
+    from geoloc.predict import predictions_geojson
+    from geoloc.resumable import remove_work_folder, work_folder
+
+    if out is not None and out.suffix.lower() == ".geojson":
+        write_text(out, json.dumps(predictions_geojson(answers)))
+    elif out is not None:
+        write_table(table(answers), out)
+    if out is not None:
+        remove_work_folder(work_folder(out))
+    if map_file is not None:
+        write_text(map_file, page())
 
 
 def geoclip_candidates_command(

@@ -15,6 +15,7 @@ from geoloc.tables import write_table, write_text
 def recipe_answers(recipe_path: Path, photos_or_folders: list[Path], out: Path | None, part_photos: int,
                    restart: bool) -> tuple[list, list]:
     """(answers, unreadable) for every photo, resumable through `out`'s work folder."""
+    from geoloc.cli.predict import resuming
     from geoloc.images import find_photos
     from geoloc.predict import answer_in_parts
     from geoloc.recipe import load_recipe, recipe_identity
@@ -41,13 +42,8 @@ def recipe_answers(recipe_path: Path, photos_or_folders: list[Path], out: Path |
         if out is None:
             answers = answer_part(photos)
         else:
-            def on_start(done: int) -> None:
-                if done:
-                    errors.print(f"resuming: {done} photo(s) already answered in {work_folder(out)}", highlight=False)
-                    advance(done)
-
             frames = answer_in_parts(photos, lambda part: answers_table(answer_part(part)), work_folder(out),
-                                     recipe_identity(recipe), part_photos, restart, on_start)
+                                     recipe_identity(recipe), part_photos, restart, resuming(out, advance))
             answers = [answer for frame in frames for answer in answers_from_table(frame)]
     found = [answer for answer in answers if isinstance(answer, RecipeAnswer)]
     unreadable = [answer for answer in answers if not isinstance(answer, RecipeAnswer)]
@@ -60,21 +56,14 @@ def predict_recipe(recipe_path: Path, photos: list[Path], as_json: bool, out: Pa
                    known: dict | None, tiles: str | None, part_photos: int, restart: bool) -> None:
     """`geoloc predict --recipe`: answers printed, written to `out` and drawn on `map_file`."""
     from geoloc.candidates.zeroshot import ZeroShotError
+    from geoloc.cli.predict import write_answers
     from geoloc.maps import recipe_map_html
     from geoloc.rank.model import ModelLoadError
     from geoloc.recipe.engine import predictions_table
-    from geoloc.resumable import remove_work_folder, work_folder
 
     with clean_errors(ZeroShotError, ModelLoadError):
         answers, unreadable = recipe_answers(recipe_path, photos, out, part_photos, restart)
-    if out is not None and out.suffix.lower() == ".geojson":
-        write_text(out, json.dumps(answers_geojson(answers)))
-    elif out is not None:
-        write_table(predictions_table(answers), out)
-    if out is not None:
-        remove_work_folder(work_folder(out))
-    if map_file is not None:
-        write_text(map_file, recipe_map_html(answers, known, tiles))
+    write_answers(answers, out, map_file, predictions_table, lambda: recipe_map_html(answers, known, tiles))
     for answer in answers:
         if as_json:
             typer.echo(json.dumps(answer.as_json()))
@@ -85,15 +74,6 @@ def predict_recipe(recipe_path: Path, photos: list[Path], as_json: bool, out: Pa
                       f"({', '.join(sources)})", highlight=False)
     if unreadable and not answers:
         raise typer.Exit(code=1)
-
-
-def answers_geojson(answers: list) -> dict:
-    """A GeoJSON FeatureCollection: a Point per photo at its answer, every detail in its properties."""
-    return {"type": "FeatureCollection", "features": [
-        {"type": "Feature", "geometry": {"type": "Point", "coordinates": [answer.lon, answer.lat]},
-         "properties": {"image_id": answer.image_id,
-                        **{key: value for key, value in answer.as_json().items() if key not in ("lat", "lon")}}}
-        for answer in answers]}
 
 
 def run_command(
