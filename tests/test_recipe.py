@@ -280,3 +280,51 @@ def test_serve_answers_through_the_recipe_over_http_and_in_the_browser(world, ti
         assert (tmp_path / "recipe-page.png").stat().st_size > 10_000
         assert problems == []
         page.close()
+
+
+def test_a_recipe_with_georanker_gives_what_ranker_score_gives(world, tiny_clip):
+    import torch
+
+    from geoloc.rank.dryrun import build_tiny_qwen2_vl
+    from geoloc.rank.model import LoraSettings, new_reward_model, save_adapter
+
+    root, base_url, _ = world
+    base = build_tiny_qwen2_vl(root / "base")
+    torch.manual_seed(3)
+    model = new_reward_model(str(base), LoraSettings(rank=4, alpha=8))
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.requires_grad:
+                parameter.normal_(std=0.5)  # far from the initial values, so rewards differ
+    save_adapter(model, root / "adapter")
+    photos = root / "photos"
+    invoke("retrieve", photos, "--index", root / "index", "--k", "3", "--reverse", "2", "--out",
+           root / "neighbours.parquet", "--device", "cpu")
+    invoke("candidates", "zeroshot", photos, "--model", "stand-in", "--base-url", base_url, "--samples", "2",
+           "--out", root / "answers.parquet", "--cache", root / "by-hand.sqlite")
+    invoke("candidates", "compile", "--candidates", root / "neighbours.parquet", "--zeroshot",
+           root / "answers.parquet", "--out", root / "candidates.parquet")
+    invoke("ranker", "score", "--candidates", root / "candidates.parquet", "--images", photos, "--gallery",
+           root / "gallery", "--adapter", root / "adapter", "--base", base, "--top", "retrieval=2", "--top",
+           "zeroshot=2", "--top", "reverse=0", "--negatives", "1", "--device", "cpu", "--out", root / "by-hand.parquet")
+    recipe = root / "georanker.yaml"
+    recipe.write_text(f"""\
+sources:
+  retrieval: {{index: index, k: 3, reverse: 2}}
+  zeroshot: {{model: stand-in, base_url: {base_url}, samples: 2, cache: recipe.sqlite}}
+ranker:
+  kind: georanker
+  adapter: adapter
+  base: base
+  gallery: gallery
+  top: {{retrieval: 2, zeroshot: 2, reverse: 0}}
+  negatives: 1
+device: cpu
+batch_size: 2
+""")
+    invoke("predict", "--recipe", recipe, photos, "--out", root / "recipe.parquet")
+    expected = pl.read_parquet(root / "by-hand.parquet").sort("image_id")
+    got = pl.read_parquet(root / "recipe.parquet").sort("image_id")
+    assert got.select("image_id", "lat", "lon").equals(expected.select("image_id", "lat", "lon"))
+    assert got["score"].to_list() == pytest.approx(expected["score"].to_list(), rel=1e-4)
+    assert expected["score"].n_unique() == 4, "the rewards differ from photo to photo"
