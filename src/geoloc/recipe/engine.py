@@ -92,6 +92,12 @@ class RecipeEngine:
         return GalleryIndex.load(self.recipe.sources.retrieval.index)
 
     @functools.cached_property
+    def classifier(self):
+        from geoloc.classifier.model import load_classifier
+
+        return load_classifier(self.recipe.sources.classifier.model)
+
+    @functools.cached_property
     def light_ranker(self):
         from geoloc.rank.light import load_light_ranker
 
@@ -270,18 +276,17 @@ class Stages:
         return retrieved.candidates
 
     def _classifier(self, tables: dict) -> pl.DataFrame:
-        from geoloc.classifier import classifier_candidates
-        from geoloc.classifier.model import load_classifier
+        from geoloc.classifier import loaded_classifier_candidates
 
         settings = self.engine.recipe.sources.classifier
-        name = settings.backbone or load_classifier(settings.model)[0].config.backbone
+        name = settings.backbone or self.engine.classifier[0].config.backbone
         if name is None:
             raise RecipeError(f"{settings.model}: the classifier does not record its backbone; give "
                               "sources.classifier.backbone")
         vectors, problems = self.vectors(name)
         readable = [row for row, problem in enumerate(problems) if problem is None]
-        return classifier_candidates([self.photos[row].query_id for row in readable], vectors[readable],
-                                     settings.model, settings.top_k, settings.nearest)
+        return loaded_classifier_candidates(self.engine.classifier, [self.photos[row].query_id for row in readable],
+                                            vectors[readable], settings.model, settings.top_k, settings.nearest)
 
     def _zeroshot(self, tables: dict) -> pl.DataFrame:
         from geoloc.candidates.compile import zeroshot_candidates
