@@ -40,11 +40,12 @@ def strip_metadata(data: bytes) -> bytes:
 
 
 def _strip_jpeg(data: bytes) -> bytes:
+    kept = [data[:2]]
     try:
-        kept = [data[start:end] for marker, start, end in header_segments(data) if marker not in JPEG_DROPPED]
+        kept += [data[start:end] for marker, start, end in header_segments(data) if marker not in JPEG_DROPPED]
     except JpegStructureError as error:
         raise MetadataError(f"JPEG: {error}") from error
-    return data[:2] + b"".join(kept)
+    return b"".join(kept)
 
 
 def _strip_png(data: bytes) -> bytes:
