@@ -23,10 +23,14 @@ The generator (it makes no claim about real photos):
 - Cells: `geoloc cells build` on the gallery's catalog. Candidates per query: the 10
   nearest gallery photos by embedding (`geoloc.candidates.retrieval`) and the
   classifier's top 5 cells (`geoloc.classifier`).
+- GeoCLIP (`geoloc.geoclip`) trained from scratch on the gallery's photos (the
+  classifier's training set) with GeoCLIP's settings, its gallery every distinct
+  gallery location; its answer is the top-1 gallery location.
 
 Prints one JSON line: accuracy at 1 / 25 / 200 / 750 / 2500 km on the test queries for
-`retrieval_top1`, `classifier` (its top cell), `ranker` (the light ranker over the
-retrieval + classifier candidates) and `oracle` (the best candidate), and whether the
+`retrieval_top1`, `classifier` (its top cell), `geoclip` (trained from scratch),
+`ranker` (the light ranker over the retrieval + classifier candidates) and `oracle`
+(the best candidate), and whether the
 goal holds: the ranker beats retrieval top-1 at 25 and 200 km and closes at least 30%
 of the gap between retrieval top-1 and the oracle at 25 km.
 """
@@ -87,6 +91,26 @@ def accuracy(distances: np.ndarray) -> dict[str, float]:
     return {key: round(value, 4) for key, value in metrics.items() if key.startswith("acc_")}
 
 
+def geoclip_distances(vectors: np.ndarray, lat: np.ndarray, lon: np.ndarray, splits: dict[str, slice], epochs: int,
+                      seed: int, say) -> np.ndarray:
+    """GeoCLIP trained from scratch on the gallery split; each test query's error at its top-1 gallery location."""
+    from geoloc.geoclip import top1_locations
+    from geoloc.geoclip.release import gallery_features, sample_gallery
+    from geoloc.geoclip.training import TrainSettings, new_state, train_epochs
+
+    train, test = splits["gallery"], splits["test"]
+    coordinates = np.column_stack([lat, lon])
+    settings = TrainSettings(epochs=epochs, seed=seed, image_dim=vectors.shape[1])
+    started = time.perf_counter()
+    state = train_epochs(new_state(settings), vectors[train], coordinates[train], settings,
+                         lambda state: say(f"geoclip epoch {state.epochs_done}: loss {state.losses[-1]:.3f}"))
+    gallery = sample_gallery(lat[train], lon[train], len(lat))
+    guess = top1_locations(state.model, gallery_features(state.model.location_encoder, gallery), gallery,
+                           vectors[test])
+    say(f"geoclip: {epochs} epoch(s) in {time.perf_counter() - started:.0f} s, gallery {len(gallery):,}")
+    return distance_km(guess[:, 0], guess[:, 1], lat[test], lon[test])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--photos", type=int, default=100_000, help="locations used from the geoclip gallery")
@@ -97,6 +121,7 @@ def main() -> None:
     parser.add_argument("--classifier-epochs", type=int, default=4)
     parser.add_argument("--ranker-epochs", type=int, default=12)
     parser.add_argument("--ranker-hidden", type=int, default=256)
+    parser.add_argument("--geoclip-epochs", type=int, default=10, help="GeoCLIP's own: 10")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     started = time.perf_counter()
@@ -126,6 +151,7 @@ def main() -> None:
         train_classifier(root / "cells", root / "gallery-embeddings", root / "catalog", root / "classifier",
                          ClassifierSettings(hidden=256, fit=FitSettings(epochs=args.classifier_epochs, batch_size=512,
                                                             learning_rate=2e-3, seed=args.seed)), say)
+        geoclip_km = geoclip_distances(vectors, lat, lon, splits, args.geoclip_epochs, args.seed, say)
         plan = plan_index(gallery_end, args.dim, "flat")
         index = GalleryIndex(build_faiss_index(vectors[splits["gallery"]], plan), gallery, {"dim": args.dim})
 
@@ -165,6 +191,7 @@ def main() -> None:
     figures = {
         "retrieval_top1": accuracy(per_query(first("retrieval").select("query_id", "km"))),
         "classifier": accuracy(per_query(first("classifier").select("query_id", "km"))),
+        "geoclip": accuracy(geoclip_km),
         "ranker": accuracy(ranker_km),
         "oracle": accuracy(per_query(distance.group_by("query_id").agg(pl.col("km").min()))),
     }

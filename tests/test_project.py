@@ -86,8 +86,8 @@ def help_of(*words: str) -> str:
 def test_top_level_help_lists_the_commands_in_pipeline_order():
     output = help_of()
     positions = [re.search(rf"│ {name} ", output).start() for name in
-                 ("catalog", "landmarks", "cells", "embed", "index", "retrieve", "classifier", "candidates", "ranker",
-                  "evaluate", "predict", "serve")]
+                 ("catalog", "landmarks", "cells", "embed", "index", "retrieve", "classifier", "geoclip", "candidates",
+                  "ranker", "evaluate", "predict", "serve")]
     assert positions == sorted(positions)
     assert output.index("1. Data") < output.index("2. Gallery") < output.index("5. Results")
 
