@@ -119,9 +119,11 @@ def initial_weights(init: str) -> tuple[dict[str, torch.Tensor] | None, tuple[fl
 @torch.inference_mode()
 def top1_locations(model: GeoClipModel, location_features: torch.Tensor, gallery: np.ndarray, features: np.ndarray,
                    batch_size: int = 4096) -> np.ndarray:
-    """Each photo's most probable gallery location (lat, lon), float64."""
-    best = [(model.image_features(torch.from_numpy(features[start:start + batch_size])) @ location_features.T)
-            .argmax(dim=1).numpy() for start in range(0, len(features), batch_size)]
+    """Each photo's most probable gallery location (lat, lon), float64 (computed on the model's device)."""
+    device = model.logit_scale.device
+    locations = location_features.to(device)
+    best = [(model.image_features(torch.from_numpy(features[start:start + batch_size]).to(device)) @ locations.T)
+            .argmax(dim=1).cpu().numpy() for start in range(0, len(features), batch_size)]
     return gallery[np.concatenate(best)].astype(np.float64)
 
 
