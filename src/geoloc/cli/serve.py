@@ -20,6 +20,10 @@ def serve_command(
                                      help="Require this bearer token on every API call (prefer GEOLOC_TOKEN: "
                                      "command lines are visible to other users)."),
     insecure: bool = typer.Option(False, "--insecure", help="Allow binding beyond loopback without a token."),
+    allowed_host: list[str] = typer.Option([], "--allowed-host", help="A name or address the server answers to "
+                                           "besides the loopback ones and --host (repeatable): requests naming "
+                                           "another host in Host or Origin are refused (cross-site posts, DNS "
+                                           "rebinding)."),
     top_k: int = typer.Option(5, "--top-k", min=1),
     max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", min=0.1),
     max_pixels: int = typer.Option(50_000_000, "--max-pixels", min=1),
@@ -36,7 +40,8 @@ def serve_command(
     """Serve the page and the API: drop a photo, see where it was taken."""
     import uvicorn
 
-    from geoloc.serve import ServeSettings, create_app, is_loopback
+    from geoloc.network import is_loopback
+    from geoloc.serve import ServeSettings, create_app
 
     if not is_loopback(host) and not token and not insecure:
         errors.print(f"[bold red]error:[/] refusing to serve on {host} without a token: anyone who can reach it "
@@ -44,7 +49,7 @@ def serve_command(
         raise typer.Exit(code=2)
     settings = ServeSettings(max_upload_bytes=int(max_upload_mb * 2**20), max_pixels=max_pixels,
                              max_queue=max_queue, max_uploads=max_uploads, upload_timeout_s=upload_timeout,
-                             token=token or None,
+                             token=token or None, allowed_hosts=(*allowed_host, *_bound_name(host)),
                              tiles=None if tiles.lower() == "none" else tiles)
 
     with clean_errors(ValueError):  # a --model that is not a release
@@ -58,6 +63,11 @@ def serve_command(
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     uvicorn.run(create_app(load_guesser, settings), host=host, port=port, log_level="info")
+
+
+def _bound_name(host: str) -> tuple[str, ...]:
+    """The address bound, as a name clients may use; none for a wildcard (0.0.0.0, ::), which is no name."""
+    return () if host in ("0.0.0.0", "::", "") else (host,)
 
 
 def register(app: typer.Typer, panel: str) -> None:
