@@ -103,6 +103,16 @@ def test_release_loads_in_the_package_and_predicts_as_geoloc_does(hub_cache, pho
         np.testing.assert_allclose(ours, coordinates.numpy(), atol=1e-5)
         np.testing.assert_allclose([c["prob"] for c in answer["candidates"]], probabilities.numpy(), atol=1e-5)
 
+    candidates = tmp_path / "geoclip.parquet"
+    result = CliRunner().invoke(app, ["candidates", "geoclip", *map(str, queries), "--model", str(release), "--top-k",
+                                      "3", "--out", str(candidates), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    best = pl.read_parquet(candidates).filter(pl.col("rank") == 0).sort("query_id")
+    expected = sorted((query.name, answer["lat"], answer["lon"]) for query, answer in zip(queries, answers))
+    assert best.select("query_id", "lat", "lon").rows() == expected
+    result = CliRunner().invoke(app, ["serve", "--model", str(tmp_path / "embeddings")])
+    assert result.exit_code == 2 and "not a GeoCLIP release" in result.output
+
 
 def test_normalized_or_foreign_embeddings_are_refused_with_what_to_do(tiny_clip, photos, tmp_path):
     root, catalog, table = photos
