@@ -182,3 +182,15 @@ def test_fine_tuning_starts_from_the_published_weights_and_refuses_other_sigmas(
     result = CliRunner().invoke(app, [*common, "--out", str(tmp_path / "other"), "--init", str(tmp_path / "tuned"),
                                       "--sigmas", "1,16,256,4096"])
     assert result.exit_code == 2 and "was trained with sigmas" in result.output
+
+
+def test_a_gallery_file_in_either_layout_and_a_bad_one_refused(tmp_path):
+    from geoloc.geoclip.release import ReleaseError, read_gallery_file
+
+    pl.DataFrame({"LAT": [48.85, -33.86], "LON": [2.35, 151.21]}).write_csv(tmp_path / "gallery.csv")
+    pl.DataFrame({"lat": [48.85], "lon": [2.35]}).write_parquet(tmp_path / "gallery.parquet")
+    np.testing.assert_array_equal(read_gallery_file(tmp_path / "gallery.csv"), [[48.85, 2.35], [-33.86, 151.21]])
+    np.testing.assert_array_equal(read_gallery_file(tmp_path / "gallery.parquet"), [[48.85, 2.35]])
+    pl.DataFrame({"lat": [48.85, 95.0], "lon": [2.35, 0.0]}).write_csv(tmp_path / "bad.csv")
+    with pytest.raises(ReleaseError, match="every one a valid lat, lon"):
+        read_gallery_file(tmp_path / "bad.csv")
