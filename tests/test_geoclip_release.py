@@ -103,6 +103,16 @@ def test_release_loads_in_the_package_and_predicts_as_geoloc_does(hub_cache, pho
         np.testing.assert_allclose(ours, coordinates.numpy(), atol=1e-5)
         np.testing.assert_allclose([c["prob"] for c in answer["candidates"]], probabilities.numpy(), atol=1e-5)
 
+    candidates = tmp_path / "geoclip.parquet"
+    result = CliRunner().invoke(app, ["candidates", "geoclip", *map(str, queries), "--model", str(release), "--top-k",
+                                      "3", "--out", str(candidates), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    best = pl.read_parquet(candidates).filter(pl.col("rank") == 0).sort("query_id")
+    expected = sorted((query.name, answer["lat"], answer["lon"]) for query, answer in zip(queries, answers))
+    assert best.select("query_id", "lat", "lon").rows() == expected
+    result = CliRunner().invoke(app, ["serve", "--model", str(tmp_path / "embeddings")])
+    assert result.exit_code == 2 and "not a GeoCLIP release" in result.output
+
 
 def test_normalized_or_foreign_embeddings_are_refused_with_what_to_do(tiny_clip, photos, tmp_path):
     root, catalog, table = photos
@@ -172,3 +182,15 @@ def test_fine_tuning_starts_from_the_published_weights_and_refuses_other_sigmas(
     result = CliRunner().invoke(app, [*common, "--out", str(tmp_path / "other"), "--init", str(tmp_path / "tuned"),
                                       "--sigmas", "1,16,256,4096"])
     assert result.exit_code == 2 and "was trained with sigmas" in result.output
+
+
+def test_a_gallery_file_in_either_layout_and_a_bad_one_refused(tmp_path):
+    from geoloc.geoclip.release import ReleaseError, read_gallery_file
+
+    pl.DataFrame({"LAT": [48.85, -33.86], "LON": [2.35, 151.21]}).write_csv(tmp_path / "gallery.csv")
+    pl.DataFrame({"lat": [48.85], "lon": [2.35]}).write_parquet(tmp_path / "gallery.parquet")
+    np.testing.assert_array_equal(read_gallery_file(tmp_path / "gallery.csv"), [[48.85, 2.35], [-33.86, 151.21]])
+    np.testing.assert_array_equal(read_gallery_file(tmp_path / "gallery.parquet"), [[48.85, 2.35]])
+    pl.DataFrame({"lat": [48.85, 95.0], "lon": [2.35, 0.0]}).write_csv(tmp_path / "bad.csv")
+    with pytest.raises(ReleaseError, match="every one a valid lat, lon"):
+        read_gallery_file(tmp_path / "bad.csv")

@@ -16,7 +16,7 @@ from geoloc.geoclip.training import (
 )
 
 SETTINGS = TrainSettings(epochs=2, batch_size=16, queue_size=24, learning_rate=1e-3, seed=5)
-"""50 photos in batches of 16 (a short last batch) and a queue of 24 that wraps around: every branch of the
+"""40 photos in batches of 16 (a short last batch) and a queue of 24 that wraps around: every branch of the
 package's queue update runs."""
 
 
@@ -27,7 +27,7 @@ class FeaturesIn(nn.Module):
         return pixel_values
 
 
-def photos(count: int = 50) -> tuple[np.ndarray, np.ndarray]:
+def photos(count: int = 40) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(0)
     features = rng.normal(size=(count, 768)).astype(np.float32)
     coordinates = np.column_stack([rng.uniform(-80, 80, count), rng.uniform(-180, 180, count)]).astype(np.float32)
@@ -74,7 +74,7 @@ def test_two_epochs_equal_the_package_train_loop_on_every_weight(tiny_clip):
         moved += not torch.equal(initial[key], value)
     assert moved >= 10  # the weights trained: equality is not of two untouched copies
     torch.testing.assert_close(trained.gps_queue, package.gps_queue, atol=0, rtol=0)
-    assert int(trained.gps_queue_ptr) == int(package.gps_queue_ptr) == (2 * 50) % SETTINGS.queue_size
+    assert int(trained.gps_queue_ptr) == int(package.gps_queue_ptr) == (2 * 40) % SETTINGS.queue_size
 
 
 def test_a_run_resumed_after_its_first_epoch_ends_where_an_uninterrupted_one_does(tmp_path):

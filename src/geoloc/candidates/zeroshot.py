@@ -353,20 +353,16 @@ def _questions(photo: Photo, settings: ZeroShotSettings, rag: Sequence[int],
     return questions
 
 
-async def _run(
-    photos: list[Photo],
-    settings: ZeroShotSettings,
-    rag: Sequence[int],
-    neighbours: Neighbours | None,
-    cache: AnswerCache,
-    api_key: str | None,
-    on_progress: Callable[[int], None],
-) -> tuple[list[dict], int]:
-    import openai
+_Request = tuple[_Question, list[int], list[str]]
+"""A request to send: a question with the samples (and their cache keys) one request answers."""
 
+
+def _plan(photos: list[Photo], settings: ZeroShotSettings, rag: Sequence[int], neighbours: Neighbours | None,
+          cache: AnswerCache, on_progress: Callable[[int], None]) -> tuple[list[dict], list[_Request]]:
+    """The rows known without asking (cached answers, unreadable photos, questions that cannot be asked)
+    and the requests still to send."""
     rows: list[dict] = []
-    pending: list[tuple[_Question, list[int], list[str]]] = []
-    """Requests to send: a question with the samples (and their cache keys) one request answers."""
+    pending: list[_Request] = []
     for photo in photos:
         questions = _questions(photo, settings, rag, neighbours)
         try:
@@ -398,6 +394,13 @@ async def _run(
             for start in range(0, len(missing), settings.answers_per_request):
                 samples, keys = zip(*missing[start:start + settings.answers_per_request], strict=True)
                 pending.append((question, list(samples), list(keys)))
+    return rows, pending
+
+
+async def _send(pending: list[_Request], settings: ZeroShotSettings, cache: AnswerCache, api_key: str | None,
+                on_progress: Callable[[int], None]) -> list[dict]:
+    """The rows of every request, sent with bounded concurrency; answers are cached as they come."""
+    import openai
 
     limit = asyncio.Semaphore(settings.concurrency)
     # The client wants a key even when none is sent: the placeholder never leaves (Authorization is withheld).
@@ -425,6 +428,7 @@ async def _run(
             _row(question, sample, None, short) for sample in samples[len(answers):]
         ]
 
+    rows: list[dict] = []
     async with client:
         tasks = [asyncio.ensure_future(ask(*item)) for item in pending]
         try:
@@ -435,7 +439,21 @@ async def _run(
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
-    return rows, len(pending)
+    return rows
+
+
+async def _run(
+    photos: list[Photo],
+    settings: ZeroShotSettings,
+    rag: Sequence[int],
+    neighbours: Neighbours | None,
+    cache: AnswerCache,
+    api_key: str | None,
+    on_progress: Callable[[int], None],
+) -> tuple[list[dict], int]:
+    """Every row, and how many requests were sent."""
+    rows, pending = _plan(photos, settings, rag, neighbours, cache, on_progress)
+    return rows + await _send(pending, settings, cache, api_key, on_progress), len(pending)
 
 
 def _row(question: _Question, sample: int, answer: str | None, failure: str | None) -> dict:

@@ -32,8 +32,8 @@ def train_command(
                                     "(`geoloc embed --features raw-geoclip-train`)."),
     out: Path = typer.Option(..., "--out", help="Release folder to write (resumes a run killed there)."),
     epochs: int = typer.Option(10, "--epochs", min=1),
-    batch_size: int = typer.Option(512, "--batch-size", min=1, help="Photos per step (per process under "
-                                   "`accelerate launch`: the global batch is split between processes)."),
+    batch_size: int = typer.Option(512, "--batch-size", min=1, help="Photos per step, all processes together "
+                                   "(under `accelerate launch` each trains on its share)."),
     lr: float = typer.Option(3e-5, "--lr", help="Adam's learning rate, times 0.87 after each epoch."),
     seed: int = typer.Option(0, "--seed"),
     val: Path | None = typer.Option(None, "--val", help="A held-out catalog, scored over the gallery after each "

@@ -20,7 +20,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from geoloc.geoclip.model import IMAGE_DIM, GeoClipModel, published_state
+from geoloc.geoclip.model import GEOCLIP_SIGMAS, IMAGE_DIM, GeoClipModel, published_state
 from geoloc.geoclip.release import (
     GALLERY_SIZE,
     LOCATION_FEATURES,
@@ -111,7 +111,7 @@ def initial_weights(init: str) -> tuple[dict[str, torch.Tensor] | None, tuple[fl
     if init == "scratch":
         return None, None
     if init == "published":
-        return published_state(), (1.0, 16.0, 256.0)
+        return published_state(), GEOCLIP_SIGMAS
     release = read_release(Path(init))
     return release.weights, release.sigmas
 
@@ -119,9 +119,11 @@ def initial_weights(init: str) -> tuple[dict[str, torch.Tensor] | None, tuple[fl
 @torch.inference_mode()
 def top1_locations(model: GeoClipModel, location_features: torch.Tensor, gallery: np.ndarray, features: np.ndarray,
                    batch_size: int = 4096) -> np.ndarray:
-    """Each photo's most probable gallery location (lat, lon), float64."""
-    best = [(model.image_features(torch.from_numpy(features[start:start + batch_size])) @ location_features.T)
-            .argmax(dim=1).numpy() for start in range(0, len(features), batch_size)]
+    """Each photo's most probable gallery location (lat, lon), float64 (computed on the model's device)."""
+    device = model.logit_scale.device
+    locations = location_features.to(device)
+    best = [(model.image_features(torch.from_numpy(features[start:start + batch_size]).to(device)) @ locations.T)
+            .argmax(dim=1).cpu().numpy() for start in range(0, len(features), batch_size)]
     return gallery[np.concatenate(best)].astype(np.float64)
 
 
@@ -164,6 +166,8 @@ def train_geoclip(
     gallery = (read_gallery_file(gallery_file) if gallery_file is not None
                else sample_gallery(rows.coordinates[:, 0], rows.coordinates[:, 1], gallery_size, settings.seed))
     held_out = training_rows(*validation) if validation is not None else None
+    held_out_features = None if held_out is None else (
+        held_out.features if held_out.features.ndim == 2 else held_out.features[:, 0])  # augmented: its first view
     checkpoint = out / CHECKPOINT_FOLDER
     state = load_checkpoint(checkpoint, settings) or new_state(settings, initial)
     if state.epochs_done:
@@ -174,7 +178,7 @@ def train_geoclip(
     def after_epoch(state) -> None:
         if held_out is not None:
             figures = validation_figures(state.model, gallery_features(state.model.location_encoder, gallery), gallery,
-                                         held_out.features, held_out.coordinates)
+                                         held_out_features, held_out.coordinates)
             state.validation.append({"epoch": state.epochs_done, **figures})
             say(f"epoch {state.epochs_done}: validation median {figures['median_km']:,.0f} km, "
                 f"acc@25km {figures['acc_25km']:.3f}")

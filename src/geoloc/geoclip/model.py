@@ -26,6 +26,23 @@ INITIAL_TEMPERATURE = 0.07
 """CLIP's initial temperature: logit_scale starts at log(1 / 0.07)."""
 
 
+def location_encoder(sigmas: list[float]) -> nn.Module:
+    """The package's LocationEncoder (same capsules, same weight names), summing its capsules on the input's device.
+
+    The package's forward starts the sum from a zero tensor made on the CPU and copied to the
+    device at every call; starting from the first capsule adds the same numbers in the same
+    order (0 + x is x exactly) without that copy.
+    """
+    from geoclip.model.location_encoder import LocationEncoder, equal_earth_projection
+
+    class OnDevice(LocationEncoder):
+        def forward(self, location: torch.Tensor) -> torch.Tensor:
+            projected = equal_earth_projection(location)
+            return sum(self._modules[f"LocEnc{index}"](projected) for index in range(self.n))
+
+    return OnDevice(sigma=sigmas, from_pretrained=False)
+
+
 class GeoClipModel(nn.Module):
     """Image MLP 768->768->512 over raw CLIP features, the location encoder, the learnable logit scale.
 
@@ -35,12 +52,10 @@ class GeoClipModel(nn.Module):
 
     def __init__(self, sigmas: Sequence[float] = GEOCLIP_SIGMAS, queue_size: int = QUEUE_SIZE,
                  image_dim: int = IMAGE_DIM) -> None:
-        from geoclip.model.location_encoder import LocationEncoder
-
         super().__init__()
         self.sigmas = [float(sigma) for sigma in sigmas]
         self.image_mlp = nn.Sequential(nn.Linear(image_dim, 768), nn.ReLU(), nn.Linear(768, 512))
-        self.location_encoder = LocationEncoder(sigma=self.sigmas, from_pretrained=False)
+        self.location_encoder = location_encoder(self.sigmas)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / INITIAL_TEMPERATURE), dtype=torch.float32))
         # The package starts its queue as normalized Gaussian noise, (2, size), and fills it as it trains.
         self.register_buffer("gps_queue", nn.functional.normalize(torch.randn(2, queue_size), dim=0))

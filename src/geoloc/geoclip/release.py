@@ -120,10 +120,12 @@ def read_gallery_file(path: Path) -> np.ndarray:
 
 
 def gallery_features(model: torch.nn.Module, gallery: np.ndarray, batch_size: int = 4096) -> torch.Tensor:
-    """Normalized location features of every gallery location, in batches."""
+    """Normalized location features of every gallery location, in batches on the model's device; on the CPU."""
     locations = torch.from_numpy(np.ascontiguousarray(gallery, dtype=np.float32))
+    device = next(model.parameters()).device
     with torch.inference_mode():
-        parts = [model(locations[start:start + batch_size]) for start in range(0, len(locations), batch_size)]
+        parts = [model(locations[start:start + batch_size].to(device)).cpu()
+                 for start in range(0, len(locations), batch_size)]
     return torch.nn.functional.normalize(torch.cat(parts), dim=1).contiguous()
 
 

@@ -33,7 +33,9 @@ class TrainSettings:
 
     epochs: int = 10
     batch_size: int = 512
+    """The global batch: under `accelerate launch` each process trains on its share of it."""
     learning_rate: float = 3e-5
+    """Adam's, as its weight decay below."""
     weight_decay: float = 1e-6
     lr_gamma: float = 0.87
     """StepLR's factor, applied once per epoch."""

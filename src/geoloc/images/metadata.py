@@ -70,7 +70,7 @@ def _strip_jpeg(data: bytes) -> bytes:
         segments = [_kept_jpeg_segment(marker, data[start:end]) for marker, start, end in image_segments(data)]
     except JpegStructureError as error:
         raise MetadataError(f"JPEG: {error}") from error
-    return data[:2] + b"".join(segment for segment in segments if segment is not None)
+    return b"".join([data[:2], *(segment for segment in segments if segment is not None)])
 
 
 def _strip_png(data: bytes) -> bytes:

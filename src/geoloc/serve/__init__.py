@@ -186,6 +186,43 @@ async def _read_photo(request: Request, settings: ServeSettings) -> bytes:
     return data
 
 
+async def _receive_upload(request: Request, settings: ServeSettings, uploads: _Slots) -> bytes | Response:
+    """The uploaded photo's bytes, or the response that refuses it (too many uploads, too slow, too large)."""
+    with uploads.admission() as receiving:
+        if not receiving:
+            return _dropped(503, "busy: too many uploads arriving; try again shortly",
+                            {"Retry-After": str(settings.retry_after_s)})
+        try:
+            with anyio.fail_after(settings.upload_timeout_s):
+                return await _read_photo(request, settings)
+        except TimeoutError:
+            return _dropped(408, f"the upload did not arrive within {settings.upload_timeout_s:g} s")
+        except _TooLarge:
+            return _dropped(413, f"the upload is larger than {settings.max_upload_bytes / 2**20:g} MB")
+        except MultiPartException as error:
+            return _problem(400, f"not a photo upload: {error.message}")
+
+
+async def _guess_upload(photo: bytes, guesser: Guesser, settings: ServeSettings, queue: _InferenceQueue) -> Response:
+    """The answer for an uploaded photo, once a place in the inference queue is free; or why there is none."""
+    with queue.admission() as admitted:
+        if not admitted:
+            return _problem(503, "busy: too many photos waiting; try again shortly",
+                            {"Retry-After": str(settings.retry_after_s)})
+        try:
+            image, exif = await anyio.to_thread.run_sync(_decode_upload, photo, settings.max_pixels)
+        except Image.DecompressionBombError as error:
+            return _problem(413, f"the image is too large to decode: {error}")
+        except UNREADABLE as error:
+            return _problem(422, f"not a decodable image ({error.__class__.__name__}); send a JPEG, PNG, "
+                                 "WebP, HEIC or TIFF photo")
+        guesses = await queue.run(guesser, [LoadedPhoto("upload", "upload", image, exif, photo)])
+    guess = guesses[0]
+    if isinstance(guess, Unreadable):
+        return _problem(422, guess.reason)
+    return JSONResponse(guess.as_json() | drawable_region(guess.lat, guess.lon, guess.radius_km))
+
+
 def create_app(load_guesser: Callable[[], Guesser], settings: ServeSettings | None = None) -> FastAPI:
     """The app; `load_guesser` runs once, in a worker thread, when the server starts."""
     settings = settings or ServeSettings()
@@ -251,35 +288,10 @@ def create_app(load_guesser: Callable[[], Guesser], settings: ServeSettings | No
         guesser = state["guesser"]
         if guesser is None:
             return _problem(503, "the model is not ready yet", {"Retry-After": str(settings.retry_after_s)})
-        with uploads.admission() as receiving:
-            if not receiving:
-                return _dropped(503, "busy: too many uploads arriving; try again shortly",
-                                {"Retry-After": str(settings.retry_after_s)})
-            try:
-                with anyio.fail_after(settings.upload_timeout_s):
-                    photo = await _read_photo(request, settings)
-            except TimeoutError:
-                return _dropped(408, f"the upload did not arrive within {settings.upload_timeout_s:g} s")
-            except _TooLarge:
-                return _dropped(413, f"the upload is larger than {settings.max_upload_bytes / 2**20:g} MB")
-            except MultiPartException as error:
-                return _problem(400, f"not a photo upload: {error.message}")
-        with queue.admission() as admitted:
-            if not admitted:
-                return _problem(503, "busy: too many photos waiting; try again shortly",
-                                {"Retry-After": str(settings.retry_after_s)})
-            try:
-                image, exif = await anyio.to_thread.run_sync(_decode_upload, photo, settings.max_pixels)
-            except Image.DecompressionBombError as error:
-                return _problem(413, f"the image is too large to decode: {error}")
-            except UNREADABLE as error:
-                return _problem(422, f"not a decodable image ({error.__class__.__name__}); send a JPEG, PNG, "
-                                     "WebP, HEIC or TIFF photo")
-            guesses = await queue.run(guesser, [LoadedPhoto("upload", "upload", image, exif, photo)])
-        guess = guesses[0]
-        if isinstance(guess, Unreadable):
-            return _problem(422, guess.reason)
-        return JSONResponse(guess.as_json() | drawable_region(guess.lat, guess.lon, guess.radius_km))
+        photo = await _receive_upload(request, settings, uploads)
+        if isinstance(photo, Response):
+            return photo
+        return await _guess_upload(photo, guesser, settings, queue)
 
     # Mounted last: the routes above take precedence over the static folders.
     app.mount("/static/vendor/leaflet", StaticFiles(directory=str(data.joinpath("leaflet"))), name="leaflet")
