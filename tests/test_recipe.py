@@ -8,8 +8,9 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from conftest import build_tiny_clip
 from datawriters import photo, write_files
-from test_serve import browser, serving  # noqa: F401 (browser is a fixture)
+from test_serve import launched_browser, serving
 from test_zeroshot import SECRET, Reply, serve  # noqa: F401 (serve is a fixture)
 from typer.testing import CliRunner
 
@@ -83,7 +84,8 @@ def answer_by_prompt(prompt: str) -> str:
 
 @pytest.fixture
 def world(tmp_path, tiny_clip, serve):  # noqa: F811
-    """A gallery index, a light ranker, query photos (with EXIF, so they can be catalogued) and the endpoint."""
+    """A gallery index, a GeoCLIP release trained on it, a light ranker, query photos (with EXIF, so they can
+    be catalogued) and the endpoint."""
     from geoloc.rank.light import LightConfig, LightRanker, save_light_ranker
 
     write_files(tmp_path / "gallery", {f"g{n:02d}.jpg": photo(*where, seed=n) for n, where in enumerate(GALLERY)})
@@ -94,15 +96,21 @@ def world(tmp_path, tiny_clip, serve):  # noqa: F811
     invoke("index", "build", "--embeddings", tmp_path / "gallery-embeddings", "--catalog",
            tmp_path / "gallery-catalog", "--out", tmp_path / "index")
     save_light_ranker(LightRanker(LightConfig(dim=768, backbone=str(tiny_clip)), seed=5), tmp_path / "light")
+    geoclip_clip = build_tiny_clip(tmp_path / "clip-224", image_size=224)  # GeoCLIP's training preprocessing
+    invoke("embed", "--catalog", tmp_path / "gallery-catalog", "--backbone", geoclip_clip, "--features",
+           "raw-geoclip-train", "--out", tmp_path / "raw-embeddings", "--workers", "0", "--device", "cpu")
+    invoke("geoclip", "train", "--catalog", tmp_path / "gallery-catalog", "--embeddings", tmp_path / "raw-embeddings",
+           "--out", tmp_path / "release", "--epochs", "1", "--batch-size", "4", "--queue-size", "8",
+           "--sigmas", "1,16,256,4096")
     stand_in, base_url = serve(defaultdict(lambda: [Reply(content_for=answer_by_prompt)]))
     return tmp_path, base_url, stand_in
 
 
-def recipe_text(base_url: str, clip: Path) -> str:
+def recipe_text(base_url: str) -> str:
     return f"""\
 sources:
   geoclip:
-    backbone: {clip}
+    model: release            # on the backbone it records
     top_k: 3
   retrieval:
     index: index
@@ -132,8 +140,8 @@ def test_a_recipe_gives_what_the_separate_commands_give(world, tiny_clip):
     root, base_url, stand_in = world
     photos = root / "photos"
     # By hand, one command after the other, files between them.
-    invoke("candidates", "geoclip", photos, "--backbone", tiny_clip, "--top-k", "3", "--out", root / "geoclip.parquet",
-           "--device", "cpu", "--batch-size", "2")
+    invoke("candidates", "geoclip", photos, "--model", root / "release", "--top-k", "3", "--out",
+           root / "geoclip.parquet", "--device", "cpu", "--batch-size", "2")
     invoke("retrieve", photos, "--index", root / "index", "--k", "4", "--reverse", "3", "--out",
            root / "neighbours.parquet", "--device", "cpu", "--batch-size", "2")
     invoke("candidates", "zeroshot", photos, "--model", "stand-in", "--base-url", base_url, "--preset", "g3",
@@ -152,7 +160,7 @@ def test_a_recipe_gives_what_the_separate_commands_give(world, tiny_clip):
 
     # The recipe, in one process.
     recipe = root / "recipe.yaml"
-    recipe.write_text(recipe_text(base_url, tiny_clip))
+    recipe.write_text(recipe_text(base_url))
     result = invoke("predict", "--recipe", recipe, photos, "--json", "--out", root / "recipe.parquet",
                     "--map", root / "map.html")
     assert len(stand_in.requests) == 2 * asked_by_hand, "the recipe asks the endpoint itself (its own cache)"
@@ -190,7 +198,7 @@ def test_predict_recipe_out_resumes(world, tiny_clip, monkeypatch):
 
     root, base_url, stand_in = world
     recipe = root / "recipe.yaml"
-    recipe.write_text(recipe_text(base_url, tiny_clip))
+    recipe.write_text(recipe_text(base_url))
     out = root / "recipe.parquet"
     calls = []
     answer = engine.RecipeEngine.answer
@@ -214,7 +222,7 @@ def test_predict_recipe_out_resumes(world, tiny_clip, monkeypatch):
 def test_run_reruns_only_what_changed(world, tiny_clip):
     root, base_url, stand_in = world
     recipe = root / "recipe.yaml"
-    text = recipe_text(base_url, tiny_clip)
+    text = recipe_text(base_url)
     recipe.write_text(text)
     truth = root / "truth.csv"
     truth.write_text("image_id,lat,lon\n" + "".join(f"q{n}.jpg,{lat},{lon}\n" for n, (lat, lon) in enumerate(QUERIES)))
@@ -235,7 +243,7 @@ def test_run_reruns_only_what_changed(world, tiny_clip):
     assert len(stand_in.requests) == asked, "RAG at K=2 names the same first neighbours: the answer cache serves"
 
 
-def test_serve_answers_through_the_recipe_over_http_and_in_the_browser(world, tiny_clip, request, tmp_path):
+def test_serve_answers_through_the_recipe_over_http_and_in_the_browser(world, tiny_clip, tmp_path):
     import httpx
 
     from geoloc.cli.serve import _recipe_guesser
@@ -243,7 +251,7 @@ def test_serve_answers_through_the_recipe_over_http_and_in_the_browser(world, ti
 
     root, base_url, stand_in = world
     recipe = root / "recipe.yaml"
-    recipe.write_text(recipe_text(base_url, tiny_clip))
+    recipe.write_text(recipe_text(base_url))
     result = invoke("predict", "--recipe", recipe, root / "photos", "--json")
     by_hand = {Path(answer["image"]).name: answer for answer in map(json.loads, result.stdout.splitlines())}
     settings, load = _recipe_guesser(recipe, ServeSettings(tiles=None))
@@ -261,25 +269,27 @@ def test_serve_answers_through_the_recipe_over_http_and_in_the_browser(world, ti
                 assert [[c[k] for k in keys] for c in answer["candidates"]] == \
                     [[c[k] for k in keys] for c in expected["candidates"]]
                 assert answer["region"] and answer["region_bounds"]
-        page = request.getfixturevalue("browser").new_page()  # after predict: Playwright runs an event loop
-        problems = []
-        page.on("console", lambda message: message.type == "error" and problems.append(message.text))
-        page.on("pageerror", lambda error: problems.append(str(error)))
-        page.goto(url, wait_until="networkidle")
-        page.wait_for_selector("#status:has-text('Ready')", timeout=20_000)
-        assert "leaves this machine" in page.inner_text("#recipe-note") and base_url in page.inner_text("#recipe-note")
-        page.set_input_files("#photo", str(root / "photos" / "q0.jpg"))
-        page.wait_for_selector(".guess-marker", timeout=30_000)
-        expected = by_hand["q0.jpg"]
-        assert page.locator(".alternative-marker").count() == len(expected["candidates"])
-        for source in ("geoclip", "retrieval", "reverse", "zeroshot"):
-            assert page.locator(f".source-{source}").count() == sum(c["source"] == source
-                                                                     for c in expected["candidates"])
-        assert f"chosen from {expected['source']}" in page.inner_text("#coordinates")
-        page.screenshot(path=str(tmp_path / "recipe-page.png"))
-        assert (tmp_path / "recipe-page.png").stat().st_size > 10_000
-        assert problems == []
-        page.close()
+        with launched_browser() as browser:  # after predict: Playwright runs an event loop in this thread
+            page = browser.new_page()
+            problems = []
+            page.on("console", lambda message: message.type == "error" and problems.append(message.text))
+            page.on("pageerror", lambda error: problems.append(str(error)))
+            page.goto(url, wait_until="networkidle")
+            page.wait_for_selector("#status:has-text('Ready')", timeout=20_000)
+            note = page.inner_text("#recipe-note")
+            assert "leaves this machine" in note and base_url in note
+            page.set_input_files("#photo", str(root / "photos" / "q0.jpg"))
+            page.wait_for_selector(".guess-marker", timeout=30_000)
+            expected = by_hand["q0.jpg"]
+            assert page.locator(".alternative-marker").count() == len(expected["candidates"])
+            for source in ("geoclip", "retrieval", "reverse", "zeroshot"):
+                assert page.locator(f".source-{source}").count() == sum(c["source"] == source
+                                                                         for c in expected["candidates"])
+            assert f"chosen from {expected['source']}" in page.inner_text("#coordinates")
+            page.screenshot(path=str(tmp_path / "recipe-page.png"))
+            assert (tmp_path / "recipe-page.png").stat().st_size > 10_000
+            assert problems == []
+            page.close()
 
 
 def test_a_recipe_with_georanker_gives_what_ranker_score_gives(world, tiny_clip):

@@ -194,8 +194,9 @@ def test_refuses_to_bind_beyond_loopback_without_a_token():
 # --- in a real browser -------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def browser():
+@contextmanager
+def launched_browser():
+    """Headless Chromium under Playwright, whose event loop runs in this thread until the block ends."""
     if CHROMIUM is None:
         if os.environ.get("CI"):
             pytest.fail("Chromium is missing; scripts/setup.sh --dev installs it (apt package chromium)")
@@ -210,6 +211,12 @@ def browser():
         )
         yield browser
         browser.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with launched_browser() as browser:
+        yield browser
 
 
 def free_port() -> int:
