@@ -20,8 +20,9 @@ from geoloc.cli import app
 from geoloc.recipe import RecipeError, load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
-GALLERY = [(48.85, 2.29), (-33.85, 151.21), (-22.95, -43.21), (35.65, 139.74), (29.97, 31.13), (40.71, -74.0),
-           (51.5, -0.12), (55.75, 37.61), (-1.29, 36.82), (19.43, -99.13), (1.35, 103.82), (64.14, -21.94)]
+CITIES = [(48.85, 2.29), (-33.85, 151.21), (35.65, 139.74), (40.71, -74.0)]
+GALLERY = [(lat + 0.01 * k, lon - 0.01 * k) for lat, lon in CITIES for k in range(3)]
+"""Three photos a city: the cells a classifier needs (HDBSCAN, three photos a cell at least)."""
 QUERIES = [(48.0, 2.0), (-30.0, 150.0), (36.0, 140.0), (52.0, 0.0)]
 
 
@@ -106,9 +107,9 @@ def world(tmp_path, tiny_clip, serve):  # noqa: F811
     return tmp_path, base_url, stand_in
 
 
-def recipe_text(base_url: str) -> str:
+def recipe_text(base_url: str, classifier: str = "") -> str:
     return f"""\
-sources:
+sources:{classifier}
   geoclip:
     model: release            # on the backbone it records
     top_k: 3
@@ -139,6 +140,11 @@ batch_size: 2
 def test_a_recipe_gives_what_the_separate_commands_give(world, tiny_clip):
     root, base_url, stand_in = world
     photos = root / "photos"
+    invoke("cells", "build", "--catalog", root / "gallery-catalog", "--out", root / "cells", "--min-cluster-size", "3",
+           "--levels", "2")
+    invoke("classifier", "train", "--cells", root / "cells", "--embeddings", root / "gallery-embeddings", "--catalog",
+           root / "gallery-catalog", "--out", root / "classifier", "--epochs", "1", "--batch-size", "8", "--hidden",
+           "16")
     # By hand, one command after the other, files between them.
     invoke("candidates", "geoclip", photos, "--model", root / "release", "--top-k", "3", "--out",
            root / "geoclip.parquet", "--device", "cpu", "--batch-size", "2")
@@ -147,11 +153,14 @@ def test_a_recipe_gives_what_the_separate_commands_give(world, tiny_clip):
     invoke("candidates", "zeroshot", photos, "--model", "stand-in", "--base-url", base_url, "--preset", "g3",
            "--samples", "2", "--neighbours", root / "neighbours.parquet", "--rag", "0", "--rag", "2", "--out",
            root / "answers.parquet", "--cache", root / "by-hand.sqlite")
-    invoke("candidates", "compile", "--candidates", root / "geoclip.parquet", "--candidates",
-           root / "neighbours.parquet", "--zeroshot", root / "answers.parquet", "--out", root / "candidates.parquet")
     invoke("catalog", "build", "--source", f"photos={photos}", "--out", root / "query-catalog")
     invoke("embed", "--catalog", root / "query-catalog", "--backbone", tiny_clip, "--out", root / "query-embeddings",
            "--workers", "0", "--device", "cpu", "--batch-size", "2")
+    invoke("classifier", "predict", "--model", root / "classifier", "--embeddings", root / "query-embeddings",
+           "--top-k", "2", "--nearest", "2", "--out", root / "classifier.parquet")
+    invoke("candidates", "compile", "--candidates", root / "geoclip.parquet", "--candidates",
+           root / "neighbours.parquet", "--candidates", root / "classifier.parquet", "--zeroshot",
+           root / "answers.parquet", "--out", root / "candidates.parquet")
     invoke("ranker", "score", "--candidates", root / "candidates.parquet", "--adapter", root / "light",
            "--query-embeddings", root / "query-embeddings", "--gallery-embeddings", root / "gallery-embeddings",
            "--gallery-table", root / "index", "--top", "retrieval=3", "--top", "zeroshot=4",
@@ -160,7 +169,7 @@ def test_a_recipe_gives_what_the_separate_commands_give(world, tiny_clip):
 
     # The recipe, in one process.
     recipe = root / "recipe.yaml"
-    recipe.write_text(recipe_text(base_url))
+    recipe.write_text(recipe_text(base_url, "\n  classifier: {model: classifier, top_k: 2, nearest: 2}"))
     result = invoke("predict", "--recipe", recipe, photos, "--json", "--out", root / "recipe.parquet",
                     "--map", root / "map.html")
     assert len(stand_in.requests) == 2 * asked_by_hand, "the recipe asks the endpoint itself (its own cache)"
@@ -168,7 +177,7 @@ def test_a_recipe_gives_what_the_separate_commands_give(world, tiny_clip):
     assert [Path(answer["image"]).name for answer in answers] == ["q0.jpg", "q1.jpg", "q2.jpg", "q3.jpg"]
 
     by_hand = pl.read_parquet(root / "candidates.parquet")
-    assert set(by_hand["source"]) == {"geoclip", "retrieval", "reverse", "zeroshot"}
+    assert set(by_hand["source"]) == {"geoclip", "retrieval", "reverse", "classifier", "zeroshot"}
     ours = pl.DataFrame([{"query_id": Path(answer["image"]).name, **candidate} for answer in answers
                          for candidate in answer["candidates"]])
     columns = ["query_id", "source", "rank", "lat", "lon", "score"]
@@ -189,7 +198,7 @@ def test_a_recipe_gives_what_the_separate_commands_give(world, tiny_clip):
     assert ran["score"].to_list() == pytest.approx(expected["score"].to_list(), rel=1e-5)
     # The map draws every source's candidates in its colour.
     page = (root / "map.html").read_text()
-    for colour in ("#3182bd", "#e6550d", "#756bb1", "#d6616b"):
+    for colour in ("#3182bd", "#e6550d", "#756bb1", "#31a354", "#d6616b"):
         assert f'"colour":"{colour}"' in page
 
 
