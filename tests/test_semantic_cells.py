@@ -143,6 +143,9 @@ def test_build_writes_geoparquet_cells_that_assign_and_train_like_hdbscan_ones(t
     assert (index.assign([50.0], [1.0]) >= 0).all()  # far away: the nearest cell
     hierarchy = pl.read_parquet(tmp_path / "cells" / "hierarchical_clustered_coords.parquet")
     assert hierarchy.columns == ["path", "lat", "lon", "cluster_0"]
+    drawn = CliRunner().invoke(app, ["cells", "plot", str(tmp_path / "cells"), "--out", str(tmp_path / "cells.png")])
+    assert drawn.exit_code == 0 and f"{len(shapes)} cells" in drawn.output
+    assert (tmp_path / "cells.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_build_refuses_impossible_presets(tmp_path):
