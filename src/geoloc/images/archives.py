@@ -17,7 +17,7 @@ import msgpack
 import polars as pl
 
 from geoloc.images.containment import resolve_below
-from geoloc.images.index_rows import INDEX_SCHEMA, ArchiveError, IndexRows
+from geoloc.images.index_rows import INDEX_SCHEMA, ArchiveError, IndexRows, read_span
 from geoloc.images.members import MemberLookup
 from geoloc.images.msgpack_spans import Truncated, map_entries, value_end
 from geoloc.images.zips import read_zip_member
@@ -163,12 +163,7 @@ def index_tar(path: Path, name: str | None = None) -> pl.DataFrame:
 
 def read_tar_member(path: Path, offset: int, length: int) -> bytes:
     """The bytes of a tar member at `offset` (from the index)."""
-    with path.open("rb") as handle:
-        handle.seek(offset)
-        data = handle.read(length)
-    if len(data) != length:
-        raise ArchiveError(f"{path}: member at {offset} is cut short ({len(data)} of {length} bytes)")
-    return data
+    return read_span(path, offset, length)
 
 
 class ImageStore:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import polars as pl
 import xxhash
@@ -57,3 +58,13 @@ class IndexRows:
 
     def frame(self) -> pl.DataFrame:
         return pl.DataFrame(self.rows, schema=INDEX_SCHEMA)
+
+
+def read_span(path: Path, offset: int, length: int) -> bytes:
+    """`length` bytes of a container from `offset` (a member's place in its index); a short read is an error."""
+    with path.open("rb") as handle:
+        handle.seek(offset)
+        data = handle.read(length)
+    if len(data) != length:
+        raise ArchiveError(f"{path}: member at {offset} is cut short ({len(data)} of {length} bytes)")
+    return data

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import polars as pl
 
-from geoloc.images.index_rows import ArchiveError, IndexRows
+from geoloc.images.index_rows import ArchiveError, IndexRows, read_span
 
 _LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
 _LOCAL_SIGNATURE = b"PK\x03\x04"
@@ -90,9 +90,4 @@ def index_zip(path: Path | str, name: str | None = None) -> pl.DataFrame:
 
 def read_zip_member(path: Path, offset: int, length: int) -> bytes:
     """The bytes of a zip member whose span the index gives."""
-    with path.open("rb") as handle:
-        handle.seek(offset)
-        span = handle.read(length)
-    if len(span) != length:
-        raise ArchiveError(f"{path}: member at {offset} is cut short ({len(span)} of {length} bytes)")
-    return member_bytes(span, f"{path}@{offset}")
+    return member_bytes(read_span(path, offset, length), f"{path}@{offset}")
