@@ -187,3 +187,20 @@ def test_real_boundaries_cells_never_cross_a_border_and_hold_every_photo():
         for min_samples, xi in preset.optics:
             assert split_cell(points[rows], np.ones(len(rows), dtype=np.int64), cells.shapes[cell], preset,
                               min_samples, xi) is None
+
+
+def test_optics_on_a_sample_labels_every_coordinate_like_its_nearest_sampled_photo():
+    from scipy.spatial import cKDTree
+    from sklearn.cluster import OPTICS
+
+    from geoloc.cells.semantic import optics_labels, photo_sample
+
+    rng = np.random.default_rng(2)
+    points = np.concatenate([rng.normal([0, 0], 0.05, (300, 2)), rng.normal([5, 5], 0.05, (300, 2))])
+    photos = rng.integers(1, 5, 600)
+    sample, min_samples = photo_sample(photos, 40, 500)
+    assert len(sample) == 500 and min_samples == round(40 * 500 / photos.sum())
+    expected = OPTICS(min_samples=min_samples, xi=0.05).fit_predict(points[sample])
+    nearest = cKDTree(points[sample]).query(points, k=1)[1]
+    assert (optics_labels(points, photos, 40, 0.05, max_photos=500) == expected[nearest]).all()
+    assert photo_sample(photos, 40, photos.sum())[1] == 40  # small cells: every photo, min_samples as given

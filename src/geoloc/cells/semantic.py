@@ -188,19 +188,42 @@ def _voronoi(points: NDArray[np.float64], shape: shapely.Geometry) -> NDArray[np
     return shapely.intersection(np.asarray(shapely.get_parts(regions), dtype=object), shape)
 
 
+OPTICS_MAX_PHOTOS = 5_000
+"""OPTICS with no distance bound costs the square of its points: a cell with more photos is clustered on a
+seeded sample of this many (min_samples scaled by the same share), each coordinate taking the label of the
+nearest sampled photo."""
+
+
+def photo_sample(photos: NDArray[np.int64], min_samples: int, max_photos: int) -> tuple[NDArray[np.int64], int]:
+    """The coordinate of each photo OPTICS clusters (all, or a seeded sample of `max_photos`) and its min_samples."""
+    expanded = np.repeat(np.arange(len(photos)), photos)
+    if len(expanded) <= max_photos:
+        return expanded, min_samples
+    sample = np.sort(np.random.default_rng(0).choice(expanded, max_photos, replace=False))
+    return sample, max(2, round(min_samples * max_photos / len(expanded)))
+
+
+def optics_labels(points: NDArray[np.float64], photos: NDArray[np.int64], min_samples: int, xi: float,
+                  max_photos: int = OPTICS_MAX_PHOTOS) -> NDArray[np.int64]:
+    """OPTICS cluster (-1: none) of each distinct coordinate, clustering one point per photo."""
+    from sklearn.cluster import OPTICS
+
+    expanded, min_samples = photo_sample(photos, min_samples, max_photos)
+    with np.errstate(divide="ignore", invalid="ignore"):  # repeated coordinates: zero reachability distances
+        labels = OPTICS(min_samples=min_samples, xi=xi).fit_predict(points[expanded])
+    if len(expanded) < photos.sum():
+        _, nearest = cKDTree(points[expanded]).query(points, k=1)
+        return labels[nearest]
+    return labels[np.unique(expanded, return_index=True)[1]]  # a coordinate's label: that of its first photo
+
+
 def split_cell(points: NDArray[np.float64], photos: NDArray[np.int64], shape: shapely.Geometry, preset: Preset,
                min_samples: int, xi: float) -> list[tuple[NDArray[np.int64], shapely.Geometry]] | None:
     """Rule 4 for one cell and one OPTICS pass: (member rows, shape) of each resulting cell, the cell itself
     (what remains of it) first; None when the pass does not split it."""
-    from sklearn.cluster import OPTICS
-
-    expanded = np.repeat(np.arange(len(points)), photos)
-    if len(expanded) <= min_samples:
+    if photos.sum() <= min_samples:
         return None
-    with np.errstate(divide="ignore", invalid="ignore"):  # repeated coordinates: zero reachability distances
-        labels = OPTICS(min_samples=min_samples, xi=xi).fit_predict(points[expanded])
-    first = np.unique(expanded, return_index=True)[1]
-    label = labels[first]  # one label per distinct coordinate: that of its first photo
+    label = optics_labels(points, photos, min_samples, xi)
     counts = {int(c): int(photos[label == c].sum()) for c in np.unique(label)}
     large = [c for c, n in counts.items() if n >= preset.min_photos]
     label = np.where(np.isin(label, large), label, -1)
