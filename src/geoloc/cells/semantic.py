@@ -23,7 +23,9 @@ shifted by 360 degrees).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -319,19 +321,21 @@ def semantic_cells(areas: AdminAreas, lat: NDArray[np.float64], lon: NDArray[np.
     return SemanticCells(labels, [cell.shape for cell in cells], names, small)
 
 
+def _groups(of_cell: NDArray[np.int64], ids: NDArray[np.int64]) -> list[NDArray[np.int64]]:
+    """For each id, the positions whose cell it is."""
+    order = np.argsort(of_cell, kind="stable")
+    ordered = of_cell[order]
+    return [order[a:b] for a, b in zip(np.searchsorted(ordered, ids), np.searchsorted(ordered, ids, side="right"))]
+
+
 def _merged_cells(areas: AdminAreas, cell_of_area: NDArray[np.int64], point_cell: NDArray[np.int64],
                   area_photos: NDArray[np.float64]) -> list[_Cell]:
-    """One _Cell per merged cell: its coordinates, the union of its areas, and the names of its busiest area."""
-    area_order = np.argsort(cell_of_area, kind="stable")
-    area_cells = cell_of_area[area_order]
-    point_order = np.argsort(point_cell, kind="stable")
-    point_cells = point_cell[point_order]
+    """One _Cell per merged cell: its coordinates, the union of its areas (on every core: GEOS runs without the
+    GIL), and the names of its busiest area."""
     names = areas.names.select("country", "admin1", "name").rows()
-    cells = []
-    for cell in np.unique(point_cell).tolist():
-        members = area_order[np.searchsorted(area_cells, cell):np.searchsorted(area_cells, cell, side="right")]
-        rows = point_order[np.searchsorted(point_cells, cell):np.searchsorted(point_cells, cell, side="right")]
-        shape = shapely.make_valid(shapely.union_all(areas.geometry[members]))
-        busiest = members[int(np.argmax(area_photos[members]))]
-        cells.append(_Cell(rows, shape, (*names[busiest], len(members))))
-    return cells
+    ids = np.unique(point_cell)
+    members, rows = (_groups(of_cell, ids) for of_cell in (cell_of_area, point_cell))
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        shapes = list(pool.map(lambda group: shapely.make_valid(shapely.union_all(areas.geometry[group])), members))
+    busiest = [group[int(np.argmax(area_photos[group]))] for group in members]
+    return [_Cell(r, shape, (*names[b], len(group))) for r, shape, b, group in zip(rows, shapes, busiest, members)]
