@@ -11,7 +11,8 @@ from rich.table import Table
 from geoloc.cells import CellIndex, CellsError, CellsOptions, CellsSummary, build_cells
 from geoloc.cells.hierarchy import MAX_LEVELS
 from geoloc.cells.semantic_build import SemanticOptions
-from geoloc.cli.common import clean_errors, console, errors, progress_bar
+from geoloc.cli.common import clean_errors, console, errors
+from geoloc.progress import progress_bar
 from geoloc.tables import TableError, as_float_column, read_table, write_table
 
 cells_app = typer.Typer(help="Geocells: HDBSCAN on the sphere, a hierarchy of coarser cells, assignment.",
@@ -57,7 +58,7 @@ def build_command(
         errors.print(f"error: --method {method!r}: expected hdbscan or semantic", highlight=False)
         raise typer.Exit(2)
     options = CellsOptions(min_cluster_size, min_samples, levels, assign_noise)
-    with clean_errors(CellsError, TableError), progress_bar("cells") as progress:
+    with clean_errors(CellsError, TableError), progress_bar() as progress:
         task = progress.add_task("cells", total=5 + assign_noise)
 
         def on_step(name: str) -> None:
@@ -71,7 +72,7 @@ def _build_semantic(catalog: Path, out: Path, options: SemanticOptions) -> None:
     from geoloc.cells.semantic_build import build_semantic_cells
     from geoloc.places.boundaries import BoundariesError
 
-    with clean_errors(CellsError, TableError, BoundariesError), progress_bar("cells") as progress:
+    with clean_errors(CellsError, TableError, BoundariesError), progress_bar() as progress:
         task = progress.add_task("semantic cells", total=None)
         summary = build_semantic_cells(catalog, out, options,
                                        on_step=lambda name: progress.update(task, description=name))
