@@ -58,6 +58,14 @@ def test_areas_touching_across_the_antimeridian_are_neighbours_but_not_across_a_
     assert area_neighbours(areas).tolist() == [[0, 1], [0, 2]]
 
 
+def test_a_small_cell_merges_across_the_antimeridian():
+    areas = world(("F", "F1", "east", shapely.box(179, -17, 180, -16)),
+                  ("F", "F1", "west", shapely.box(-180, -17, -179, -16)))
+    cells, _, _ = cells_of(areas, {0: 9, 1: 2})
+    assert np.bincount(cells.labels).tolist() == [11] and cells.names["admin2"].to_list() == ["east"]
+    assert shapely.bounds(cells.shapes[0]).tolist() == [-180, -17, 180, -16]
+
+
 def points_in(box: shapely.Polygon, count: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     minx, miny, maxx, maxy = box.bounds
     return rng.uniform(miny + 0.01, maxy - 0.01, count), rng.uniform(minx + 0.01, maxx - 0.01, count)
