@@ -23,6 +23,7 @@ from geoloc.candidates.geoclip import GeoClip
 from geoloc.images import Photo
 from geoloc.images.decoding import UNREADABLE, decode_photo, unreadable_reason
 from geoloc.places import place_names
+from geoloc.places.land import sea_flags
 
 PART_PHOTOS = 1000
 """Photos per part of a resumable run: what a kill can lose."""
@@ -48,9 +49,11 @@ class PhotoGuess:
     radius_km: float
     candidates: list[Alternative]
     exif: dict | None
+    at_sea: bool | None = None
+    """The best guess lies in the open sea (GLOBE's land mask, geoloc.places.land); None: mask not installed."""
 
     def as_json(self) -> dict:
-        keys = ("image", "lat", "lon", "place", "radius_km", "candidates", "exif")
+        keys = ("image", "lat", "lon", "place", "radius_km", "candidates", "exif", "at_sea")
         return {key: value for key, value in asdict(self).items() if key in keys}
 
 
@@ -180,6 +183,7 @@ def guess_images(loaded: list[LoadedPhoto], geoclip: GeoClip, top_k: int) -> lis
     result = geoclip.top_k(geoclip.backbone.pixel_values([photo.image for photo in loaded]), top_k)
     coordinates = result.coordinates.astype(np.float64)
     places = place_names(coordinates[..., 0].ravel(), coordinates[..., 1].ravel()).reshape(coordinates.shape[:2])
+    at_sea = sea_flags(coordinates[:, 0, 0], coordinates[:, 0, 1])
     guesses = []
     for row, photo in enumerate(loaded):
         alternatives = [
@@ -195,20 +199,23 @@ def guess_images(loaded: list[LoadedPhoto], geoclip: GeoClip, top_k: int) -> lis
             radius_km=float(result.radius_km[row]),
             candidates=alternatives,
             exif=photo.exif,
+            at_sea=None if at_sea is None else bool(at_sea[row]),
         ))
     return guesses
 
 
 def predictions_table(guesses: list[PhotoGuess]) -> pl.DataFrame:
-    """The predictions schema (image_id, lat, lon, score = the best guess's probability)."""
+    """The predictions schema (image_id, lat, lon, score = the best guess's probability), and at_sea."""
     return pl.DataFrame(
         {
             "image_id": [g.image_id for g in guesses],
             "lat": [g.lat for g in guesses],
             "lon": [g.lon for g in guesses],
             "score": [g.candidates[0].prob for g in guesses],
+            "at_sea": [g.at_sea for g in guesses],
         },
-        schema={"image_id": pl.Utf8, "lat": pl.Float64, "lon": pl.Float64, "score": pl.Float64},
+        schema={"image_id": pl.Utf8, "lat": pl.Float64, "lon": pl.Float64, "score": pl.Float64,
+                "at_sea": pl.Boolean},
     )
 
 
