@@ -263,6 +263,7 @@ def test_serve_answers_through_the_recipe_over_http_and_in_the_browser(world, ti
     recipe.write_text(recipe_text(base_url))
     result = invoke("predict", "--recipe", recipe, root / "photos", "--json")
     by_hand = {Path(answer["image"]).name: answer for answer in map(json.loads, result.stdout.splitlines())}
+    (root / "recipe-answers.sqlite").unlink()
     settings, load = _recipe_guesser(recipe, ServeSettings(tiles=None))
     assert settings.sources == ("geoclip", "retrieval", "zeroshot") and settings.photo_leaves_for == (base_url,)
     with serving(create_app(load, settings)) as port:
@@ -278,6 +279,7 @@ def test_serve_answers_through_the_recipe_over_http_and_in_the_browser(world, ti
                 assert [[c[k] for k in keys] for c in answer["candidates"]] == \
                     [[c[k] for k in keys] for c in expected["candidates"]]
                 assert answer["region"] and answer["region_bounds"]
+        assert not (root / "recipe-answers.sqlite").exists(), "the app keeps the endpoint's answers in memory"
         with launched_browser() as browser:  # after predict: Playwright runs an event loop in this thread
             page = browser.new_page()
             problems = []

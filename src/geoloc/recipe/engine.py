@@ -66,8 +66,10 @@ class Readable:
 class RecipeEngine:
     """The recipe's models, loaded at first need and kept; `answer` takes photos in batches."""
 
-    def __init__(self, recipe: Recipe) -> None:
+    def __init__(self, recipe: Recipe, write_nothing: bool = False) -> None:
         self.recipe = recipe
+        self.write_nothing = write_nothing
+        """The web app's engine: zero-shot answers are kept in memory for one photo, not in the on-disk cache."""
         self._backbones: dict[str, object] = {}
 
     def backbone(self, name: str):
@@ -290,7 +292,13 @@ class Stages:
 
     def _zeroshot(self, tables: dict) -> pl.DataFrame:
         from geoloc.candidates.compile import zeroshot_candidates
-        from geoloc.candidates.zeroshot import Neighbours, ask_zeroshot, default_cache_path, zeroshot_settings
+        from geoloc.candidates.zeroshot import (
+            MEMORY_ONLY,
+            Neighbours,
+            ask_zeroshot,
+            default_cache_path,
+            zeroshot_settings,
+        )
 
         settings = self.engine.recipe.sources.zeroshot
         ks = sorted(set(settings.rag))
@@ -300,7 +308,8 @@ class Stages:
                                     concurrency=settings.concurrency, max_retries=settings.max_retries,
                                     timeout_s=settings.timeout_s, allow_http=settings.allow_http)
         near = Neighbours(tables["retrieval"], "the recipe's retrieval", ks[-1]) if ks[-1] > 0 else None
-        answers = ask_zeroshot(self.photos, request, settings.cache or default_cache_path(), rag=ks, neighbours=near)
+        cache = MEMORY_ONLY if self.engine.write_nothing else settings.cache or default_cache_path()
+        answers = ask_zeroshot(self.photos, request, cache, rag=ks, neighbours=near)
         table, _ = zeroshot_candidates([(answers.table, Path("zeroshot answers"))])
         return table
 
