@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 from conftest import build_tiny_clip
 from datawriters import photo, write_files
-from test_serve import launched_browser, serving
+from test_serve import launched_browser, ready_page, serving
 from test_zeroshot import SECRET, Reply, serve  # noqa: F401 (serve is a fixture)
 from typer.testing import CliRunner
 
@@ -281,12 +281,7 @@ def test_serve_answers_through_the_recipe_over_http_and_in_the_browser(world, ti
                 assert answer["region"] and answer["region_bounds"]
         assert not (root / "recipe-answers.sqlite").exists(), "the app keeps the endpoint's answers in memory"
         with launched_browser() as browser:  # after predict: Playwright runs an event loop in this thread
-            page = browser.new_page()
-            problems = []
-            page.on("console", lambda message: message.type == "error" and problems.append(message.text))
-            page.on("pageerror", lambda error: problems.append(str(error)))
-            page.goto(url, wait_until="networkidle")
-            page.wait_for_selector("#status:has-text('Ready')", timeout=20_000)
+            page, problems = ready_page(browser, url)
             note = page.inner_text("#recipe-note")
             assert "leaves this machine" in note and base_url in note
             page.set_input_files("#photo", str(root / "photos" / "q0.jpg"))

@@ -278,7 +278,7 @@ class Stages:
         return retrieved.candidates
 
     def _classifier(self, tables: dict) -> pl.DataFrame:
-        from geoloc.classifier import loaded_classifier_candidates
+        from geoloc.classifier import classifier_candidates
 
         settings = self.engine.recipe.sources.classifier
         name = settings.backbone or self.engine.classifier[0].config.backbone
@@ -287,8 +287,8 @@ class Stages:
                               "sources.classifier.backbone")
         vectors, problems = self.vectors(name)
         readable = [row for row, problem in enumerate(problems) if problem is None]
-        return loaded_classifier_candidates(self.engine.classifier, [self.photos[row].query_id for row in readable],
-                                            vectors[readable], settings.model, settings.top_k, settings.nearest)
+        return classifier_candidates([self.photos[row].query_id for row in readable], vectors[readable],
+                                     settings.model, settings.top_k, settings.nearest, self.engine.classifier)
 
     def _zeroshot(self, tables: dict) -> pl.DataFrame:
         from geoloc.candidates.compile import zeroshot_candidates
