@@ -126,8 +126,9 @@ class RecipeEngine:
             _ = self.geoclip
         if recipe.sources.retrieval is not None:
             self.backbone(recipe.sources.retrieval.backbone or self.gallery.info["backbone"])
-        if recipe.sources.classifier is not None:
-            self.backbone(recipe.sources.classifier.backbone or self.classifier[0].config.backbone)
+        classifier = recipe.sources.classifier
+        if classifier is not None and (classifier.backbone or self.classifier[0].config.backbone):
+            self.backbone(classifier.backbone or self.classifier[0].config.backbone)
         if recipe.ranker.kind == "light":
             self.backbone(self.light_backbone())
         if recipe.ranker.kind == "georanker":
