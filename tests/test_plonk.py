@@ -1,0 +1,105 @@
+"""PLONK in geoloc against the authors' package (`diff-plonk`, installed beside the project without its
+dependencies): a tiny network with random weights, saved as the package saves it, must sample and
+measure likelihoods as `PlonkPipeline` does, for each sampler, from the same embeddings and noise."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from geoloc.plonk.model import PlonkSettings, PlonkUnavailable, load_plonk, save_plonk
+from geoloc.plonk.sampling import SAMPLERS, log_likelihood, sample_points, to_degrees, to_points
+
+pipe = pytest.importorskip("plonk.pipe", reason="the parity tests need diff-plonk (scripts/setup.sh --dev)")
+
+COND_DIM = 16
+PHOTOS = 6
+STEPS = 40
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> str:
+    """A random-weight network saved by the package itself (PyTorchModelHubMixin.save_pretrained)."""
+    from plonk.models.pretrained_models import Plonk
+
+    torch.manual_seed(7)
+    network = Plonk(input_dim=3, dim=32, depth=2, expansion=2, cond_dim=COND_DIM)
+    with torch.no_grad():
+        for parameter in network.parameters():
+            parameter.normal_(0.0, 0.05)
+    folder = tmp_path_factory.mktemp("plonk")
+    network.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def inputs() -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(3)
+    return torch.randn(PHOTOS, COND_DIM, generator=generator), torch.randn(PHOTOS, 3, generator=generator)
+
+
+def authors_pipeline(folder: str, sampler: str, monkeypatch) -> object:
+    """PlonkPipeline on the folder: its sampler table told the folder's sampler, its image encoder replaced
+    by one that passes the given embeddings through (the pipeline keys both by hub id)."""
+    samplers = {"riemannian_flow": pipe.riemannian_flow_sampler, "flow": pipe.flow_sampler,
+                "ddim": pipe.ddim_sampler}
+    monkeypatch.setitem(pipe.MODELS, folder, {"emb_name": "dinov2", "sampler": samplers[sampler]})
+    monkeypatch.setattr(pipe, "load_prepocessing", lambda model_name: lambda batch: {
+        **batch, "emb": torch.stack(batch["img"])})
+    return pipe.PlonkPipeline(folder, device="cpu")
+
+
+@pytest.mark.parametrize("cfg", [0.0, 2.0])
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_samples_equal_the_pipelines(checkpoint, inputs, sampler, cfg, monkeypatch):
+    embeddings, noise = inputs
+    authors = authors_pipeline(checkpoint, sampler, monkeypatch)
+    theirs = authors.sampler(authors.model, {"y": noise.clone(), "emb": embeddings.clone()}, conditioning_keys="emb",
+                             scheduler=authors.scheduler, num_steps=STEPS, cfg_rate=cfg)
+    model = load_plonk(checkpoint, settings=PlonkSettings(sampler, "dinov2"))
+    ours = sample_points(model.network, sampler, model.settings.schedule, embeddings, noise, STEPS, cfg)
+    assert theirs.abs().max() > 0.1
+    torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)
+    if sampler == "riemannian_flow":
+        degrees = authors(list(embeddings), x_N=noise.clone(), num_steps=STEPS, cfg=cfg)
+        torch.testing.assert_close(to_points(to_degrees(ours)).float(),
+                                   to_points(torch.from_numpy(degrees).double()).float(), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("cfg", [0.0, 1.5])
+def test_log_likelihoods_equal_the_pipelines(checkpoint, inputs, cfg, monkeypatch):
+    embeddings, _ = inputs
+    authors = authors_pipeline(checkpoint, "riemannian_flow", monkeypatch)
+    degrees = np.array([[48.85, 2.35], [-33.9, 151.2], [40.7, -74.0], [0.0, 179.9], [-89.0, 10.0], [64.1, -21.9]])
+    theirs = authors.compute_likelihood(emb=embeddings.clone(), coordinates=degrees, cfg=cfg, normalize_logp=False)
+    model = load_plonk(checkpoint, settings=PlonkSettings("riemannian_flow", "dinov2"))
+    ours = log_likelihood(model.network, model.settings.schedule, embeddings, to_points(torch.from_numpy(degrees)),
+                          cfg=cfg)
+    assert theirs.std() > 1e-3
+    torch.testing.assert_close(ours, theirs, atol=1e-3, rtol=0)
+
+
+def test_a_folder_we_write_loads_in_the_package_and_back(checkpoint, tmp_path):
+    from plonk.models.pretrained_models import Plonk
+
+    model = load_plonk(checkpoint, settings=PlonkSettings("flow", "street_clip"))
+    save_plonk(model, tmp_path)
+    theirs = Plonk.from_pretrained(str(tmp_path))
+    again = load_plonk(str(tmp_path))
+    assert again.settings == model.settings
+    for name, tensor in theirs.state_dict().items():
+        torch.testing.assert_close(tensor, model.network.state_dict()[name], atol=0, rtol=0)
+
+
+def test_a_folder_without_settings_names_what_is_missing(checkpoint):
+    with pytest.raises(PlonkUnavailable, match="--sampler"):
+        load_plonk(checkpoint)
+
+
+def test_published_names_know_their_sampler(checkpoint, tmp_path):
+    import shutil
+
+    folder = tmp_path / "PLONK_OSV_5M_diffusion"
+    shutil.copytree(checkpoint, folder)
+    assert load_plonk(str(folder)).settings == PlonkSettings("ddim", "street_clip")
