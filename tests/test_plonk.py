@@ -57,7 +57,7 @@ def test_samples_equal_the_pipelines(checkpoint, inputs, sampler, cfg, monkeypat
     authors = authors_pipeline(checkpoint, sampler, monkeypatch)
     theirs = authors.sampler(authors.model, {"y": noise.clone(), "emb": embeddings.clone()}, conditioning_keys="emb",
                              scheduler=authors.scheduler, num_steps=STEPS, cfg_rate=cfg)
-    model = load_plonk(checkpoint, settings=PlonkSettings(sampler, "dinov2"))
+    model = load_plonk(checkpoint, settings=PlonkSettings(sampler, "plonk-dinov2"))
     ours = sample_points(model.network, sampler, model.settings.schedule, embeddings, noise, STEPS, cfg)
     assert theirs.abs().max() > 0.1
     torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)
@@ -73,7 +73,7 @@ def test_log_likelihoods_equal_the_pipelines(checkpoint, inputs, cfg, monkeypatc
     authors = authors_pipeline(checkpoint, "riemannian_flow", monkeypatch)
     degrees = np.array([[48.85, 2.35], [-33.9, 151.2], [40.7, -74.0], [0.0, 179.9], [-89.0, 10.0], [64.1, -21.9]])
     theirs = authors.compute_likelihood(emb=embeddings.clone(), coordinates=degrees, cfg=cfg, normalize_logp=False)
-    model = load_plonk(checkpoint, settings=PlonkSettings("riemannian_flow", "dinov2"))
+    model = load_plonk(checkpoint, settings=PlonkSettings("riemannian_flow", "plonk-dinov2"))
     ours = log_likelihood(model.network, model.settings.schedule, embeddings, to_points(torch.from_numpy(degrees)),
                           cfg=cfg)
     assert theirs.std() > 1e-3
@@ -83,7 +83,7 @@ def test_log_likelihoods_equal_the_pipelines(checkpoint, inputs, cfg, monkeypatc
 def test_a_folder_we_write_loads_in_the_package_and_back(checkpoint, tmp_path):
     from plonk.models.pretrained_models import Plonk
 
-    model = load_plonk(checkpoint, settings=PlonkSettings("flow", "street_clip"))
+    model = load_plonk(checkpoint, settings=PlonkSettings("flow", "plonk-streetclip"))
     save_plonk(model, tmp_path)
     theirs = Plonk.from_pretrained(str(tmp_path))
     again = load_plonk(str(tmp_path))
@@ -102,4 +102,4 @@ def test_published_names_know_their_sampler(checkpoint, tmp_path):
 
     folder = tmp_path / "PLONK_OSV_5M_diffusion"
     shutil.copytree(checkpoint, folder)
-    assert load_plonk(str(folder)).settings == PlonkSettings("ddim", "street_clip")
+    assert load_plonk(str(folder)).settings == PlonkSettings("ddim", "plonk-streetclip")

@@ -7,7 +7,19 @@ import typer
 import typer.core
 
 from geoloc import __version__
-from geoloc.cli import candidates, catalog, cells, classifier, evaluate, gallery, landmarks, predict, ranker, serve
+from geoloc.cli import (
+    candidates,
+    catalog,
+    cells,
+    classifier,
+    evaluate,
+    gallery,
+    landmarks,
+    plonk,
+    predict,
+    ranker,
+    serve,
+)
 
 _PLAIN_TYPES = {"str": "TEXT", "int": "INTEGER", "float": "FLOAT"}
 
@@ -53,6 +65,7 @@ cells.register(app, "1. Data: catalog and cells")
 gallery.register(app, "2. Gallery: embeddings, index, retrieval")
 classifier.register(app, "3. Candidates")
 candidates.register(app, "3. Candidates")
+plonk.register(candidates.app)
 ranker.register(app, "4. Ranking")
 evaluate.register(app, "5. Results")
 predict.register(app, candidates.app, "5. Results")

@@ -24,15 +24,16 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 SETTINGS_FILE = "geoloc_plonk.json"
 EMBEDDINGS = {
-    "dinov2": "DINOv2 ViT-L/14 with registers: the CLS output (1:1 centre crop, 336 px bicubic, ImageNet mean and "
-              "std), unnormalized; `geoloc embed --backbone plonk-dinov2`",
-    "street_clip": "StreetCLIP's vision tower: the first token of the last hidden state, before the post-layernorm, "
-                   "unnormalized; `geoloc embed --backbone plonk-streetclip`",
+    "plonk-dinov2": "DINOv2 ViT-L/14 with registers: the CLS output (1:1 centre crop, 336 px bicubic, ImageNet "
+                    "mean and std), unnormalized; `geoloc embed --backbone plonk-dinov2`",
+    "plonk-streetclip": "StreetCLIP's vision tower: the first token of the last hidden state, before the "
+                        "post-layernorm, unnormalized; `geoloc embed --backbone plonk-streetclip`",
 }
-"""The embeddings PLONK's published checkpoints condition on, named as its pipeline names them."""
+"""The embeddings PLONK's published checkpoints condition on, by the backbone names `geoloc embed` knows them by
+(`plonk-dinov2:DIR` reads the weights from a local folder and makes the same kind)."""
 PUBLISHED = {
     f"nicolas-dufour/PLONK_{data}{variant}": (sampler, embedding)
-    for data, embedding in (("YFCC", "dinov2"), ("OSV_5M", "street_clip"), ("iNaturalist", "dinov2"))
+    for data, embedding in (("YFCC", "plonk-dinov2"), ("OSV_5M", "plonk-streetclip"), ("iNaturalist", "plonk-dinov2"))
     for variant, sampler in (("", "riemannian_flow"), ("_flow", "flow"), ("_diffusion", "ddim"))
 }
 """Hub id -> (sampler, embedding), as PLONK's pipeline pairs them."""
@@ -48,7 +49,10 @@ class PlonkSettings:
 
     sampler: str
     embedding: str
+    """The backbone of the embeddings it reads, as their meta.json names it (see `embedding_identity`)."""
     schedule: Schedule = field(default_factory=Schedule)
+    feature_kind: str | None = None
+    """The kind of those embeddings' features, where their meta.json records one."""
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
@@ -59,7 +63,13 @@ class PlonkSettings:
 
     @classmethod
     def from_json(cls, record: dict) -> PlonkSettings:
-        return cls(record["sampler"], record["embedding"], Schedule(**record.get("schedule", {})))
+        return cls(record["sampler"], record["embedding"], Schedule(**record.get("schedule", {})),
+                   record.get("feature_kind"))
+
+
+def embedding_identity(backbone: str | None) -> str | None:
+    """The embeddings a backbone name stands for: `plonk-dinov2:DIR` makes what `plonk-dinov2` makes."""
+    return backbone.split(":", 1)[0] if backbone and backbone.startswith("plonk-") else backbone
 
 
 @dataclass
