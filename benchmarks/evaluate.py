@@ -18,9 +18,16 @@ the great-circle evaluation of the two files, a join the published scripts do no
 against the same loop. Those runs leave the area accuracies out; a last (great-circle,
 one table) adds them, against OSV-5M's way of getting the labels:
 `reverse_geocoder.search` on both sides and one label string per row, timed on the sample
-and extrapolated. Prints one JSON line: {"rows", "great-circle": {...}, "geodesic":
-{...}, "two_files": {...}, "areas": {...}}, each with ours_s, a baseline's seconds,
-speedup and peak_rss_mb.
+and extrapolated. Then the bootstrap (`geoloc evaluate`'s intervals and paired
+comparisons) over the same N photos with R resamples, in a fresh process: the intervals of
+every radius, the median and GeoScore (`intervals_s`), a paired comparison with a second
+method at every radius (`compare_s`), the process's peak memory before and after, against
+a textbook bootstrap that draws N row indices per resample and recomputes the figures,
+timed on a sample of rows and resamples and extrapolated to N rows and R resamples (its
+cost is linear in both). Prints one JSON line: {"rows", "great-circle": {...},
+"geodesic": {...}, "two_files": {...}, "areas": {...}, "bootstrap": {...}}, each with
+ours_s, a baseline's seconds, speedup and peak_rss_mb (`--only-bootstrap`: rows and
+bootstrap only).
 """
 
 from __future__ import annotations
@@ -36,9 +43,10 @@ import numpy as np
 import polars as pl
 import reverse_geocoder
 from geopy.distance import geodesic, great_circle
-from process_memory import peak_rss_mb
+from process_memory import peak_rss_mb, status_mb
 
-from geoloc.evaluate import evaluate_files
+from geoloc.evaluate import Evaluation, evaluate_files, metrics_from_distances
+from geoloc.evaluate.intervals import compare, figure_intervals
 from geoloc.geo import EARTH_RADIUS_KM, from_unit_vectors
 
 
@@ -126,16 +134,67 @@ def timed_evaluation(
     return seconds, metrics["missing"], peak_rss_mb()
 
 
+def textbook_bootstrap_seconds(distances: np.ndarray, sample_rows: int, sample_resamples: int) -> float:
+    """Seconds per row and resample of the textbook bootstrap: draw n rows, recompute every figure."""
+    rng = np.random.default_rng(0)
+    sample = distances[:sample_rows]
+    start = time.perf_counter()
+    for _ in range(sample_resamples):
+        metrics_from_distances(sample[rng.integers(0, sample.size, sample.size)])
+    return (time.perf_counter() - start) / (sample_rows * sample_resamples)
+
+
+def timed_bootstrap(paired_path: Path, resamples: int) -> dict[str, float]:
+    """Seconds of the intervals and of a paired comparison over every photo, and peak memory (fresh process)."""
+    evaluation = evaluate_files(paired_path, None, areas=False)
+    evaluation_peak = peak_rss_mb()
+    start = time.perf_counter()
+    figure_intervals(evaluation, resamples)
+    intervals_s = time.perf_counter() - start
+    import scipy.stats  # noqa: F401  the exact McNemar test's module, a one-time import left out of the timing
+
+    noise = np.random.default_rng(1).uniform(0.5, 1.5, evaluation.truth.height)
+    shifted = evaluation.truth.with_columns(evaluation.truth["distance_km"] * noise)
+    other = Evaluation(metrics=evaluation.metrics, truth=shifted)
+    start = time.perf_counter()
+    compare(evaluation, other, resamples)
+    compare_s = time.perf_counter() - start
+    return {"intervals_s": intervals_s, "compare_s": compare_s, "evaluation_peak_rss_mb": evaluation_peak,
+            "peak_rss_mb": peak_rss_mb(), "rss_after_mb": status_mb("VmRSS") or 0.0}
+
+
+def bootstrap_figures(pool, paired_path: Path, rows: int, resamples: int) -> dict[str, object]:
+    ours = pool.apply(timed_bootstrap, (paired_path, resamples))
+    distances = evaluate_files(paired_path, None, areas=False).truth["distance_km"].fill_null(np.nan).to_numpy()
+    per_row_resample = textbook_bootstrap_seconds(distances, min(rows, 1_000_000), 3)
+    textbook = per_row_resample * rows * resamples
+    return {
+        "resamples": resamples,
+        "intervals_s": round(ours["intervals_s"], 3),
+        "compare_s": round(ours["compare_s"], 3),
+        "textbook_loop_s": round(textbook, 1),
+        "speedup": round(textbook / ours["intervals_s"], 1),
+        "evaluation_peak_rss_mb": round(ours["evaluation_peak_rss_mb"]),
+        "peak_rss_mb": round(ours["peak_rss_mb"]),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--sample", type=int, default=20_000, help="rows of the geopy loop actually timed")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
+    parser.add_argument("--only-bootstrap", action="store_true", help="time the bootstrap alone")
     args = parser.parse_args()
     figures: dict[str, object] = {"rows": args.rows}
     fresh_processes = multiprocessing.get_context("spawn").Pool(1, maxtasksperchild=1)
     with tempfile.TemporaryDirectory() as folder, fresh_processes as pool:
         truth_path, predictions_path, paired_path = write_inputs(Path(folder), args.rows, args.seed)
+        figures["bootstrap"] = bootstrap_figures(pool, paired_path, args.rows, args.resamples)
+        if args.only_bootstrap:
+            print(json.dumps(figures))
+            return
         published_s: dict[str, float] = {}
         for distance in ("great-circle", "geodesic"):
             ours, missing, peak_mb = pool.apply(timed_evaluation, (paired_path, None, distance))

@@ -35,8 +35,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 from datawriters import gps_block, write_files, write_shard  # noqa: E402
 
 from geoloc.catalog.scan import scan_files  # noqa: E402
-from geoloc.catalog.work import Task, Workers, run_cached  # noqa: E402
 from geoloc.images import index_shard  # noqa: E402
+from geoloc.resumable import Task, Workers, run_cached  # noqa: E402
 
 
 def photos(count: int, size: tuple[int, int]) -> list[bytes]:

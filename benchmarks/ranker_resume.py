@@ -24,9 +24,9 @@ from pathlib import Path
 
 import polars as pl
 
-from geoloc.catalog.work import work_folder
 from geoloc.rank.dryrun import toy_scoring_run
 from geoloc.rank.ranking import score_file
+from geoloc.resumable import work_folder
 
 
 def command(world: Path, out: Path) -> list[str]:

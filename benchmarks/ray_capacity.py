@@ -39,7 +39,8 @@ from ingest import photos  # noqa: E402
 
 from geoloc.catalog import BuildOptions, build_catalog  # noqa: E402
 from geoloc.encode import CatalogImages, embed_table, prepare_photo  # noqa: E402
-from geoloc.encode.backbone import load_backbone, pixel_values  # noqa: E402
+from geoloc.encode.backbone import pixel_values  # noqa: E402
+from geoloc.encode.loading import load_backbone  # noqa: E402
 
 VISION = {
     "b32": {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12,

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from geoloc.encode import ReadBytes
-from geoloc.encode.backbone import Backbone, load_backbone
+from geoloc.encode.backbone import Backbone
+from geoloc.encode.loading import load_backbone
 
 
 def crash_once(marker: str) -> None:

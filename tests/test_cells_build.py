@@ -243,3 +243,13 @@ def test_unusable_catalog_exits_2_with_the_reason(tmp_path):
     result = runner.invoke(app, ["cells", "build", "--catalog", str(tmp_path), "--out", str(tmp_path / "cells"),
                                  "--min-cluster-size", "1"])
     assert result.exit_code == 2 and "--min-cluster-size" in result.output
+
+
+def test_a_cell_whose_photos_cancel_out_is_centred_on_its_heaviest_coordinate():
+    from geoloc.cells.hierarchy import centroids_and_spread
+
+    vectors = to_unit_vectors([0.0, 0.0, 40.0, 41.0], [0.0, 180.0, 10.0, 10.0])
+    lat, lon, avg_km, counts = centroids_and_spread(vectors, np.array([2, 2, 1, 1]), np.array([0, 0, 1, 1]))
+    assert (lat[0], lon[0]) == (0.0, 0.0)  # antipodes of equal weight: the first
+    assert avg_km[0] == pytest.approx(np.pi * EARTH_RADIUS_KM / 2)
+    assert lat[1] == pytest.approx(40.5, abs=0.01) and counts.tolist() == [4, 2]

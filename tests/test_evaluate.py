@@ -287,17 +287,17 @@ def test_a_benchmark_file_of_the_wrong_size_is_warned_about_and_still_scored(tmp
     arguments = ["evaluate", str(tmp_path / "p.csv"), "--truth", str(tmp_path / "yfcc4k_places365.csv"), "--json"]
     result = CliRunner().invoke(app, arguments)
     assert result.exit_code == 0, result.output
-    assert "3 photos, but yfcc4k_places365.csv has 4,536" in " ".join(result.stderr.split())
+    assert "3 photos, but YFCC4K's yfcc4k_places365.csv has 4,536" in " ".join(result.stderr.split())
     assert json.loads(result.stdout.strip().splitlines()[-1])["acc_1km"] == pytest.approx(1 / 3)
 
 
 @pytest.mark.parametrize("name, rows, warned", [
-    ("im2gps3k_places365.csv", 2997, False),
+    ("im2gps3k_places365.csv", 2997, True),  # the right size, but not IM2GPS3K's ids
     ("im2gps3k_places365.csv", 2996, True),
     ("IM2GPS3K_places365.csv", 11, True),
     ("my_benchmark.csv", 11, False),
 ])
-def test_size_warning_only_for_a_benchmark_name_with_another_count(tmp_path, name, rows, warned):
+def test_size_warning_for_a_benchmark_name_with_other_photos(tmp_path, name, rows, warned):
     (tmp_path / name).write_text("IMG_ID,LAT,LON\n" + "".join(f"{i},1,{i % 180}\n" for i in range(rows)))
     (tmp_path / "p.csv").write_text("image_id,lat,lon\n0,1,0\n")
     result = CliRunner().invoke(app, ["evaluate", str(tmp_path / "p.csv"), "--truth", str(tmp_path / name), "--json"])

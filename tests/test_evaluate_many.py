@@ -48,17 +48,28 @@ def test_json_lines_one_per_file_in_the_order_given(methods):
     assert lines[1]["acc_25km"] > lines[2]["acc_25km"] > lines[0]["acc_25km"]
 
 
-def test_table_has_one_row_per_method(methods):
+def table_rows(stdout: str) -> dict[str, list[str]]:
+    """The figure rows of a metrics-as-rows table: first cell -> the other cells."""
+    rows = {}
+    for line in stdout.splitlines():
+        cells = line.split()
+        if cells and cells[0] in ("1", "25", "200", "750", "2500") and len(cells) > 2 and cells[1] == "km":
+            rows[f"{cells[0]} km"] = cells[2:]
+    return rows
+
+
+def test_table_has_a_column_per_method_and_the_figures_as_rows(methods):
     truth, paths = methods
-    result = CliRunner().invoke(app, ["evaluate", *map(str, paths), "--truth", str(truth)], env={"COLUMNS": "220"})
+    result = CliRunner().invoke(app, ["evaluate", *map(str, paths), "--truth", str(truth), "--no-ci"],
+                                env={"COLUMNS": "80"})
     assert result.exit_code == 0, result.output
-    rows = {line.split("│")[1].strip(): line for line in result.stdout.splitlines() if line.count("│") > 10}
-    assert set(rows) == {"good", "fair", "poor"}
-    good = evaluate_files(paths[0], truth).metrics
-    assert f"{100 * good['acc_1km']:.2f}%" in rows["good"]
+    header = next(line for line in result.stdout.splitlines() if line.split()[:1] == ["figure"])
+    assert header.split() == ["figure", "good", "fair", "poor"]
+    good, fair, poor = (evaluate_files(path, truth).metrics for path in paths)
+    assert table_rows(result.stdout)["1 km"] == [f"{100 * m['acc_1km']:.2f}%" for m in (good, fair, poor)]
     assert "Per continent" not in result.stdout
-    for header in ("method", "country", "sub-region", "GeoScore"):
-        assert header in result.stdout
+    for label in ("country", "sub-region", "GeoScore", "median km"):
+        assert label in result.stdout
 
 
 def test_methods_with_the_same_stem_are_named_by_path(methods, tmp_path):

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from geoloc.cli import app
 from geoloc.embeddings import read_embeddings
-from geoloc.encode.backbone import load_backbone
+from geoloc.encode.loading import load_backbone
 
 PROJECTION = 32
 HEADS, LAYERS, PATCH, SIDE = 2, 2, 16, 64  # build_tiny_clip's vision tower

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from geoloc.cli import app
 from geoloc.embeddings import EmbeddingsError, read_embeddings
 from geoloc.encode import embed_table
-from geoloc.encode.backbone import load_backbone
+from geoloc.encode.loading import load_backbone
 from geoloc.index import GalleryIndex, build_faiss_index, plan_index
 
 PLACES = [("paris", 48.8584, 2.2945), ("sydney", -33.8568, 151.2153), ("rio", -22.9519, -43.2105),

@@ -16,6 +16,7 @@ from geoloc.geo import (
     from_unit_vectors,
     geodesic_km,
     great_circle_km,
+    mean_directions,
     normalize_longitude,
     spherical_mean,
     to_unit_vectors,
@@ -136,6 +137,18 @@ def test_spherical_mean_weights_pull_towards_the_heavier_point():
     lat, lon = spherical_mean([0.0, 0.0], [0.0, 90.0], weights=[1.0, 3.0])
     assert lat == pytest.approx(0.0)
     assert lon == pytest.approx(math.degrees(math.atan2(3.0, 1.0)))
+
+
+def test_mean_directions_per_group_leave_undefined_groups_nan_for_the_caller():
+    vectors = to_unit_vectors([10.0, 10.0, 0.0, 0.0, 45.0, 0.0], [179.0, -179.0, 0.0, 180.0, 45.0, 0.0])
+    groups = np.array([0, 0, 1, 1, -1, 3])
+    directions = mean_directions(vectors, groups, 4)
+    lat, lon = from_unit_vectors(directions[[0, 3]])
+    assert lat == pytest.approx([10.0, 0.0], abs=0.01) and abs(lon[0]) == pytest.approx(180.0)
+    assert np.isnan(directions[1]).all() and np.isnan(directions[2]).all()  # antipodes cancel; group 2 is empty
+    assert np.linalg.norm(directions[[0, 3]], axis=1) == pytest.approx([1.0, 1.0])
+    heavier = mean_directions(vectors[:2], [0, 0], 1, weights=[1.0, 3.0])
+    assert from_unit_vectors(heavier)[1][0] < 0  # pulled towards -179
 
 
 def test_spherical_mean_refuses_what_has_no_mean():

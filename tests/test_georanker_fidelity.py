@@ -5,8 +5,8 @@ the query photo named by a `file://` path, each gallery photo read from MP16-Pro
 through `tar_index.pkl`, saved as JPEG by Pillow and passed as a base64 data URL, all of
 them sized by `qwen_vl_utils.process_vision_info`; the prompts with their fixed
 separators; the first 10 retrieval and 5 zero-shot candidates; batches of 4 messages over
-the whole file, padded on the left. The model is the same object on both sides: what is
-compared is everything that reaches it.
+the whole file, padded on the left. Our side is `geoloc ranker score` itself, with the
+same weights saved as an adapter: what is compared is everything that reaches the model.
 """
 
 import ast
@@ -15,6 +15,7 @@ import csv
 import io
 import pickle
 import tarfile
+from dataclasses import dataclass, field
 
 import numpy as np
 import polars as pl
@@ -26,7 +27,6 @@ from typer.testing import CliRunner
 from geoloc.cli import app
 from geoloc.rank.model import save_adapter
 from geoloc.rank.prompts import render
-from geoloc.rank.ranking import rank_candidates, ranking_photos, read_candidates
 from geoloc.rank.scoring import RewardScorer
 
 QUERIES = {"1_q.jpg": (45, 70), "2_q.jpg": (61, 100)}  # (height, width): no side a multiple of 28
@@ -126,20 +126,6 @@ def georanker_rewards(model, processor, messages) -> np.ndarray:
     return np.array(rewards)
 
 
-class RecordingScorer(RewardScorer):
-    """Our scorer, keeping every prompt text and reward it produced."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.texts, self.scores = [], []
-
-    def rewards(self, group):
-        scores = super().rewards(group)
-        self.texts.extend(render(self.processor, group.prompts()))
-        self.scores.extend(scores.tolist())
-        return scores
-
-
 @pytest.fixture(scope="module")
 def compiled(published_files):
     out = published_files / "candidates.parquet"
@@ -157,41 +143,64 @@ def reference(tiny, published_files):
     return texts, georanker_rewards(model, processor, messages), coordinates
 
 
-def our_scores(tiny, root, compiled, shared_prefix: bool, raw_photos: bool = False) -> RecordingScorer:
-    _, model, processor = tiny
-    scorer = RecordingScorer(model, processor, batch_size=8, shared_prefix=shared_prefix)
-    query, gallery = ranking_photos(root / "im2gps3ktest", None, root / "mp-16-images.tar", root / "tar_index.pkl",
-                                    raw_photos=raw_photos)
-    rank_candidates(read_candidates(compiled), scorer, query, gallery, {"retrieval": TOP, "zeroshot": TOP_ZS}, 5)
-    return scorer
+@pytest.fixture(scope="module")
+def adapter(tiny, tmp_path_factory):
+    _, model, _ = tiny
+    return save_adapter(model, tmp_path_factory.mktemp("fidelity") / "adapter")
 
 
-@pytest.mark.parametrize("shared_prefix", [True, False], ids=["shared-prefix", "plain"])
-def test_prompts_and_rewards_equal_georankers(tiny, published_files, compiled, reference, shared_prefix):
+def score_with_the_cli(tiny, root, compiled, adapter, out, *flags: str) -> None:
+    base, _, _ = tiny
+    result = CliRunner().invoke(app, [
+        "ranker", "score", "--candidates", str(compiled), "--images", str(root / "im2gps3ktest"),
+        "--gallery", str(root / "mp-16-images.tar"), "--gallery-index", str(root / "tar_index.pkl"),
+        "--adapter", str(adapter), "--base", base, "--out", str(out), "--device", "cpu", *flags,
+    ])
+    assert result.exit_code == 0, result.output
+
+
+@dataclass
+class Recorded:
+    texts: list[str] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+
+
+def our_scores(tiny, root, compiled, adapter, tmp_path, monkeypatch, *flags: str) -> Recorded:
+    """Every prompt text and reward of `geoloc ranker score`, through the command line's own path."""
+    recorded, rewards = Recorded(), RewardScorer.rewards
+
+    def recording(scorer, group):
+        scores = rewards(scorer, group)
+        recorded.texts.extend(render(scorer.processor, group.prompts()))
+        recorded.scores.extend(scores.tolist())
+        return scores
+
+    monkeypatch.setattr(RewardScorer, "rewards", recording)
+    score_with_the_cli(tiny, root, compiled, adapter, tmp_path / "predictions.csv", *flags)
+    return recorded
+
+
+@pytest.mark.parametrize("flags", [(), ("--plain",)], ids=["shared-prefix", "plain"])
+def test_prompts_and_rewards_equal_georankers(tiny, published_files, compiled, adapter, reference, flags, tmp_path,
+                                              monkeypatch):
     texts, rewards, _ = reference
-    ours = our_scores(tiny, published_files, compiled, shared_prefix)
+    ours = our_scores(tiny, published_files, compiled, adapter, tmp_path, monkeypatch, *flags)
     assert ours.texts == texts  # character for character, through the chat template
     np.testing.assert_allclose(ours.scores, rewards, rtol=0, atol=1e-4)
 
 
-def test_photos_as_they_are_would_not_be_georankers(tiny, published_files, compiled, reference):
+def test_photos_as_they_are_would_not_be_georankers(tiny, published_files, compiled, adapter, reference, tmp_path,
+                                                     monkeypatch):
     """The preparation matters: without it the same model on the same files scores otherwise."""
     _, rewards, _ = reference
-    raw = our_scores(tiny, published_files, compiled, shared_prefix=True, raw_photos=True)
+    raw = our_scores(tiny, published_files, compiled, adapter, tmp_path, monkeypatch, "--raw-photos")
     assert np.abs(np.array(raw.scores) - rewards).max() > 1e-3
 
 
-def test_cli_score_picks_georankers_winner(tiny, published_files, compiled, reference, tmp_path):
-    base, model, _ = tiny
+def test_cli_score_picks_georankers_winner(tiny, published_files, compiled, adapter, reference, tmp_path):
     _, rewards, coordinates = reference
-    adapter = save_adapter(model, tmp_path / "adapter")
     out = tmp_path / "predictions.csv"
-    result = CliRunner().invoke(app, [
-        "ranker", "score", "--candidates", str(compiled), "--images", str(published_files / "im2gps3ktest"),
-        "--gallery", str(published_files / "mp-16-images.tar"), "--gallery-index",
-        str(published_files / "tar_index.pkl"), "--adapter", str(adapter), "--base", base, "--out", str(out),
-    ])
-    assert result.exit_code == 0, result.output
+    score_with_the_cli(tiny, published_files, compiled, adapter, out)
     predictions = pl.read_csv(out)
     per_query = TOP + TOP_ZS
     for number, query in enumerate(QUERIES):

@@ -7,7 +7,8 @@ import pytest
 from huggingface_hub import constants
 
 from geoloc import hub
-from geoloc.encode.backbone import BackboneUnavailable, load_image_processor
+from geoloc.encode.backbone import BackboneUnavailable
+from geoloc.encode.loading import load_image_processor
 
 
 @pytest.fixture

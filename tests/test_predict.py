@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 from geoloc.candidates import geoclip as geoclip_module
 from geoloc.candidates.geoclip import GeoClip, geoclip_gallery
 from geoloc.cli import app
-from geoloc.encode.backbone import BackboneUnavailable, load_backbone
+from geoloc.encode.backbone import BackboneUnavailable
+from geoloc.encode.loading import load_backbone
 from geoloc.evaluate import evaluate_files
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -135,7 +136,7 @@ def test_missing_backbone_says_what_is_missing_and_what_to_do(tmp_path, monkeypa
 def test_predict_out_resumes_after_an_interruption_and_refuses_other_settings(tiny_clip, small_gallery, tmp_path,
                                                                              monkeypatch):
     from geoloc import predict as predict_module
-    from geoloc.catalog.work import work_folder
+    from geoloc.resumable import work_folder
 
     folder = tmp_path / "photos"
     folder.mkdir()

@@ -13,10 +13,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from geoloc.catalog.work import work_folder
 from geoloc.cli import app
 from geoloc.rank import ranking
 from geoloc.rank.dryrun import toy_scoring_run
+from geoloc.resumable import work_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 QUERIES = 16
@@ -127,7 +127,7 @@ def test_two_processes_split_one_run_and_the_last_writes_what_one_process_writes
 
 
 def test_each_process_under_a_launcher_takes_its_own_gpu(monkeypatch):
-    from geoloc.catalog.work import Share
+    from geoloc.resumable import Share
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)

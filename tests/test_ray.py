@@ -22,7 +22,7 @@ from geoloc.catalog import sources as sources_module
 from geoloc.cli import app
 from geoloc.embeddings import read_embeddings
 from geoloc.encode import CatalogImages, embed_table
-from geoloc.encode.backbone import load_backbone
+from geoloc.encode.loading import load_backbone
 
 pytestmark = pytest.mark.ray
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'geoloc[ray]')")

@@ -24,7 +24,7 @@ from geoloc import serve as serve_module
 from geoloc.candidates import geoclip as geoclip_module
 from geoloc.candidates.geoclip import GeoClip, geoclip_gallery
 from geoloc.cli import app as cli
-from geoloc.encode.backbone import load_backbone
+from geoloc.encode.loading import load_backbone
 from geoloc.geo import drawable_region
 from geoloc.predict import guess_images
 from geoloc.serve import ServeSettings, create_app

@@ -33,7 +33,7 @@ def embeddings_meta(backbone: str, dim: int, ids: pl.Series, chunk_rows: int) ->
 
 def check_meta(out: Path, meta: dict) -> None:
     """Write meta.json, or refuse a folder holding another run's embeddings."""
-    from geoloc.catalog.work import record_settings
+    from geoloc.resumable import record_settings
 
     changed = record_settings(out / "meta.json", meta)
     if changed:

@@ -10,17 +10,12 @@ from __future__ import annotations
 
 import json
 import re
-from importlib import resources
 
+from geoloc.bundled import bundled
 from geoloc.predict import PhotoGuess
 
 ERROR_COLOURS = ((25.0, "#1a9850"), (200.0, "#91cf60"), (750.0, "#fc8d59"), (float("inf"), "#d73027"))
 """Truth-to-guess lines: green within 25 km, light green within 200, orange within 750, red beyond."""
-
-
-def bundled(name: str) -> str:
-    """A bundled file's text (geoloc/data/...)."""
-    return resources.files("geoloc").joinpath("data", name).read_text(encoding="utf-8")
 
 
 def _script_json(value: object) -> str:

@@ -10,7 +10,6 @@ resumes where it stopped (`guess_photos_resumable`).
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -18,13 +17,13 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from geoloc.candidates.geoclip import GeoClip
 from geoloc.images import Photo
+from geoloc.images.decoding import UNREADABLE, decode_photo, unreadable_reason
 from geoloc.places import place_names
 
-UNREADABLE = (OSError, SyntaxError, ValueError, UnidentifiedImageError, Image.DecompressionBombError)
 PART_PHOTOS = 1000
 """Photos per part of a resumable run: what a kill can lose."""
 
@@ -79,25 +78,6 @@ def exif_position(source: bytes | Path) -> dict | None:
     return None if header.lat is None or header.lon is None else {"lat": header.lat, "lon": header.lon}
 
 
-def open_photo(data: bytes, max_pixels: int | None = None) -> Image.Image:
-    """The decoded photo in its own mode; raises one of UNREADABLE (a bomb too) with the reason.
-
-    `max_pixels` refuses larger images from their header, before any pixel is decoded.
-    """
-    image = Image.open(io.BytesIO(data))
-    if max_pixels is not None and image.width * image.height > max_pixels:
-        raise Image.DecompressionBombError(
-            f"{image.width}x{image.height} = {image.width * image.height:,} pixels; the limit is {max_pixels:,}")
-    image.load()
-    return image
-
-
-def decode_photo(data: bytes, max_pixels: int | None = None) -> Image.Image:
-    """RGB pixels of an encoded photo (see open_photo)."""
-    with open_photo(data, max_pixels) as image:
-        return image.convert("RGB")
-
-
 def guess_photos(
     photos: list[Photo],
     geoclip: GeoClip,
@@ -115,7 +95,7 @@ def guess_photos(
                 data = photo.path.read_bytes()
                 loaded.append(LoadedPhoto(photo.query_id, str(photo.path), decode_photo(data), exif_position(data)))
             except UNREADABLE as error:
-                failures[photo.query_id] = Unreadable(str(photo.path), f"{error.__class__.__name__}: {error}")
+                failures[photo.query_id] = Unreadable(str(photo.path), unreadable_reason(error))
         guesses = iter(guess_images(loaded, geoclip, top_k) if loaded else [])
         for photo in batch:
             yield failures.get(photo.query_id) or next(guesses)
@@ -143,7 +123,7 @@ def answers_of(table: pl.DataFrame) -> list[PhotoGuess | Unreadable]:
 
 def photos_fingerprint(photos: list[Photo]) -> str:
     """Which files a run answers: ids, paths, sizes and modification times."""
-    from geoloc.catalog.work import cache_key
+    from geoloc.resumable import cache_key
 
     stats = [(photo.query_id, photo.path.resolve(), photo.path.stat().st_size, photo.path.stat().st_mtime_ns)
              if photo.path.exists() else (photo.query_id, photo.path) for photo in photos]
@@ -167,7 +147,7 @@ def guess_photos_resumable(
     `on_start(done)` says how many photos were answered already; GeoCLIP is loaded only if
     any are left. The caller removes `work` once it has written its output.
     """
-    from geoloc.catalog.work import Task, Workers, cache_paths, claim_work_folder, run_cached
+    from geoloc.resumable import Task, Workers, cache_paths, claim_work_folder, run_cached
 
     claim_work_folder(work, {**settings, "photos": photos_fingerprint(photos), "top_k": top_k,
                              "batch_size": batch_size, "part_photos": part_photos}, restart)

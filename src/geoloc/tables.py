@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 import tempfile
 from collections.abc import Callable
@@ -90,6 +91,32 @@ def replace_durably(path: Path, write: Callable[[Path], None]) -> None:
         temporary.unlink(missing_ok=True)
         raise
     sync_directory(path.parent)
+
+
+def replace_folder_durably(folder: Path, write: Callable[[Path], None]) -> None:
+    """`write(partial)` fills a new folder beside `folder`; its files are flushed, then it is swapped in whole.
+
+    A write killed midway leaves the previous folder whole (and a hidden `.NAME.PID.part`
+    folder to delete); the files of two writes are never mixed.
+    """
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    partial = folder.parent / f".{folder.name}.{os.getpid()}.part"
+    previous = folder.parent / f".{folder.name}.{os.getpid()}.old"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir()
+    try:
+        write(partial)
+        for written in sorted(partial.rglob("*"), reverse=True):
+            _fsync(written, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if written.is_dir() else 0))
+        sync_directory(partial)
+        if folder.exists():
+            os.replace(folder, previous)
+        os.replace(partial, folder)
+        sync_directory(folder.parent)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    shutil.rmtree(previous, ignore_errors=True)
 
 
 def sync_directory(folder: Path) -> None:

@@ -12,7 +12,6 @@ batches, cached on disk, and photos are scored in batches.
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -25,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from geoloc.encode.backbone import Backbone
 from geoloc.geo import great_circle_km
 from geoloc.tables import replace_durably
+from geoloc.user_cache import user_cache_folder
 
 GEOCLIP_IMAGE_DIM = 768
 """GeoCLIP's MLP reads CLIP ViT-L/14 projections: a backbone must produce 768 features."""
@@ -49,11 +49,6 @@ def geoclip_gallery() -> np.ndarray:
     """The package's 100K GPS gallery (lat, lon), float32 as the package holds it."""
     table = pl.read_csv(_package_file("gps_gallery", "coordinates_100K.csv"))
     return table.select("LAT", "LON").to_numpy().astype(np.float32)
-
-
-def _cache_folder() -> Path:
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "geoloc" / "geoclip"
 
 
 @dataclass
@@ -93,7 +88,7 @@ class GeoClip:
         """Normalized features of every gallery location, from a disk cache when available."""
         weights = _package_file("weights", "location_encoder_weights.pth").read_bytes()
         key = hashlib.sha256(weights + self.gallery.tobytes()).hexdigest()[:24]
-        cached = _cache_folder() / f"locations-{key}.safetensors"
+        cached = user_cache_folder() / "geoclip" / f"locations-{key}.safetensors"
         if cached.is_file():
             return load_file(cached)["features"]
         gallery = torch.from_numpy(self.gallery)

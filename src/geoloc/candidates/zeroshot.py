@@ -23,12 +23,14 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import polars as pl
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from geoloc.candidates import conform_candidates
 from geoloc.candidates.coordinates import parse_coordinates
 from geoloc.images import MetadataError, Photo, strip_metadata
+from geoloc.images.decoding import UNREADABLE, unreadable_reason
 from geoloc.tables import describe_ids, open_answer_cache
+from geoloc.user_cache import user_cache_folder
 
 API_KEY_VARIABLES = ("GEOLOC_API_KEY", "OPENAI_API_KEY")
 SENT_AS_IS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "GIF": "image/gif"}
@@ -245,8 +247,7 @@ def normalized_base_url(base_url: str) -> str:
 
 
 def default_cache_path() -> Path:
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "geoloc" / "zeroshot.sqlite"
+    return user_cache_folder() / "zeroshot.sqlite"
 
 
 @dataclass(frozen=True)
@@ -321,8 +322,8 @@ async def _run(
             data = photo.path.read_bytes()
             with Image.open(io.BytesIO(data)) as image:
                 image.verify()
-        except (OSError, SyntaxError, UnidentifiedImageError, Image.DecompressionBombError) as error:
-            reason = f"unreadable image: {error.__class__.__name__}: {error}"
+        except UNREADABLE as error:
+            reason = f"unreadable image: {unreadable_reason(error)}"
             rows += [_row(_Question(photo, k, ""), sample, None, reason)
                      for k in rag for sample in range(settings.samples)]
             on_progress(settings.samples * len(rag))

@@ -10,10 +10,10 @@ import numpy as np
 import polars as pl
 
 from geoloc.catalog.sources import READERS, BuildOptions, CatalogError
-from geoloc.catalog.work import Executor, Workers
 from geoloc.cluster import check_engine
 from geoloc.geo import CoordinateStatus, coordinate_status
 from geoloc.images import OUTSIDE_ROOT, ImageStore
+from geoloc.resumable import Executor, Workers
 from geoloc.tables import write_table, write_text
 
 DUPLICATE = "duplicate"

@@ -29,9 +29,9 @@ from scipy.spatial import cKDTree
 
 from geoloc.catalog.build import CATALOG_FILE, SOURCES_FILE, executor, open_store
 from geoloc.catalog.sources import BuildOptions, CatalogError
-from geoloc.catalog.work import Task, cache_key, run_cached
 from geoloc.geo import chord_to_km, to_unit_vectors
 from geoloc.images import content_hash, list_files
+from geoloc.resumable import Task, cache_key, run_cached
 from geoloc.tables import TRUTH_LAYOUTS, read_table, select_layout, write_table
 
 SAME_PICTURE_MAX_BITS = 8

@@ -23,7 +23,7 @@ import polars as pl
 
 from geoloc import __version__
 from geoloc.catalog.build import coordinate_reasons
-from geoloc.catalog.work import progress_bar
+from geoloc.progress import progress_bar
 from geoloc.tables import open_answer_cache, read_table, select_layout, write_table
 
 COMMONS_API = "https://commons.wikimedia.org/w/api.php"
@@ -253,7 +253,7 @@ async def _resolve_missing(cache: Cache, titles: list[str], commons_api: str, wi
     errors: list[str] = []
 
     async def run(label: str, batches: list[Sequence[str]], query, api: str, table: str) -> None:
-        with progress_bar() as progress:
+        with progress_bar(transient=False) as progress:
             bar = progress.add_task(label, total=len(batches))
 
             async def one(batch: Sequence[str]) -> None:

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from geoloc.catalog.work import Task
 from geoloc.cluster import connect, import_ray, unique_rows
+from geoloc.resumable import Task
 
 
 def _run_tasks(batch: dict[str, np.ndarray], functions: Sequence[Callable[..., pl.DataFrame]]) -> dict[str, list]:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import polars as pl
 
-from geoloc.catalog.work import Executor, Task, cache_key, run_cached
 from geoloc.images import CORRUPT_IMAGE, OUTSIDE_ROOT, OutsideRootError, content_hash, read_header, resolve_below
+from geoloc.resumable import Executor, Task, cache_key, run_cached
 
 MISSING_IMAGE = "missing_image"
 

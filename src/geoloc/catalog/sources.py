@@ -14,8 +14,8 @@ from pathlib import Path
 import polars as pl
 
 from geoloc.catalog.scan import CHUNK_FILES, MISSING_IMAGE, scan_files
-from geoloc.catalog.work import Executor, Task, cache_key, run_cached
 from geoloc.images import CORRUPT_IMAGE, GPS_PROBLEMS, IMAGE_SUFFIXES, MEMBER_SEPARATOR, index_shard, list_files
+from geoloc.resumable import Executor, Task, cache_key, run_cached
 from geoloc.tables import as_float_column, read_table, select_layout
 
 MISSING_METADATA = "missing_metadata"

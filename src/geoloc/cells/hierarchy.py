@@ -14,7 +14,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy.spatial import cKDTree
 
-from geoloc.geo import EARTH_RADIUS_KM, from_unit_vectors
+from geoloc.geo import EARTH_RADIUS_KM, from_unit_vectors, mean_directions
 
 from .clustering import NOISE, compact_labels
 
@@ -35,24 +35,21 @@ def cells_per_level(finest_cells: int, levels: int) -> list[int]:
     return counts
 
 
-def cell_sums(unit_vectors: NDArray[np.float64], weights: NDArray[np.float64], labels: NDArray[np.int64],
-              n_cells: int) -> NDArray[np.float64]:
-    """Per cell, the weighted sum of its members' unit vectors (noise ignored)."""
-    member = labels != NOISE
-    sums = np.empty((n_cells, 3))
-    for axis in range(3):
-        sums[:, axis] = np.bincount(labels[member], weights=weights[member] * unit_vectors[member, axis],
-                                    minlength=n_cells)
-    return sums
+def cell_directions(unit_vectors: NDArray[np.float64], weights: NDArray[np.float64], labels: NDArray[np.int64],
+                    n_cells: int) -> NDArray[np.float64]:
+    """Per cell, the weighted mean direction of its members (noise ignored), as unit vectors.
 
-
-def normalized(vectors: NDArray[np.float64]) -> NDArray[np.float64]:
-    """Rows scaled to unit length; a zero row (points that cancel out) points to (0, 0) instead of NaN."""
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    safe = np.where(norms > 0, norms, 1.0)
-    result = vectors / safe
-    result[norms[:, 0] == 0] = (1.0, 0.0, 0.0)
-    return result
+    A cell whose members cancel out has no mean direction (`geo.mean_directions`); only a
+    cell spanning the globe can, such as a single coarsest cell over antipodal photos. It
+    takes its heaviest member's direction (the first on ties), so every centroid is a real
+    place and the cell files hold no NaN.
+    """
+    directions = mean_directions(unit_vectors, labels, n_cells, weights)
+    for cell in np.flatnonzero(np.isnan(directions[:, 0])):
+        members = np.flatnonzero(labels == cell)
+        if len(members):
+            directions[cell] = unit_vectors[members[np.argmax(weights[members])]]
+    return directions
 
 
 def spherical_kmeans(vectors: NDArray[np.float64], weights: NDArray[np.float64], k: int, seed: int = 0,
@@ -71,8 +68,8 @@ def spherical_kmeans(vectors: NDArray[np.float64], weights: NDArray[np.float64],
         if np.array_equal(nearest, labels):
             break
         labels = nearest
-        sums = cell_sums(vectors, weights, labels, len(centres))
-        centres = normalized(sums[np.linalg.norm(sums, axis=1) > 0])
+        centres = mean_directions(vectors, labels, len(centres), weights)
+        centres = centres[~np.isnan(centres[:, 0])]
     else:
         labels = cKDTree(centres).query(vectors, k=1, workers=-1)[1].astype(np.int64)
     return compact_labels(labels)
@@ -91,9 +88,9 @@ def coarser_levels(unit_vectors: NDArray[np.float64], photos: NDArray[np.int64],
         if n_current == 0:
             result.append(current.copy())
             continue
-        sums = cell_sums(unit_vectors, weights, current, n_current)
         sizes = np.bincount(current[current != NOISE], weights=weights[current != NOISE], minlength=n_current)
-        parent_of_cell = spherical_kmeans(normalized(sums), sizes, target, seed=seed)
+        parent_of_cell = spherical_kmeans(cell_directions(unit_vectors, weights, current, n_current), sizes, target,
+                                          seed=seed)
         current = np.where(current == NOISE, NOISE, parent_of_cell[np.maximum(current, 0)])
         result.append(current)
     return result
@@ -105,7 +102,7 @@ def centroids_and_spread(unit_vectors: NDArray[np.float64], photos: NDArray[np.i
     distance to it) and photo count."""
     n_cells = int(labels.max()) + 1 if (labels != NOISE).any() else 0
     weights = photos.astype(np.float64)
-    centres = normalized(cell_sums(unit_vectors, weights, labels, n_cells))
+    centres = cell_directions(unit_vectors, weights, labels, n_cells)
     member = labels != NOISE
     member_centres = centres[labels[member]]
     cross = np.linalg.norm(np.cross(unit_vectors[member], member_centres), axis=1)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from geoloc.maps import bundled
+from geoloc.bundled import bundled
 
 from .build import COORDINATES_FILE, CellsError
 from .clustering import NOISE

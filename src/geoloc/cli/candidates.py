@@ -8,8 +8,9 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from geoloc.cli.common import clean_errors, console, errors, progress_bar
+from geoloc.cli.common import clean_errors, console, errors
 from geoloc.cli.evaluate import Distance, accuracy_cells, accuracy_columns, format_metric
+from geoloc.progress import progress_bar
 from geoloc.tables import TableError, write_table
 
 
@@ -86,8 +87,8 @@ def zeroshot_command(
     with clean_errors(ZeroShotError, FileNotFoundError, TableError):
         near = Neighbours(read_table(neighbours), neighbours, ks[-1]) if neighbours is not None else None
         photos = find_photos(images)
-        with progress_bar("asking") as progress:
-            task = progress.add_task("answers", total=len(photos) * settings.samples * len(ks))
+        with progress_bar() as progress:
+            task = progress.add_task("asking", total=len(photos) * settings.samples * len(ks))
             result = ask_zeroshot(photos, settings, cache or default_cache_path(),
                                   on_progress=lambda done: progress.advance(task, done), rag=ks, neighbours=near)
         write_table(result.table, out)

@@ -10,7 +10,8 @@ from rich.table import Table
 
 from geoloc.cells import CellIndex, CellsError, CellsOptions, CellsSummary, build_cells
 from geoloc.cells.hierarchy import MAX_LEVELS
-from geoloc.cli.common import clean_errors, console, errors, progress_bar
+from geoloc.cli.common import clean_errors, console, errors
+from geoloc.progress import progress_bar
 from geoloc.tables import TableError, as_float_column, read_table, write_table
 
 cells_app = typer.Typer(help="Geocells: HDBSCAN on the sphere, a hierarchy of coarser cells, assignment.",
@@ -43,7 +44,7 @@ def build_command(
 ) -> None:
     """Cluster the catalog's photos into cells and coarser levels; write the data-preparation guide's files."""
     options = CellsOptions(min_cluster_size, min_samples, levels, assign_noise)
-    with clean_errors(CellsError, TableError), progress_bar("cells") as progress:
+    with clean_errors(CellsError, TableError), progress_bar() as progress:
         task = progress.add_task("cells", total=5 + assign_noise)
 
         def on_step(name: str) -> None:

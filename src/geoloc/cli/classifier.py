@@ -6,7 +6,8 @@ from pathlib import Path
 
 import typer
 
-from geoloc.cli.common import clean_errors, console, errors, progress_callback
+from geoloc.cli.common import clean_errors, console, errors
+from geoloc.progress import progress_callback
 from geoloc.tables import TableError
 
 classifier_app = typer.Typer(help="Hierarchical geocell classifier over frozen embeddings (CPU-friendly).",

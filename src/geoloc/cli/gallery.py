@@ -7,7 +7,8 @@ from pathlib import Path
 
 import typer
 
-from geoloc.cli.common import clean_errors, console, errors, progress_bar
+from geoloc.cli.common import clean_errors, console, errors
+from geoloc.progress import progress_bar
 from geoloc.tables import TableError, read_table, write_table
 
 index_app = typer.Typer(help="The searchable gallery (FAISS) with its coordinates and place texts.",
@@ -55,7 +56,8 @@ def embed_command(
     from geoloc.cluster import ClusterError, check_engine
     from geoloc.embeddings import EmbeddingsError
     from geoloc.encode import CatalogImages, embed_table
-    from geoloc.encode.backbone import BackboneUnavailable, load_backbone
+    from geoloc.encode.backbone import BackboneUnavailable
+    from geoloc.encode.loading import load_backbone
 
     backbone = _backbone_name(backbone, clip)
     with clean_errors(BackboneUnavailable, EmbeddingsError, CatalogError, TableError, FileNotFoundError, ClusterError):
@@ -69,8 +71,8 @@ def embed_command(
         else:
             model = load_backbone(backbone, device=device, dtype=dtype)
             run = functools.partial(embed_table, items, CatalogImages(catalog), model, out, workers=workers)
-        with progress_bar("embedding") as progress:
-            task = progress.add_task("photos", total=len(items))
+        with progress_bar() as progress:
+            task = progress.add_task("embedding", total=len(items))
             summary = run(batch_size=batch_size, chunk_rows=chunk_rows, on_progress=lambda n: progress.advance(task, n))
     console.print(f"{summary.embedded:,} photo(s) embedded, {summary.failed:,} unreadable (see the error column), "
                   f"{summary.parts_skipped} part(s) already done -> {out}")
@@ -152,7 +154,8 @@ def retrieve_command(
 
     from geoloc.candidates.retrieval import retrieval_candidates
     from geoloc.encode import embed_batches, read_file
-    from geoloc.encode.backbone import BackboneUnavailable, load_backbone
+    from geoloc.encode.backbone import BackboneUnavailable
+    from geoloc.encode.loading import load_backbone
     from geoloc.images import find_photos
     from geoloc.index import GalleryIndex
 
@@ -160,8 +163,8 @@ def retrieve_command(
         gallery = GalleryIndex.load(index)
         photos = find_photos(images)
         model = load_backbone(_backbone_name(backbone or gallery.info["backbone"], clip), device=device)
-        with progress_bar("embedding") as progress:
-            task = progress.add_task("photos", total=len(photos))
+        with progress_bar() as progress:
+            task = progress.add_task("embedding", total=len(photos))
             vectors, problems = embed_batches([("", str(p.path)) for p in photos], read_file, model, batch_size,
                                               on_progress=lambda n: progress.advance(task, n))
         readable = [row for row, problem in enumerate(problems) if problem is None]

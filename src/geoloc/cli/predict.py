@@ -7,7 +7,8 @@ from pathlib import Path
 
 import typer
 
-from geoloc.cli.common import clean_errors, console, errors, progress_bar
+from geoloc.cli.common import clean_errors, console, errors
+from geoloc.progress import progress_bar
 from geoloc.tables import TableError, write_table, write_text
 
 DEFAULT_BACKBONE = "openai/clip-vit-large-patch14"
@@ -21,10 +22,10 @@ def _guesses(photos_or_folders: list[Path], backbone: str, top_k: int, batch_siz
     With `out`, answers are kept in its work folder as they come (see guess_photos_resumable).
     """
     from geoloc.candidates.geoclip import GeoClip
-    from geoloc.catalog.work import work_folder
-    from geoloc.encode.backbone import load_backbone
+    from geoloc.encode.loading import load_backbone
     from geoloc.images import find_photos
     from geoloc.predict import PhotoGuess, guess_photos, guess_photos_resumable
+    from geoloc.resumable import work_folder
 
     photos = find_photos(photos_or_folders)
     if not photos:
@@ -34,8 +35,8 @@ def _guesses(photos_or_folders: list[Path], backbone: str, top_k: int, batch_siz
         with console.status("loading GeoCLIP", spinner="dots"):
             return GeoClip(load_backbone(backbone, device=device))
 
-    with progress_bar("locating") as progress:
-        task = progress.add_task("photos", total=len(photos))
+    with progress_bar() as progress:
+        task = progress.add_task("locating", total=len(photos))
 
         def advance(count: int) -> None:
             progress.advance(task, count)
@@ -60,7 +61,7 @@ def _settings(backbone: str, device: str) -> dict:
 
     import torch
 
-    from geoloc.catalog.work import model_identity
+    from geoloc.resumable import model_identity
 
     kind = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else torch.device(device).type
     return {"backbone": model_identity(backbone), "device": kind,
@@ -69,7 +70,7 @@ def _settings(backbone: str, device: str) -> dict:
 
 def _resuming(out: Path, advance):
     """`on_start` for a resumable run: the bar starts at what is done, and says so."""
-    from geoloc.catalog.work import work_folder
+    from geoloc.resumable import work_folder
 
     def on_start(done: int) -> None:
         if done:
@@ -99,11 +100,11 @@ def predict_command(
     restart: bool = typer.Option(False, "--restart", help="With --out: discard the parts a previous run left."),
 ) -> None:
     """Where was each photo taken: best guess, place, alternatives and a confidence radius."""
-    from geoloc.catalog.work import remove_work_folder, work_folder
     from geoloc.encode.backbone import BackboneUnavailable
     from geoloc.evaluate import load_truth
     from geoloc.maps import map_html
     from geoloc.predict import predictions_geojson, predictions_table
+    from geoloc.resumable import remove_work_folder, work_folder
 
     with clean_errors(BackboneUnavailable, FileNotFoundError, TableError, ValueError):
         known = None

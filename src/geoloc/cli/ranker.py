@@ -6,8 +6,9 @@ from pathlib import Path
 
 import typer
 
-from geoloc.cli.common import clean_errors, console, errors, progress_callback
+from geoloc.cli.common import clean_errors, console, errors
 from geoloc.images import ArchiveError
+from geoloc.progress import progress_callback
 from geoloc.tables import TableError
 
 ranker_app = typer.Typer(
@@ -81,10 +82,10 @@ def score_command(
     With a GeoRanker adapter the photos are read (--images, --gallery); with a light ranker
     folder their embeddings are (--query-embeddings, --gallery-embeddings, --text-embeddings).
     """
-    from geoloc.catalog.work import work_folder
     from geoloc.rank.light import is_light_ranker
     from geoloc.rank.model import ModelLoadError
     from geoloc.rank.ranking import score_file
+    from geoloc.resumable import work_folder
 
     if is_light_ranker(adapter):
         _score_light(candidates, adapter, out, _parse_top(top), query_embeddings, gallery_embeddings, gallery_table,

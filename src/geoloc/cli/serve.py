@@ -47,7 +47,7 @@ def serve_command(
 
     def load_guesser():
         from geoloc.candidates.geoclip import GeoClip
-        from geoloc.encode.backbone import load_backbone
+        from geoloc.encode.loading import load_backbone
         from geoloc.predict import guess_images
 
         geoclip = GeoClip(load_backbone(backbone, device=device))

@@ -8,7 +8,6 @@ another list of photos into the same folder.
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -17,13 +16,11 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from geoloc.embeddings import check_meta, embeddings_meta, write_part
 from geoloc.encode.backbone import Backbone
-
-UNREADABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
-
+from geoloc.images.decoding import UNREADABLE, open_photo, unreadable_reason
 
 ReadBytes = Callable[[str, str], bytes]
 """(source, uri) -> the photo's bytes: how a catalog row, or a plain file, is opened."""
@@ -61,13 +58,10 @@ def prepare_photo(read_bytes: ReadBytes, location: tuple[str, str],
                   to_pixels: Callable[[list[Image.Image]], torch.Tensor]) -> tuple[torch.Tensor | None, str | None]:
     """One photo read, decoded and preprocessed; a failure becomes its reason, not an exception."""
     try:
-        with Image.open(io.BytesIO(read_bytes(*location))) as image:
-            image.load()
+        with open_photo(read_bytes(*location)) as image:
             return to_pixels([image])[0], None
-    except UnidentifiedImageError:  # Pillow's message names the in-memory buffer's address, different every run
-        return None, "UnidentifiedImageError: cannot identify image file"
     except UNREADABLE as error:
-        return None, f"{error.__class__.__name__}: {error}"
+        return None, unreadable_reason(error)
 
 
 def embed_prepared(backbone: Backbone, pixels: list[torch.Tensor | None]) -> np.ndarray:

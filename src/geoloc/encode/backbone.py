@@ -4,7 +4,8 @@ CLIP checkpoints load as their vision tower plus projection only (the text tower
 never read); any other vision model loads through AutoModel and is pooled. Features
 come out raw (GeoCLIP's heads were trained on raw CLIP projections); `embed`
 normalizes them for retrieval. `g3:PATH` names G3's geo-aligned encoder
-(`geoloc.encode.g3`), whose vectors are final as they come.
+(`geoloc.encode.g3`), whose vectors are final as they come. `geoloc.encode.loading`
+loads either kind from its name.
 """
 
 from __future__ import annotations
@@ -15,8 +16,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-
-from geoloc.hub import offline_unless_reachable
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 NEEDED_FILES = ("config.json", "preprocessor_config.json")
@@ -33,7 +32,8 @@ def _missing_files(folder: Path) -> list[str]:
     return missing
 
 
-def _unavailable(name: str, error: Exception) -> BackboneUnavailable:
+def backbone_unavailable(name: str, error: Exception) -> BackboneUnavailable:
+    """The error for a backbone that failed to load: which files are missing, and how to bring them."""
     folder = Path(name)
     if folder.is_dir():
         missing = _missing_files(folder)
@@ -109,71 +109,3 @@ def pixel_values(processor: object, images: list[Image.Image]) -> torch.Tensor:
     """The model's input for RGB copies of `images`, through its Hugging Face image processor."""
     rgb = [image.convert("RGB") for image in images]
     return processor(images=rgb, return_tensors="pt")["pixel_values"]
-
-
-def load_image_processor(name: str) -> object:
-    """Only the preprocessing of a backbone (no weights): what CPU workers need to prepare photos."""
-    from transformers import AutoImageProcessor
-
-    if name.startswith("g3:"):
-        from geoloc.encode.g3 import g3_image_processor
-
-        return g3_image_processor(name)
-    try:
-        with offline_unless_reachable(name):
-            return AutoImageProcessor.from_pretrained(name)
-    except OSError as error:
-        raise _unavailable(name, error) from error
-
-
-def _dim(config: object) -> int:
-    if config.model_type == "clip":
-        return int(config.projection_dim)
-    return int(getattr(config, "vision_config", config).hidden_size)
-
-
-def backbone_dim(name: str) -> int:
-    """The embedding size of a backbone, from its config alone."""
-    from transformers import AutoConfig
-
-    if name.startswith("g3:"):
-        from geoloc.encode.g3 import g3_dim
-
-        return g3_dim(name)
-    try:
-        with offline_unless_reachable(name):
-            return _dim(AutoConfig.from_pretrained(name))
-    except OSError as error:
-        raise _unavailable(name, error) from error
-
-
-def load_backbone(name: str, device: str = "auto", dtype: str = "auto") -> Backbone:
-    """Load a hub id, a local folder or `g3:PATH`; BackboneUnavailable names what is missing."""
-    from transformers import AutoConfig, AutoImageProcessor, AutoModel, CLIPVisionModelWithProjection
-    from transformers.utils import logging as hf_logging
-
-    if name.startswith("g3:"):
-        from geoloc.encode.g3 import load_g3_backbone
-
-        return load_g3_backbone(name, device, dtype)
-    target = pick_device(device)
-    torch_dtype = pick_dtype(target, dtype)
-    # A CLIP checkpoint's text tower is skipped on purpose; its load report is noise.
-    hf_logging.set_verbosity_error()
-    try:
-        with offline_unless_reachable(name):
-            config = AutoConfig.from_pretrained(name)
-            processor = AutoImageProcessor.from_pretrained(name)
-            is_clip = config.model_type == "clip"
-            if is_clip:
-                # The projection size is the top-level config's; vision configs may not repeat it.
-                vision_config = config.vision_config
-                vision_config.projection_dim = config.projection_dim
-                model = CLIPVisionModelWithProjection.from_pretrained(name, config=vision_config, dtype=torch_dtype)
-            else:
-                model = AutoModel.from_pretrained(name, dtype=torch_dtype)
-    except OSError as error:
-        raise _unavailable(name, error) from error
-    model = model.to(target).eval()
-    return Backbone(name=name, model=model, processor=processor, is_clip=is_clip, dim=_dim(config),
-                    device=target, dtype=torch_dtype)

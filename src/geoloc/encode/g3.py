@@ -16,15 +16,15 @@ encoder from the name alone.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from geoloc.encode.backbone import Backbone, BackboneUnavailable, _unavailable, pick_device, pick_dtype
+from geoloc.encode.backbone import Backbone, BackboneUnavailable, backbone_unavailable, pick_device, pick_dtype
 from geoloc.hub import offline_unless_reachable
+from geoloc.tables import replace_durably
 
 G3_PREFIX = "g3:"
 CLIP_MARK = "?clip="
@@ -161,7 +161,7 @@ def _clip_parts(clip: str) -> tuple[object, object]:
             config = AutoConfig.from_pretrained(clip)
             processor = CLIPImageProcessorPil.from_pretrained(clip)
     except OSError as error:
-        raise _unavailable(clip, error) from error
+        raise backbone_unavailable(clip, error) from error
     if config.model_type != "clip":
         raise G3CheckpointError(f"--clip {clip} is a {config.model_type} model; G3 is built on CLIP")
     vision_config = config.vision_config
@@ -181,7 +181,7 @@ def g3_dim(name: str) -> int:
         with offline_unless_reachable(clip):
             return 3 * int(AutoConfig.from_pretrained(clip).projection_dim)
     except OSError as error:
-        raise _unavailable(clip, error) from error
+        raise backbone_unavailable(clip, error) from error
 
 
 def load_g3_model(path: Path, clip: str) -> tuple[G3Vision, object]:
@@ -212,7 +212,7 @@ def load_g3_backbone(name: str, device: str = "auto", dtype: str = "auto") -> Ba
 
 
 def convert_g3(path: Path, out: Path) -> int:
-    """Write every tensor of G3's state dict as safetensors, atomically; returns how many.
+    """Write every tensor of G3's state dict as safetensors, atomically and durably; returns how many.
 
     The copy loads without pickle and reads only the vision parts from disk.
     """
@@ -225,8 +225,6 @@ def convert_g3(path: Path, out: Path) -> int:
                if not any(key.startswith(head) for key in keys)]
     if lacking:
         raise G3CheckpointError(f"{path} is not G3's state dict: no {', '.join(lacking)} key(s)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(f".{out.name}.{os.getpid()}.part")
-    save_file({key: value.contiguous() for key, value in tensors.items()}, str(partial))
-    os.replace(partial, out)
+    contiguous = {key: value.contiguous() for key, value in tensors.items()}
+    replace_durably(out, lambda temporary: save_file(contiguous, str(temporary)))
     return len(tensors)

@@ -25,7 +25,8 @@ import torch
 
 from geoloc.cluster import cluster_gpus, connect, import_ray, unique_rows
 from geoloc.encode import EmbedSummary, ReadBytes, embed_parts, embed_prepared, prepare_photo
-from geoloc.encode.backbone import Backbone, backbone_dim, load_backbone, load_image_processor, pixel_values
+from geoloc.encode.backbone import Backbone, pixel_values
+from geoloc.encode.loading import backbone_dim, load_backbone, load_image_processor
 
 BATCHES_PER_BLOCK = 16
 """Batches per Ray Data block: the unit a CPU task reads, and redoes if its worker dies."""

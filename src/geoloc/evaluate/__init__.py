@@ -2,13 +2,14 @@
 
 Reads truth files in the public IM2GPS3K / YFCC4K metadata layout (IMG_ID, LAT, LON),
 OSV-5M's (id, latitude, longitude, with its own area labels) or ours (image_id, lat, lon),
-and predictions in the predictions schema. Every photo of the truth file counts: a photo
-without a prediction is a miss at every radius and in every area and scores 0, never
-silently dropped.
+and predictions in the layouts published projects write (geoloc.evaluate.layouts).
+Every photo of the truth file counts: a photo without a prediction is a miss at every
+radius and in every area and scores 0, never silently dropped.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,8 +17,9 @@ import numpy as np
 import polars as pl
 from numpy.typing import NDArray
 
+from geoloc.evaluate.layouts import OSV5M_INFERENCE, OURS, PredictionLayout, read_prediction_file
 from geoloc.geo import ACCURACY_THRESHOLDS_KM, CoordinateStatus, DistanceMethod, coordinate_status, distance_km
-from geoloc.places.areas import AREAS, OSV5M_LABEL_COLUMNS, area_accuracies, area_labels
+from geoloc.places.areas import AREAS, OSV5M_LABEL_COLUMNS, accuracies_of_hits, area_hits, area_labels
 from geoloc.tables import TRUTH_LAYOUTS, TableError, as_float_column, describe_ids, read_table, select_layout
 
 GEOSCORE_MAX = 5000.0
@@ -26,10 +28,6 @@ GEOSCORE_SCALE_KM = 1492.7
 
 OSV5M_TRUTH_LAYOUT = {"id": "image_id", "latitude": "lat", "longitude": "lon"}
 BENCHMARK_TRUTH_LAYOUTS = [*TRUTH_LAYOUTS, OSV5M_TRUTH_LAYOUT]
-PREDICTION_LAYOUTS = [{"image_id": "image_id", "lat": "lat", "lon": "lon"}]
-BENCHMARK_SIZES = {"im2gps3k_places365.csv": 2997, "yfcc4k_places365.csv": 4536}
-"""Rows of the public benchmark metadata files, by file name: IM2GPS3K, YFCC4K."""
-EMBEDDED_TRUTH_LAYOUTS = [{"image_id": "image_id", "true_lat": "lat", "true_lon": "lon"}]
 
 
 def accuracy_key(threshold_km: float) -> str:
@@ -54,11 +52,16 @@ class Evaluation:
 
     metrics: dict[str, float | int | None]
     truth: pl.DataFrame
-    """image_id, lat, lon and distance_km (null where the photo has no prediction)."""
+    """image_id, lat, lon and distance_km (null where the photo has no prediction); with
+    areas, hit_<area> too (see hit_column)."""
     unknown_ids: pl.Series = field(default_factory=lambda: pl.Series("image_id", [], dtype=pl.Utf8))
     """Ids that have a prediction but are not in the truth file: reported, never scored."""
     inclusive: bool = False
     """The radius rule the figures were counted with (see metrics_from_distances)."""
+    layout: str | None = None
+    """The layout the predictions file was read in (geoloc.evaluate.layouts)."""
+    stated_figures: dict[str, float] = field(default_factory=dict)
+    """Figures the predictions file states about itself (GeoEstimation's trailer)."""
 
 
 def _reject_duplicates(frame: pl.DataFrame, path: Path, what: str) -> None:
@@ -72,39 +75,41 @@ def _reject_duplicates(frame: pl.DataFrame, path: Path, what: str) -> None:
                          f"{describe_ids(duplicated)}")
 
 
+def _impossible(lat: NDArray[np.float64], lon: NDArray[np.float64], present: NDArray[np.bool_]) -> NDArray[np.bool_]:
+    return (coordinate_status(lat, lon) == CoordinateStatus.BAD_COORDINATES) & present
+
+
 def _reject_impossible(frame: pl.DataFrame, path: Path, what: str) -> None:
-    """An error naming the rows with impossible coordinates (empty ones are not judged here)."""
-    status = coordinate_status(frame["lat"].to_numpy(), frame["lon"].to_numpy())
-    bad = (status == CoordinateStatus.BAD_COORDINATES) & _has_coordinates(frame).to_numpy()
+    """An error naming the rows with impossible coordinates (empty ones are not judged here).
+
+    When swapping latitude and longitude makes every row possible (IM2GPS3K's metadata
+    had its LAT and LON headers swapped until 2020), the error says so.
+    """
+    lat, lon = frame["lat"].to_numpy(), frame["lon"].to_numpy()
+    present = _has_coordinates(frame).to_numpy()
+    bad = _impossible(lat, lon, present)
     if bad.any():
         ids = frame.filter(pl.Series(bad))["image_id"]
+        hint = ""
+        if not _impossible(lon, lat, present).any():
+            hint = (f"; swapping the latitude and longitude columns makes every row possible: "
+                    f"if they are swapped, pass --swap-latlon {path}")
         raise TableError(f"{path}: {bad.sum()} {what} row(s) have impossible coordinates "
-                         f"(|lat| > 90, |lon| > 180 or infinite): {describe_ids(ids)}")
+                         f"(|lat| > 90, |lon| > 180 or infinite): {describe_ids(ids)}{hint}")
 
 
-def _id_lat_lon(frame: pl.DataFrame, path: Path, layouts: list[dict[str, str]]) -> pl.DataFrame:
+def _id_lat_lon(frame: pl.DataFrame, path: Path, layouts: list[dict[str, str]], swap: bool = False) -> pl.DataFrame:
     frame = select_layout(frame, path, layouts)
+    if swap:
+        frame = frame.rename({"lat": "lon", "lon": "lat"}).select("image_id", "lat", "lon")
     frame = frame.with_columns(pl.col("image_id").cast(pl.Utf8))
     for column in ("lat", "lon"):
         frame = as_float_column(frame, column, "image_id", path)
     return frame
 
 
-def size_warning(truth_path: str | Path, rows: int) -> str | None:
-    """A warning when a file named like a public benchmark's metadata has another row count.
-
-    Figures over a partial (or padded) copy are not the benchmark's; they are still computed.
-    """
-    name = Path(truth_path).name
-    expected = BENCHMARK_SIZES.get(name.lower())
-    if expected is None or rows == expected:
-        return None
-    return (f"{truth_path}: {rows:,} photos, but {name} has {expected:,}: "
-            "the figures are not comparable with published ones")
-
-
 def truth_table(
-    frame: pl.DataFrame, path: Path, layouts: list[dict[str, str]] = BENCHMARK_TRUTH_LAYOUTS
+    frame: pl.DataFrame, path: Path, layouts: list[dict[str, str]] = BENCHMARK_TRUTH_LAYOUTS, swap: bool = False
 ) -> pl.DataFrame:
     """Validated truth: unique ids, every photo with real coordinates.
 
@@ -116,7 +121,7 @@ def truth_table(
         for column, area in OSV5M_LABEL_COLUMNS.items()
         if column in frame.columns
     ]
-    truth = pl.concat([_id_lat_lon(frame, path, layouts), frame.select(labels)], how="horizontal")
+    truth = pl.concat([_id_lat_lon(frame, path, layouts, swap), frame.select(labels)], how="horizontal")
     _reject_duplicates(truth, path, "truth")
     missing = truth.filter(pl.col("lat").is_null() | pl.col("lon").is_null())["image_id"]
     if len(missing):
@@ -129,12 +134,14 @@ def _has_coordinates(frame: pl.DataFrame) -> pl.Series:
     return frame["lat"].is_not_null() & frame["lon"].is_not_null()
 
 
-def prediction_table(frame: pl.DataFrame, path: Path, ids_known_unique: bool = False) -> pl.DataFrame:
+def prediction_table(
+    frame: pl.DataFrame, path: Path, layout: PredictionLayout = OURS, ids_known_unique: bool = False, swap: bool = False
+) -> pl.DataFrame:
     """Validated predictions, a row per row of the file: unique ids (checked unless known).
 
     A row with an empty lat or lon means 'no prediction'; both are then null.
     """
-    predictions = _id_lat_lon(frame, path, PREDICTION_LAYOUTS)
+    predictions = _id_lat_lon(frame, path, [layout.predictions], swap)
     if not ids_known_unique:
         _reject_duplicates(predictions, path, "predictions")
     present = _has_coordinates(predictions)
@@ -144,20 +151,37 @@ def prediction_table(frame: pl.DataFrame, path: Path, ids_known_unique: bool = F
     return predictions
 
 
-def load_truth(path: str | Path) -> pl.DataFrame:
-    """Read a truth file (IM2GPS3K / YFCC4K metadata or our schema) as image_id, lat, lon."""
+def load_truth(path: str | Path, swap: bool = False) -> pl.DataFrame:
+    """Read a truth file (IM2GPS3K / YFCC4K metadata or our schema) as image_id, lat, lon.
+
+    `swap`: the file's latitude and longitude columns hold each other's values.
+    """
     path = Path(path)
-    return truth_table(read_table(path), path)
+    return truth_table(read_table(path), path, swap=swap)
 
 
-def load_predictions(path: str | Path) -> tuple[pl.DataFrame, pl.DataFrame | None]:
-    """Read a predictions file; also its embedded truth when it has true_lat / true_lon."""
+@dataclass
+class LoadedPredictions:
+    """A predictions file read and validated: its predictions, its own truth if it has one, its layout."""
+
+    predictions: pl.DataFrame
+    truth: pl.DataFrame | None
+    layout: PredictionLayout
+    stated_figures: dict[str, float]
+
+
+def load_predictions(path: str | Path, swap: bool = False) -> LoadedPredictions:
+    """Read a predictions file in any known layout; also its own truth where the layout has one.
+
+    `swap`: every latitude column of the file holds longitudes and the other way round.
+    """
     path = Path(path)
-    frame = read_table(path)
+    read = read_prediction_file(path)
     embedded = None
-    if {"true_lat", "true_lon"} <= set(frame.columns):
-        embedded = truth_table(frame, path, EMBEDDED_TRUTH_LAYOUTS)
-    return prediction_table(frame, path, ids_known_unique=embedded is not None), embedded
+    if read.layout.truth is not None:
+        embedded = truth_table(read.frame, path, [read.layout.truth], swap=swap)
+    predictions = prediction_table(read.frame, path, read.layout, ids_known_unique=embedded is not None, swap=swap)
+    return LoadedPredictions(predictions, embedded, read.layout, read.stated_figures)
 
 
 def radius_rule(inclusive: bool) -> str:
@@ -216,10 +240,15 @@ def evaluate(
     )
     metrics = metrics_from_distances(distances, inclusive=inclusive)
     metrics["unknown"] = len(unknown)
-    metrics.update(_area_figures(joined, areas))
     scored = joined.select("image_id", "lat", "lon").with_columns(
         pl.Series("distance_km", distances).fill_nan(None)
     )
+    if areas:
+        hits = _area_hits(joined)
+        metrics.update(accuracies_of_hits(hits))
+        scored = pl.concat([scored, hits.rename({area: hit_column(area) for area in AREAS})], how="horizontal")
+    else:
+        metrics.update({f"acc_{area}": None for area in AREAS})
     return Evaluation(metrics=metrics, truth=scored, unknown_ids=unknown, inclusive=inclusive)
 
 
@@ -271,13 +300,16 @@ def with_area_labels(truth: pl.DataFrame) -> pl.DataFrame:
     return pl.concat([truth, computed], how="horizontal")
 
 
-def _area_figures(joined: pl.DataFrame, areas: bool) -> dict[str, float | None]:
-    """acc_<area> of truth rows joined with pred_lat / pred_lon (null where no prediction)."""
-    if not areas:
-        return {f"acc_{area}": None for area in AREAS}
+def _area_hits(joined: pl.DataFrame) -> pl.DataFrame:
+    """Per photo and area, truth rows joined with pred_lat / pred_lon: a hit or not (null: not counted)."""
     truth_labels = with_area_labels(joined).select(AREAS)
     predicted = joined.select(pl.col("pred_lat", "pred_lon").fill_null(np.nan))
-    return area_accuracies(predicted["pred_lat"].to_numpy(), predicted["pred_lon"].to_numpy(), truth_labels)
+    return area_hits(predicted["pred_lat"].to_numpy(), predicted["pred_lon"].to_numpy(), truth_labels)
+
+
+def hit_column(area: str) -> str:
+    """The column of Evaluation.truth telling, per photo, whether its predicted `area` is right."""
+    return f"hit_{area}"
 
 
 def evaluate_files(
@@ -287,8 +319,18 @@ def evaluate_files(
     inclusive: bool = False,
     areas: bool = True,
 ) -> Evaluation:
-    """Evaluate a predictions file against a truth file, or against its own true_lat/true_lon."""
+    """Evaluate a predictions file against a truth file, or against the truth it carries itself."""
     return evaluate_many([predictions_path], truth_path, method=method, inclusive=inclusive, areas=areas)[0]
+
+
+def _file_names_as_ids(predictions: pl.DataFrame, truth: pl.DataFrame) -> pl.DataFrame:
+    """Predictions keyed by image file name ('123.jpg') matched to a truth keyed by bare id ('123').
+
+    OSV-5M's inference writes file names; its test metadata's ids have no extension.
+    """
+    if truth["image_id"].str.ends_with(".jpg").any():
+        return predictions
+    return predictions.with_columns(pl.col("image_id").str.strip_suffix(".jpg"))
 
 
 def evaluate_many(
@@ -297,23 +339,59 @@ def evaluate_many(
     method: DistanceMethod = "great-circle",
     inclusive: bool = False,
     areas: bool = True,
+    swap_latlon: Collection[str | Path] = (),
 ) -> list[Evaluation]:
-    """Evaluate several predictions files (methods side by side) against one truth file, read once."""
+    """Evaluate several predictions files (methods side by side) against one truth file, read once.
+
+    `swap_latlon`: files whose latitude and longitude columns hold each other's values.
+    """
+    swapped = {Path(path).resolve() for path in swap_latlon}
+    given = {Path(path).resolve() for path in [*predictions_paths, *([truth_path] if truth_path else [])]}
+    if stray := [str(path) for path in swap_latlon if Path(path).resolve() not in given]:
+        raise TableError(f"--swap-latlon {', '.join(stray)}: not among the files evaluated")
     truth = None
     evaluations = []
     for predictions_path in predictions_paths:
-        predictions, embedded_truth = load_predictions(predictions_path)
+        loaded = load_predictions(predictions_path, swap=Path(predictions_path).resolve() in swapped)
         if truth_path is not None:
             if truth is None:  # read, and labelled by area, once for every file
-                truth = with_area_labels(load_truth(truth_path)) if areas else load_truth(truth_path)
+                truth = load_truth(truth_path, swap=Path(truth_path).resolve() in swapped)
+                truth = with_area_labels(truth) if areas else truth
             scored_against = truth
-        elif embedded_truth is not None:
-            scored_against = embedded_truth
+        elif loaded.truth is not None:
+            scored_against = loaded.truth
         else:
-            raise TableError(f"{predictions_path}: no truth given and no true_lat / true_lon columns to use; "
-                             "pass --truth with the benchmark's metadata file")
-        evaluations.append(evaluate(predictions, scored_against, method=method, inclusive=inclusive, areas=areas))
+            raise TableError(f"{predictions_path}: no truth given and no truth columns in the file "
+                             f"({loaded.layout.name}); pass --truth with the benchmark's metadata file")
+        predictions = loaded.predictions
+        if loaded.layout is OSV5M_INFERENCE:
+            predictions = _file_names_as_ids(predictions, scored_against)
+        evaluation = evaluate(predictions, scored_against, method=method, inclusive=inclusive, areas=areas)
+        evaluation.layout = loaded.layout.name
+        evaluation.stated_figures = loaded.stated_figures
+        evaluations.append(evaluation)
     return evaluations
+
+
+def stated_figures_warning(evaluation: Evaluation) -> str | None:
+    """A warning when the figures a file states about itself differ from ours, else None.
+
+    Accuracies differ when they are more than one photo apart (a photo within a metre of
+    a radius may fall either side with another distance formula); the mean error when
+    more than 0.5% apart (the sphere and the ellipsoid differ by up to that much).
+    """
+    n = evaluation.metrics["n"]
+    differing = []
+    for key, stated in evaluation.stated_figures.items():
+        ours = evaluation.metrics.get(key)
+        if ours is None:
+            continue
+        tolerance = (1 / n + 1e-6) if key.startswith("acc_") else 0.005 * abs(stated) + 0.01
+        if abs(ours - stated) > tolerance:
+            differing.append(f"{key} states {stated:g}, computed {ours:.6g}")
+    if not differing:
+        return None
+    return "the figures the file states differ from the ones computed: " + "; ".join(differing)
 
 
 def accuracy_curve(

@@ -140,25 +140,48 @@ def normalize_longitude(lon: ArrayLike) -> NDArray[np.float64]:
     return (lon + 180.0) % 360.0 - 180.0
 
 
+def mean_directions(unit_vectors: ArrayLike, groups: ArrayLike, n_groups: int,
+                    weights: ArrayLike | None = None) -> NDArray[np.float64]:
+    """Per group, the (weighted) mean direction of its members' unit vectors, shape (n_groups, 3).
+
+    The normalized sum of unit vectors: right across the antimeridian and near the poles,
+    where the mean of degrees is not. A group that is empty, or whose members cancel out
+    (say, two antipodes), has no mean direction: its row is NaN, for the caller to decide.
+    Members with a negative group belong to none (noise).
+    """
+    vectors = np.asarray(unit_vectors, dtype=np.float64).reshape(-1, 3)
+    groups = np.asarray(groups, dtype=np.int64).ravel()
+    w = np.ones(len(vectors)) if weights is None else np.asarray(weights, dtype=np.float64).ravel()
+    if not len(vectors) == len(groups) == len(w):
+        raise ValueError(f"expected one group and one weight per vector: {len(vectors)} vectors, "
+                         f"{len(groups)} groups, {len(w)} weights")
+    member = groups >= 0
+    sums = np.stack([np.bincount(groups[member], weights=w[member] * vectors[member, axis], minlength=n_groups)
+                     for axis in range(3)], axis=1)
+    scale = np.bincount(groups[member], weights=np.abs(w[member]), minlength=n_groups)
+    norms = np.linalg.norm(sums, axis=1)
+    defined = norms > 1e-9 * np.maximum(scale, 1e-300)
+    directions = np.full((n_groups, 3), np.nan)
+    directions[defined] = sums[defined] / norms[defined, None]
+    return directions
+
+
 def spherical_mean(
     lat: ArrayLike, lon: ArrayLike, weights: ArrayLike | None = None
 ) -> tuple[float, float]:
-    """The (weighted) mean direction of points on the sphere, as (lat, lon) in degrees.
+    """The (weighted) mean direction of points on the sphere, as (lat, lon) in degrees (see mean_directions).
 
-    The arithmetic mean of degrees is wrong across the antimeridian and near the poles;
-    the normalized sum of unit vectors is not. Raises ValueError when the points cancel
-    out (say, two antipodes), where no mean direction exists.
+    Raises ValueError when the points cancel out, where no mean direction exists.
     """
     vectors = to_unit_vectors(lat, lon).reshape(-1, 3)
     if len(vectors) == 0:
         raise ValueError("the spherical mean of no points is undefined")
-    w = np.ones(len(vectors)) if weights is None else np.asarray(weights, dtype=np.float64).ravel()
-    if w.shape != (len(vectors),):
-        raise ValueError(f"expected {len(vectors)} weights, got {w.shape[0]}")
-    total = (vectors * w[:, None]).sum(axis=0)
-    if np.linalg.norm(total) <= 1e-9 * max(float(np.abs(w).sum()), 1e-300):
+    if weights is not None and np.size(weights) != len(vectors):
+        raise ValueError(f"expected {len(vectors)} weights, got {np.size(weights)}")
+    direction = mean_directions(vectors, np.zeros(len(vectors), dtype=np.int64), 1, weights)[0]
+    if np.isnan(direction[0]):
         raise ValueError("the points cancel out on the sphere; their mean direction is undefined")
-    mean_lat, mean_lon = from_unit_vectors(total)
+    mean_lat, mean_lon = from_unit_vectors(direction)
     return float(mean_lat), float(mean_lon)
 
 

@@ -19,6 +19,8 @@ from pathlib import Path
 import pillow_heif
 from PIL import ExifTags, Image, UnidentifiedImageError
 
+from geoloc.images.jpeg import APP1, END_OF_IMAGE, START_OF_FRAME, JpegStructureError, frame_pixels, header_segments
+
 pillow_heif.register_heif_opener()
 
 CORRUPT_IMAGE = "corrupt_image"
@@ -119,9 +121,6 @@ def _read_header(image: Image.Image, want_gps: bool) -> ImageHeader:
     return _gps_header(image.format, image.getexif, image.info.get("exif"))
 
 
-_SOF_MARKERS = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
-
-
 def _jpeg_segments(data: bytes) -> tuple[bytes | None, int] | None:
     """(EXIF payload or None, pixel count) from a JPEG's marker segments up to the scan.
 
@@ -129,28 +128,18 @@ def _jpeg_segments(data: bytes) -> tuple[bytes | None, int] | None:
     over millions of files does not need; walking the segment lengths is a third of
     the work. None when the markers are not well formed: Pillow then says why.
     """
-    if not data.startswith(b"\xff\xd8"):
+    exif, pixels = None, None
+    try:
+        for marker, start, end in header_segments(data):
+            if marker == APP1 and exif is None and data.startswith(b"Exif\x00\x00", start + 4, end):
+                exif = data[start + 10:end]
+            elif marker in START_OF_FRAME and end - start >= 9:
+                pixels = frame_pixels(data, start)
+            elif marker == END_OF_IMAGE:
+                return None
+    except JpegStructureError:
         return None
-    position, exif, pixels = 2, None, None
-    while position + 4 <= len(data):
-        if data[position] != 0xFF:
-            return None
-        marker = data[position + 1]
-        if marker == 0xFF:
-            position += 1
-            continue
-        if marker == 0xDA:
-            return (exif, pixels) if pixels is not None else None
-        length = int.from_bytes(data[position + 2:position + 4], "big")
-        segment = data[position + 4:position + 2 + length]
-        if length < 2 or len(segment) != length - 2:
-            return None
-        if marker == 0xE1 and exif is None and segment.startswith(b"Exif\x00\x00"):
-            exif = segment[6:]
-        elif marker in _SOF_MARKERS and len(segment) >= 5:
-            pixels = int.from_bytes(segment[1:3], "big") * int.from_bytes(segment[3:5], "big")
-        position += 2 + length
-    return None
+    return (exif, pixels) if pixels is not None else None
 
 
 def _load_exif(payload: bytes) -> Image.Exif:

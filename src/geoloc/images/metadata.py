@@ -13,6 +13,8 @@ import struct
 
 from PIL import Image
 
+from geoloc.images.jpeg import JpegStructureError, header_segments
+
 JPEG_DROPPED = {0xE1, 0xED, 0xFE}
 """APP1 (EXIF, XMP), APP13 (IPTC) and COM. APP2 (ICC profile) stays."""
 PNG_DROPPED = {b"tEXt", b"zTXt", b"iTXt", b"eXIf", b"tIME"}
@@ -38,32 +40,11 @@ def strip_metadata(data: bytes) -> bytes:
 
 
 def _strip_jpeg(data: bytes) -> bytes:
-    kept = [data[:2]]
-    position = 2
-    while position < len(data):
-        if data[position] != 0xFF:
-            raise MetadataError(f"JPEG: no segment marker at byte {position}")
-        marker = data[position + 1]
-        if marker == 0xFF:  # fill byte before a marker
-            position += 1
-            continue
-        if marker == 0xDA or marker == 0xD9:  # start of scan: the rest is entropy-coded data
-            kept.append(data[position:])
-            return b"".join(kept)
-        if 0xD0 <= marker <= 0xD7 or marker == 0x01:
-            kept.append(data[position:position + 2])
-            position += 2
-            continue
-        if position + 4 > len(data):
-            raise MetadataError("JPEG: truncated segment header")
-        (length,) = struct.unpack(">H", data[position + 2:position + 4])
-        end = position + 2 + length
-        if length < 2 or end > len(data):
-            raise MetadataError(f"JPEG: segment at byte {position} runs past the end")
-        if marker not in JPEG_DROPPED:
-            kept.append(data[position:end])
-        position = end
-    raise MetadataError("JPEG: no image data (start of scan) found")
+    try:
+        kept = [data[start:end] for marker, start, end in header_segments(data) if marker not in JPEG_DROPPED]
+    except JpegStructureError as error:
+        raise MetadataError(f"JPEG: {error}") from error
+    return data[:2] + b"".join(kept)
 
 
 def _strip_png(data: bytes) -> bytes:

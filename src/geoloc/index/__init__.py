@@ -16,7 +16,6 @@ import json
 import math
 import os
 import re
-import shutil
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
@@ -26,7 +25,7 @@ import numpy as np
 import polars as pl
 
 from geoloc.places import GALLERY_PLACE_COLUMNS, fill_place_texts, place_text
-from geoloc.tables import replace_durably, sync_directory, write_table, write_text
+from geoloc.tables import replace_durably, replace_folder_durably, write_table, write_text
 
 INDEX_KINDS = ("auto", "flat", "ivf", "hnsw", "ivfsq", "ivfpq")
 EXACT_UP_TO = 200_000
@@ -277,34 +276,21 @@ class GalleryIndex:
 
 
 def save_gallery_index(index, gallery: pl.DataFrame, plan: IndexPlan, folder: Path, backbone: str | None) -> None:
-    """Write the three files into a new folder beside `folder`, then swap the whole folder in.
-
-    A build killed midway leaves the previous index whole (and a hidden `.NAME.*.part`
-    folder to delete); the files of two builds are never mixed.
-    """
+    """Write the three files into a new folder beside `folder`, then swap the whole folder in
+    (`tables.replace_folder_durably`: a killed build leaves the previous index whole)."""
     import faiss
 
     folder = Path(folder)
     if folder.exists() and any(folder.iterdir()) and not (folder / "index.json").is_file():
         raise FileExistsError(f"{folder} exists and is not a gallery index; choose another --out or empty it")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    partial = folder.parent / f".{folder.name}.{os.getpid()}.part"
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir()
-    try:
+
+    def write(partial: Path) -> None:
         write_table(gallery.select(GALLERY_COLUMNS), partial / "gallery.parquet")
         replace_durably(partial / "faiss.index", lambda temporary: faiss.write_index(index, str(temporary)))
         info = {**asdict(plan), "backbone": backbone, "metric": "inner_product"}
         write_text(partial / "index.json", json.dumps(info, indent=2))
-        previous = folder.parent / f".{folder.name}.{os.getpid()}.old"
-        if folder.exists():
-            os.replace(folder, previous)
-        os.replace(partial, folder)
-        sync_directory(folder.parent)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    shutil.rmtree(previous, ignore_errors=True)
+
+    replace_folder_durably(folder, write)
 
 
 def gallery_table(ids: pl.Series, catalog: pl.DataFrame) -> pl.DataFrame:

@@ -85,19 +85,28 @@ def area_labels(lat: ArrayLike, lon: ArrayLike) -> pl.DataFrame:
     return area_labeller().area_labels(lat, lon)
 
 
-def area_accuracies(
-    pred_lat: ArrayLike, pred_lon: ArrayLike, truth_labels: pl.DataFrame
-) -> dict[str, float | None]:
-    """Share of photos whose predicted area is the true one, per area (`acc_<area>`).
+def area_hits(pred_lat: ArrayLike, pred_lon: ArrayLike, truth_labels: pl.DataFrame) -> pl.DataFrame:
+    """Per photo and area (a column each), whether the predicted area is the true one.
 
     `truth_labels` has one row per photo and a column per area; a null there leaves the
-    photo out of that area's count. A NaN prediction is a miss. None where no photo counts.
+    photo out of that area's count (null here too). A NaN prediction is a miss.
     """
     predicted = area_labels(pred_lat, pred_lon)
+    return pl.DataFrame(
+        {
+            area: pl.select(
+                pl.when(truth_labels[area].is_not_null()).then((predicted[area] == truth_labels[area]).fill_null(False))
+            ).to_series()
+            for area in AREAS
+        }
+    )
+
+
+def accuracies_of_hits(hits: pl.DataFrame) -> dict[str, float | None]:
+    """`acc_<area>` of area_hits: the share of hits among the photos counted. None where none counts."""
     figures: dict[str, float | None] = {}
     for area in AREAS:
-        truth = truth_labels[area]
-        counted = int(truth.is_not_null().sum())
-        hits = int((predicted[area] == truth).fill_null(False).sum())
-        figures[f"acc_{area}"] = hits / counted if counted else None
+        counted = hits[area].count()
+        figures[f"acc_{area}"] = int(hits[area].sum()) / counted if counted else None
     return figures
+

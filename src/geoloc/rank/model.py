@@ -9,7 +9,6 @@ half a billion parameters. Attribute names follow the published GeoRanker adapte
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import torch
 from torch import nn
 
 from geoloc.hub import offline_unless_reachable
+from geoloc.tables import replace_folder_durably
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -187,13 +187,5 @@ def load_reward_model(
 def save_adapter(model, folder: str | Path) -> Path:
     """Save LoRA weights and value head in peft's adapter format (safetensors), atomically."""
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    partial = folder.with_name(f".{folder.name}.part")
-    shutil.rmtree(partial, ignore_errors=True)
-    model.save_pretrained(partial, safe_serialization=True)
-    previous = folder.with_name(f".{folder.name}.old")
-    if folder.exists():
-        folder.rename(previous)
-    partial.rename(folder)
-    shutil.rmtree(previous, ignore_errors=True)
+    replace_folder_durably(folder, lambda partial: model.save_pretrained(partial, safe_serialization=True))
     return folder

@@ -26,7 +26,7 @@ from PIL import Image
 
 from geoloc.images import ImageStore, index_tar, load_tar_index_pickle
 from geoloc.images.archives import MEMBER_SEPARATOR
-from geoloc.predict import UNREADABLE, open_photo
+from geoloc.images.decoding import UNREADABLE, open_photo
 from geoloc.tables import read_table, write_table
 
 OpenImage = Callable[[str], Image.Image]

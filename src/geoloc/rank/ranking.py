@@ -8,6 +8,7 @@ reported; a candidate whose gallery photo cannot be read is dropped and counted.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from geoloc.rank.scoring import QueryGroup, RewardScorer
 from geoloc.tables import TableError, as_float_column, read_table, write_table
 
 if TYPE_CHECKING:
-    from geoloc.catalog.work import Share
+    from geoloc.resumable import Share, Task
 
 DEFAULT_TOP = {"retrieval": 10, "zeroshot": 5}
 """GeoRanker's default: the 10 best retrieval candidates (with gallery photos) and 5 zero-shot ones."""
@@ -149,28 +150,6 @@ def predictions_of(results: pl.DataFrame) -> tuple[pl.DataFrame, RankingReport]:
     return predictions, report
 
 
-def rank_candidates(
-    frame: pl.DataFrame,
-    scorer: RewardScorer,
-    open_query: OpenImage,
-    open_gallery: OpenImage,
-    top: Mapping[str, int] = DEFAULT_TOP,
-    num_negatives: int = 5,
-    progress: Callable[[int, int], None] = lambda done, total: None,
-) -> tuple[pl.DataFrame, RankingReport]:
-    """Predictions for every query of the candidates table, and what had to be skipped.
-
-    `progress(done, total)` is called after each query.
-    """
-    scored, negatives = select_candidates(frame, top, num_negatives)
-    queries = query_candidates(scored)
-    negatives_by_query = negatives.partition_by("query_id", as_dict=True, include_key=False)
-    done = iter(range(1, len(queries) + 1))
-    results = score_queries(queries, negatives_by_query, scorer, open_query, open_gallery,
-                            lambda: progress(next(done), len(queries)))
-    return predictions_of(results)
-
-
 def default_device(share: Share) -> str:
     """The process's own GPU under a launcher (LOCAL_RANK, else its rank, modulo the GPUs), else the CPU."""
     import torch
@@ -184,8 +163,8 @@ def _code_identity() -> dict:
     """The versions and sources that make the prompts and the rewards: other code, other scores."""
     from importlib.metadata import version
 
-    from geoloc.catalog.work import file_digest
     from geoloc.rank import model, photos, prompts, scoring
+    from geoloc.resumable import file_digest
 
     modules = (model, photos, prompts, scoring)
     return {"versions": {name: version(name) for name in ("geoloc", "torch", "transformers", "peft")},
@@ -250,20 +229,8 @@ def score_file(
     """
     import torch
 
-    from geoloc.catalog.work import (
-        ResumeError,
-        Share,
-        Task,
-        Workers,
-        cache_paths,
-        claim_work_folder,
-        file_digest,
-        model_identity,
-        remove_work_folder,
-        run_cached,
-        work_folder,
-    )
-    from geoloc.rank.model import ModelLoadError, adapter_base, load_processor, load_reward_model
+    from geoloc.rank.model import ModelLoadError, adapter_base
+    from geoloc.resumable import ResumeError, Share, Task, claim_work_folder, file_digest, model_identity, work_folder
 
     share = share or Share.from_env()
     frame = read_candidates(candidates_path)
@@ -288,30 +255,57 @@ def score_file(
     queries = query_candidates(scored)
     negatives_by_query = negatives.partition_by("query_id", as_dict=True, include_key=False)
     parts = [queries[start:start + part_queries] for start in range(0, len(queries), part_queries)]
-    loaded: list[RewardScorer] = []  # on first need: a run with nothing left to score loads no model
+    scorer = _scorer_on_first_need(base, adapter, dtype, device, batch_size, shared_prefix)
     query_photos, gallery_photos = ranking_photos(images, images_index, gallery, gallery_index, raw_photos)
+    counted = _QueryCounter(progress)
 
     def score_part(number: int) -> pl.DataFrame:
-        if not loaded:
-            model = load_reward_model(base, adapter, dtype=getattr(torch, dtype)).to(device)
-            loaded.append(RewardScorer(model, load_processor(base), batch_size=batch_size,
-                                       shared_prefix=shared_prefix))
-
-        def on_query() -> None:
-            nonlocal done
-            done += 1
-            progress(done, total)
-
-        return score_queries(parts[number], negatives_by_query, loaded[0], query_photos, gallery_photos, on_query)
+        return score_queries(parts[number], negatives_by_query, scorer(), query_photos, gallery_photos, counted.one)
 
     tasks = [Task(f"part-{number:05d}", score_part, (number,)) for number in range(len(parts))]
+    return _run_parts(tasks, [len(part) for part in parts], work, out, share, counted, say)
+
+
+def _scorer_on_first_need(base: str, adapter: Path, dtype: str, device: str, batch_size: int,
+                          shared_prefix: bool) -> Callable[[], RewardScorer]:
+    """The reward scorer, loaded at the first call: a run with nothing left to score loads no model."""
+    import torch
+
+    from geoloc.rank.model import load_processor, load_reward_model
+
+    @functools.cache
+    def scorer() -> RewardScorer:
+        model = load_reward_model(base, adapter, dtype=getattr(torch, dtype)).to(device)
+        return RewardScorer(model, load_processor(base), batch_size=batch_size, shared_prefix=shared_prefix)
+
+    return scorer
+
+
+@dataclass
+class _QueryCounter:
+    """Queries scored of this process's total, reported after each through `progress(done, total)`."""
+
+    progress: Callable[[int, int], None]
+    done: int = 0
+    total: int = 0
+
+    def one(self) -> None:
+        self.done += 1
+        self.progress(self.done, self.total)
+
+
+def _run_parts(tasks: list[Task], sizes: list[int], work: Path, out: Path, share: Share, counted: _QueryCounter,
+               say: Callable[[str], None]) -> RankingReport:
+    """Score this process's missing parts; the process that finds every part done writes `out`."""
+    from geoloc.resumable import Workers, cache_paths, remove_work_folder, run_cached
+
     paths = cache_paths(tasks, work)
-    mine = [number for number in range(len(parts)) if share.takes(number)]
-    total = sum(len(parts[number]) for number in mine)
-    done = sum(len(parts[number]) for number in mine if paths[number].is_file())
-    if done:
-        say(f"resuming: {done} of {total} queries already scored in {work}")
-    progress(done, total)
+    mine = [number for number in range(len(tasks)) if share.takes(number)]
+    counted.total = sum(sizes[number] for number in mine)
+    counted.done = sum(sizes[number] for number in mine if paths[number].is_file())
+    if counted.done:
+        say(f"resuming: {counted.done} of {counted.total} queries already scored in {work}")
+    counted.progress(counted.done, counted.total)
     frames = run_cached(tasks, work, Workers(1), None, share)
     if len(frames) < len(tasks):  # other processes' parts: written meanwhile, or not yet
         pending = sum(not path.is_file() for path in paths)
@@ -326,4 +320,3 @@ def score_file(
     remove_work_folder(work)
     report.written = True
     return report
-

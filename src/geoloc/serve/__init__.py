@@ -31,7 +31,8 @@ from PIL import Image
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from geoloc.geo import drawable_region
-from geoloc.predict import UNREADABLE, LoadedPhoto, PhotoGuess, decode_photo, exif_position
+from geoloc.images.decoding import UNREADABLE, decode_photo
+from geoloc.predict import LoadedPhoto, PhotoGuess, exif_position
 
 log = logging.getLogger("geoloc.serve")
 LOOPBACK_NAMES = ("localhost",)

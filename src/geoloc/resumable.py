@@ -3,7 +3,7 @@
 A killed run loses only the tasks in flight; the next run reads the finished ones from
 the cache and does the rest. Tasks run on an Executor: Workers here, spawned (not
 forked) processes, so the parent's threads (polars, rich) are never copied into them;
-or RayWorkers (geoloc.catalog.ray_engine) on a Ray cluster. Either way the frames come
+or RayWorkers (`geoloc.catalog.ray_engine`) on a Ray cluster. Either way the frames come
 back to this process, which writes the cache. Processes started side by side (`torchrun`,
 `accelerate launch`) can share one run's cache, each computing its `Share` of the tasks;
 a settings file beside the parts keeps a rerun with other settings from mixing into them.
@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import polars as pl
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from geoloc.progress import progress_bar
 from geoloc.tables import write_table, write_text
 
 
@@ -43,13 +43,6 @@ class Task:
 def cache_key(*parts: object) -> str:
     """A short stable name for a task from what determines its result."""
     return hashlib.blake2b("\x1f".join(map(str, parts)).encode(), digest_size=12).hexdigest()
-
-
-def progress_bar(transient: bool = False) -> Progress:
-    return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), TimeRemainingColumn(), transient=transient,
-    )
 
 
 def _import(modules: tuple[str, ...]) -> int:
@@ -149,7 +142,7 @@ def run_cached(tasks: Sequence[Task], cache_dir: Path, workers: Executor, label:
     paths = cache_paths(tasks, cache_dir)
     results: list[pl.DataFrame | None] = [pl.read_parquet(p) if p.is_file() else None for p in paths]
     todo = [i for i, result in enumerate(results) if result is None and share.takes(i)]
-    with progress_bar() if label is not None else contextlib.nullcontext() as progress:
+    with progress_bar(transient=False) if label is not None else contextlib.nullcontext() as progress:
         mine = [i for i in range(len(tasks)) if share.takes(i)]
         bar = progress.add_task(label, total=len(mine), completed=len(mine) - len(todo)) if progress else None
         for position, frame in workers.run([tasks[i] for i in todo]):

@@ -1,0 +1,63 @@
+"""Walking a JPEG's marker segments up to its compressed data, without decoding anything.
+
+The one walker behind the fast EXIF/GPS read (`geoloc.images.exif`) and metadata
+removal (`geoloc.images.metadata`): segment boundaries come from the two length bytes
+after each marker, so a header is walked in microseconds; anything that breaks the
+structure is a JpegStructureError naming where.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+START_OF_IMAGE = b"\xff\xd8"
+START_OF_SCAN = 0xDA
+END_OF_IMAGE = 0xD9
+APP1 = 0xE1
+"""EXIF (after an `Exif\\0\\0` tag) and XMP."""
+START_OF_FRAME = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+"""Markers whose payload gives the frame size (precision, height, width, ...), for every coding process."""
+STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})
+"""TEM and the restart markers: two bytes, no length."""
+
+
+class JpegStructureError(ValueError):
+    """The bytes break the JPEG marker structure before the compressed data."""
+
+
+def header_segments(data: bytes) -> Iterator[tuple[int, int, int]]:
+    """(marker, start, end) of each segment before the compressed data, in file order.
+
+    `data[start:end]` is the whole segment, its marker bytes included (the payload is
+    `data[start + 4:end]`); fill bytes between segments are skipped. The last segment is the
+    start of scan or the end of image, and reaches to the end of `data`.
+    """
+    if not data.startswith(START_OF_IMAGE):
+        raise JpegStructureError("not a JPEG: no start-of-image marker")
+    size, position = len(data), 2
+    while position + 1 < size:
+        if data[position] != 0xFF:
+            raise JpegStructureError(f"no segment marker at byte {position}")
+        marker = data[position + 1]
+        if marker == 0xFF:
+            position += 1
+        elif marker == START_OF_SCAN or marker == END_OF_IMAGE:
+            yield marker, position, size
+            return
+        elif marker in STANDALONE:
+            yield marker, position, position + 2
+            position += 2
+        else:
+            if position + 4 > size:
+                raise JpegStructureError("truncated segment header")
+            end = position + 2 + (data[position + 2] << 8 | data[position + 3])
+            if end < position + 4 or end > size:
+                raise JpegStructureError(f"segment at byte {position} runs past the end")
+            yield marker, position, end
+            position = end
+    raise JpegStructureError("no image data (start of scan) found")
+
+
+def frame_pixels(data: bytes, start: int) -> int:
+    """Width x height from a start-of-frame segment at `start` (see header_segments)."""
+    return (data[start + 5] << 8 | data[start + 6]) * (data[start + 7] << 8 | data[start + 8])
