@@ -1,0 +1,71 @@
+"""PLONK's conditioning backbones (`plonk-dinov2:DIR`, `plonk-streetclip:DIR`) on tiny random-weight models."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from geoloc.encode.loading import backbone_dim, load_backbone
+
+
+def jpeg(width: int, height: int, seed: int) -> Image.Image:
+    pixels = np.random.default_rng(seed).integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
+    return Image.open(io.BytesIO(buffer.getvalue()))
+
+
+@pytest.fixture(scope="module")
+def dinov2_folder(tmp_path_factory):
+    from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel
+
+    torch.manual_seed(0)
+    config = Dinov2WithRegistersConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                       intermediate_size=64, patch_size=14, image_size=518, num_register_tokens=4)
+    folder = tmp_path_factory.mktemp("dinov2")
+    Dinov2WithRegistersModel(config).eval().save_pretrained(folder)
+    return folder
+
+
+def test_dinov2_is_the_cls_output_of_a_square_crop_at_336_pixels(dinov2_folder):
+    from torchvision.transforms.functional import center_crop, normalize, pil_to_tensor, resize
+    from transformers import Dinov2WithRegistersModel
+
+    name = f"plonk-dinov2:{dinov2_folder}"
+    backbone = load_backbone(name, device="cpu")
+    photos = [jpeg(400, 300, 1), jpeg(200, 260, 2)]
+    vectors = backbone.embed(photos)
+    assert vectors.shape == (2, 32) == (2, backbone_dim(name))
+    model = Dinov2WithRegistersModel.from_pretrained(dinov2_folder).eval()
+    for photo, vector in zip(photos, vectors):
+        side = min(photo.size)
+        square = resize(center_crop(photo.convert("RGB"), side), [336, 336],
+                        interpolation=Image.Resampling.BICUBIC)
+        pixels = normalize(pil_to_tensor(square).float() / 255, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+        with torch.no_grad():
+            hidden = model(pixel_values=pixels[None]).last_hidden_state  # after the final layer norm
+        np.testing.assert_allclose(vector, hidden[0, 0].numpy(), atol=1e-5)
+        assert abs(np.linalg.norm(vector) - 1) > 1e-3, "PLONK reads raw features, not unit vectors"
+
+
+def test_streetclip_is_the_first_token_before_the_post_layernorm(tmp_path):
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+    torch.manual_seed(0)
+    config = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                              image_size=56, patch_size=14)
+    model = CLIPVisionModel(config).eval()
+    model.save_pretrained(tmp_path)
+    CLIPImageProcessor(size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56}).save_pretrained(tmp_path)
+    backbone = load_backbone(f"plonk-streetclip:{tmp_path}", device="cpu")
+    photo = jpeg(120, 90, 3)
+    pixels = CLIPImageProcessor.from_pretrained(tmp_path)(images=[photo], return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        output = model(pixel_values=pixels)
+    expected = output.last_hidden_state[0, 0]
+    assert not torch.allclose(expected, output.pooler_output[0], atol=1e-3)
+    np.testing.assert_allclose(backbone.embed([photo])[0], expected.numpy(), atol=1e-5)
