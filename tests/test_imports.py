@@ -20,7 +20,7 @@ LAYERS = (
     ("geo", "tables", "progress", "user_cache", "hub", "cluster", "fitting", "bundled"),
     ("resumable", "images", "places"),
     ("embeddings", "catalog"),
-    ("cells", "encode", "index", "evaluate"),
+    ("cells", "encode", "index", "evaluate", "plonk"),
     ("candidates",),
     ("classifier", "rank", "predict"),
     ("maps", "serve"),

@@ -12,7 +12,7 @@ import json
 import re
 
 from geoloc.bundled import bundled
-from geoloc.predict import PhotoGuess
+from geoloc.predict import PLONK_FIGURES, PhotoGuess
 
 ERROR_COLOURS = ((25.0, "#1a9850"), (200.0, "#91cf60"), (750.0, "#fc8d59"), (float("inf"), "#d73027"))
 """Truth-to-guess lines: green within 25 km, light green within 200, orange within 750, red beyond."""
@@ -55,7 +55,10 @@ for (const photo of photos) {
   const where = [photo.lat, photo.lon];
   bounds.extend(photo.region_bounds);
   let popup = `<b>${text(photo.image)}</b><br>${text(photo.place)}<br>${photo.lat.toFixed(4)}, ${photo.lon.toFixed(4)}`
-    + `<br>p = ${photo.prob.toFixed(3)}, within ~${Math.round(photo.radius_km)} km`;
+    + `<br>p = ${photo.prob.toFixed(3)}, within ~${Math.round(photo.radius_km)} km`
+    + (photo.log_likelihood === undefined ? "" : `<br>log-likelihood ${photo.log_likelihood.toFixed(2)},`
+      + ` localizability ${photo.localizability.toFixed(3)}, ${Math.round(photo.region_mass * 100)}% region`
+      + ` ${Math.round(photo.region_km2).toLocaleString()} km²`);
   if (photo.exif) { popup += `<br>EXIF GPS: ${photo.exif.lat.toFixed(5)}, ${photo.exif.lon.toFixed(5)}`; }
   if (photo.truth) { popup += `<br>truth: ${photo.truth.lat.toFixed(4)}, ${photo.truth.lon.toFixed(4)}`
     + ` (${Math.round(photo.error_km)} km off)`; }
@@ -101,6 +104,7 @@ def map_html(
         photo = {"image": guess.image, "lat": guess.lat, "lon": guess.lon, "place": guess.place,
                  "prob": guess.candidates[0].prob, "radius_km": guess.radius_km, "exif": guess.exif,
                  "alternatives": [vars(c) for c in guess.candidates[1:]]}
+        photo |= {key: value for key, value in guess.as_json().items() if key in PLONK_FIGURES}
         photo |= drawable_region(guess.lat, guess.lon, guess.radius_km)
         if truth and guess.image_id in truth:
             lat, lon = truth[guess.image_id]

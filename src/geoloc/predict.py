@@ -1,8 +1,9 @@
 """Where was this photo taken? The main job, shared by `geoloc predict` and the web app.
 
 Photos are decoded in batches (Pillow's decompression-bomb guard stays on), scored by
-GeoCLIP, and each answer carries place names, ranked alternatives with probabilities,
-and a confidence radius. A photo's own EXIF GPS is reported beside the guess and never
+GeoCLIP or PLONK, and each answer carries place names, ranked alternatives with
+probabilities, and a confidence radius; PLONK's also its likelihood, localizability and the
+area of its confidence region. A photo's own EXIF GPS is reported beside the guess and never
 used to make it. Unreadable files are reported and skipped; the rest go on. With an
 output file, answers are kept part by part beside it, so a killed run over a large folder
 resumes where it stopped (`guess_photos_resumable`).
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,12 +21,16 @@ import polars as pl
 from PIL import Image
 
 from geoloc.candidates.geoclip import GeoClip
+from geoloc.encode.backbone import Backbone
 from geoloc.images import Photo
 from geoloc.images.decoding import UNREADABLE, decode_photo, unreadable_reason
 from geoloc.places import place_names
 
 PART_PHOTOS = 1000
 """Photos per part of a resumable run: what a kill can lose."""
+
+
+PLONK_FIGURES = ("log_likelihood", "localizability", "region_mass", "region_km2")
 
 
 @dataclass(frozen=True)
@@ -48,10 +53,18 @@ class PhotoGuess:
     radius_km: float
     candidates: list[Alternative]
     exif: dict | None
+    log_likelihood: float | None = None
+    """PLONK's: the best guess's log density, nats per steradian."""
+    localizability: float | None = None
+    region_mass: float | None = None
+    """PLONK's: the share of the probability its confidence region holds (radius_km, region_km2)."""
+    region_km2: float | None = None
 
     def as_json(self) -> dict:
+        """Every field but the id; PLONK's figures only where the guess has them."""
         keys = ("image", "lat", "lon", "place", "radius_km", "candidates", "exif")
-        return {key: value for key, value in asdict(self).items() if key in keys}
+        return {key: value for key, value in asdict(self).items()
+                if key in keys or (key in PLONK_FIGURES and value is not None)}
 
 
 @dataclass(frozen=True)
@@ -80,7 +93,7 @@ def exif_position(source: bytes | Path) -> dict | None:
 
 def guess_photos(
     photos: list[Photo],
-    geoclip: GeoClip,
+    geoclip: GeoClip | PlonkLocator,
     top_k: int = 5,
     batch_size: int = 16,
     on_progress: Callable[[int], None] = lambda done: None,
@@ -132,7 +145,7 @@ def photos_fingerprint(photos: list[Photo]) -> str:
 
 def guess_photos_resumable(
     photos: list[Photo],
-    load_geoclip: Callable[[], GeoClip],
+    load_geoclip: Callable[[], GeoClip | PlonkLocator],
     work: Path,
     settings: dict,
     top_k: int = 5,
@@ -152,7 +165,7 @@ def guess_photos_resumable(
     claim_work_folder(work, {**settings, "photos": photos_fingerprint(photos), "top_k": top_k,
                              "batch_size": batch_size, "part_photos": part_photos}, restart)
     parts = [photos[start:start + part_photos] for start in range(0, len(photos), part_photos)]
-    loaded: list[GeoClip] = []
+    loaded: list[GeoClip | PlonkLocator] = []
 
     def guess_part(number: int) -> pl.DataFrame:
         if not loaded:
@@ -164,8 +177,58 @@ def guess_photos_resumable(
     return [answer for frame in run_cached(tasks, work, Workers(1), None) for answer in answers_of(frame)]
 
 
-def guess_images(loaded: list[LoadedPhoto], geoclip: GeoClip, top_k: int) -> list[PhotoGuess]:
-    """One batch through GeoCLIP, with place names for every alternative."""
+@dataclass
+class PlonkLocator:
+    """PLONK as a predictor: the backbone its checkpoint reads, the checkpoint, and how to sample it."""
+
+    backbone: Backbone
+    model: object
+    settings: object
+
+    def guess(self, loaded: list[LoadedPhoto], top_k: int) -> list[PhotoGuess]:
+        """The photos' density modes: the most likely first, each with the share of samples nearest to it."""
+        from geoloc.plonk.density import photo_densities
+
+        vectors = self.backbone.embed([photo.image for photo in loaded])
+        densities = photo_densities(self.model, vectors, replace(self.settings, modes=top_k))
+        places = place_names(densities.modes[..., 0].ravel(), densities.modes[..., 1].ravel())
+        places = places.reshape(densities.modes.shape[:2])
+        guesses = []
+        for row, photo in enumerate(loaded):
+            found = np.isfinite(densities.log_density[row])
+            alternatives = [Alternative(float(lat), float(lon), float(share), str(place)) for (lat, lon), share, place
+                            in zip(densities.modes[row][found], densities.share[row][found], places[row][found])]
+            guesses.append(PhotoGuess(
+                image=photo.label, image_id=photo.image_id, lat=alternatives[0].lat, lon=alternatives[0].lon,
+                place=alternatives[0].place, radius_km=float(densities.radius_km[row]), candidates=alternatives,
+                exif=photo.exif, log_likelihood=float(densities.log_density[row, 0]),
+                localizability=float(densities.localizability[row]), region_mass=self.settings.mass,
+                region_km2=float(densities.area_km2[row])))
+        return guesses
+
+
+def load_plonk_locator(model: str, backbone: str | None, device: str, settings: object) -> PlonkLocator:
+    """The checkpoint and the backbone it reads (its own by default); a backbone of another kind is refused."""
+    from geoloc.encode.backbone import pick_device
+    from geoloc.encode.loading import load_backbone
+    from geoloc.plonk.model import PlonkUnavailable, embedding_identity, load_plonk
+
+    plonk = load_plonk(model, pick_device(device))
+    wanted = plonk.settings.embedding
+    if backbone is not None and embedding_identity(backbone) != wanted:
+        raise PlonkUnavailable(f"the PLONK model {model} conditions on {wanted!r} embeddings; --backbone "
+                               f"{backbone} makes another kind (give {wanted}[:LOCAL_FOLDER])")
+    encoder = load_backbone(backbone or wanted, device=device)
+    if encoder.dim != plonk.cond_dim:
+        raise PlonkUnavailable(f"{encoder.name} makes {encoder.dim}-dimensional embeddings; the PLONK model "
+                               f"{model} reads {plonk.cond_dim}")
+    return PlonkLocator(encoder, plonk, settings)
+
+
+def guess_images(loaded: list[LoadedPhoto], geoclip: GeoClip | PlonkLocator, top_k: int) -> list[PhotoGuess]:
+    """One batch through GeoCLIP (or PLONK), with place names for every alternative."""
+    if isinstance(geoclip, PlonkLocator):
+        return geoclip.guess(loaded, top_k)
     result = geoclip.top_k(geoclip.backbone.pixel_values([photo.image for photo in loaded]), top_k)
     coordinates = result.coordinates.astype(np.float64)
     places = place_names(coordinates[..., 0].ravel(), coordinates[..., 1].ravel()).reshape(coordinates.shape[:2])

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import typer
 
-from geoloc.cli.common import clean_errors, console, progress_bar
+from geoloc.cli.common import clean_errors, console
+from geoloc.progress import progress_bar
 from geoloc.tables import TableError, write_table
 
 MODEL_HELP = ("A PLONK checkpoint: hub id (nicolas-dufour/PLONK_YFCC, ..._OSV_5M, ..._iNaturalist, each also _flow "
@@ -64,8 +65,8 @@ def plonk_candidates_command(
         loaded = load_model(model, device, sampler, embedding)
         settings = DensitySettings(samples, steps, cfg, seed, modes, separation_km, mass)
         total = open_embeddings(embeddings).meta["rows"]
-        with progress_bar("sampling") as progress:
-            task = progress.add_task("photos", total=total)
+        with progress_bar() as progress:
+            task = progress.add_task("sampling", total=total)
             table = plonk_candidates(loaded, embeddings, settings, batch_photos,
                                      lambda done: progress.advance(task, done))
         write_table(table, out)

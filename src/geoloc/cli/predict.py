@@ -15,25 +15,30 @@ DEFAULT_BACKBONE = "openai/clip-vit-large-patch14"
 BACKBONE_HELP = "CLIP ViT-L/14 for GeoCLIP: a hub id or a local folder with its files."
 
 
-def _guesses(photos_or_folders: list[Path], backbone: str, top_k: int, batch_size: int, device: str,
-             out: Path | None = None, part_photos: int = 1000, restart: bool = False):
-    """Load GeoCLIP, then answer every photo; returns (guesses, unreadable).
+def _guesses(photos_or_folders: list[Path], backbone: str | None, top_k: int, batch_size: int, device: str,
+             out: Path | None = None, part_photos: int = 1000, restart: bool = False, plonk: str | None = None,
+             density: object = None):
+    """Load GeoCLIP (or the PLONK checkpoint `plonk` with `density` settings), then answer every photo;
+    returns (guesses, unreadable).
 
     With `out`, answers are kept in its work folder as they come (see guess_photos_resumable).
     """
     from geoloc.candidates.geoclip import GeoClip
     from geoloc.encode.loading import load_backbone
     from geoloc.images import find_photos
-    from geoloc.predict import PhotoGuess, guess_photos, guess_photos_resumable
+    from geoloc.predict import PhotoGuess, PlonkLocator, guess_photos, guess_photos_resumable, load_plonk_locator
     from geoloc.resumable import work_folder
 
     photos = find_photos(photos_or_folders)
     if not photos:
         raise FileNotFoundError("no photos found in " + ", ".join(map(str, photos_or_folders)))
 
-    def load_geoclip() -> GeoClip:
+    def load_geoclip() -> GeoClip | PlonkLocator:
+        if plonk is not None:
+            with console.status("loading PLONK", spinner="dots"):
+                return load_plonk_locator(plonk, backbone, device, density)
         with console.status("loading GeoCLIP", spinner="dots"):
-            return GeoClip(load_backbone(backbone, device=device))
+            return GeoClip(load_backbone(backbone or DEFAULT_BACKBONE, device=device))
 
     with progress_bar() as progress:
         task = progress.add_task("locating", total=len(photos))
@@ -45,7 +50,9 @@ def _guesses(photos_or_folders: list[Path], backbone: str, top_k: int, batch_siz
             answers = list(guess_photos(photos, load_geoclip(), top_k=top_k, batch_size=batch_size,
                                         on_progress=advance))
         else:
-            answers = guess_photos_resumable(photos, load_geoclip, work_folder(out), _settings(backbone, device),
+            settings = _settings(backbone or DEFAULT_BACKBONE, device) | (
+                {"plonk": plonk, "density": vars(density)} if plonk is not None else {})
+            answers = guess_photos_resumable(photos, load_geoclip, work_folder(out), settings,
                                              top_k, batch_size, part_photos, restart, _resuming(out, advance),
                                              advance)
     guesses = [answer for answer in answers if isinstance(answer, PhotoGuess)]
@@ -82,7 +89,11 @@ def _resuming(out: Path, advance):
 
 def predict_command(
     photos: list[Path] = typer.Argument(..., help="Photos, or folders of photos (searched recursively)."),
-    backbone: str = typer.Option(DEFAULT_BACKBONE, "--backbone", help=BACKBONE_HELP),
+    model: str | None = typer.Option(None, "--model", help="plonk:ID_OR_DIR for PLONK (a hub id such as "
+                                     "nicolas-dufour/PLONK_YFCC, or a folder); GeoCLIP when not given."),
+    backbone: str | None = typer.Option(None, "--backbone", help=BACKBONE_HELP + " With PLONK: the backbone its "
+                                        "checkpoint reads (plonk-dinov2 or plonk-streetclip, :FOLDER for a local "
+                                        "copy) [default: the checkpoint's]."),
     top_k: int = typer.Option(5, "--top-k", min=1, help="Alternatives per photo."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per photo per line."),
     out: Path | None = typer.Option(None, "--out", help="Write the predictions: .csv or .parquet (the predictions "
@@ -98,20 +109,35 @@ def predict_command(
     part_photos: int = typer.Option(1000, "--part-photos", min=1, help="With --out: photos per part kept in "
                                     "OUT.parts/ as they finish, so a rerun answers only the missing ones."),
     restart: bool = typer.Option(False, "--restart", help="With --out: discard the parts a previous run left."),
+    mass: float = typer.Option(0.9, "--mass", min=0.01, max=0.99, help="PLONK: the share of the probability its "
+                               "confidence region holds."),
+    samples: int = typer.Option(256, "--samples", min=2, help="PLONK: samples drawn per photo."),
+    steps: int = typer.Option(250, "--steps", min=1, help="PLONK: sampler steps."),
+    cfg: float = typer.Option(0.0, "--cfg", min=0.0, help="PLONK: classifier-free guidance scale (0: none; above, "
+                              "the region no longer holds the stated share)."),
+    seed: int = typer.Option(0, "--seed", help="PLONK: the noise's seed."),
 ) -> None:
-    """Where was each photo taken: best guess, place, alternatives and a confidence radius."""
+    """Where was each photo taken: best guess, place, alternatives and a confidence radius (PLONK: also its
+    likelihood, localizability and the region holding --mass of the probability)."""
     from geoloc.encode.backbone import BackboneUnavailable
     from geoloc.evaluate import load_truth
     from geoloc.maps import map_html
+    from geoloc.plonk.density import DensitySettings
+    from geoloc.plonk.model import PlonkUnavailable
     from geoloc.predict import predictions_geojson, predictions_table
     from geoloc.resumable import remove_work_folder, work_folder
 
-    with clean_errors(BackboneUnavailable, FileNotFoundError, TableError, ValueError):
+    if model is not None and not model.startswith("plonk:"):
+        raise typer.BadParameter("name a PLONK checkpoint as plonk:ID_OR_DIR", param_hint="--model")
+    plonk = model.removeprefix("plonk:") if model is not None else None
+    density = DensitySettings(samples=samples, steps=steps, cfg=cfg, seed=seed, mass=mass)
+    with clean_errors(BackboneUnavailable, PlonkUnavailable, FileNotFoundError, TableError, ValueError):
         known = None
         if truth is not None:
             table = load_truth(truth)
             known = dict(zip(table["image_id"], zip(table["lat"], table["lon"])))
-        guesses, unreadable = _guesses(photos, backbone, top_k, batch_size, device, out, part_photos, restart)
+        guesses, unreadable = _guesses(photos, backbone, top_k, batch_size, device, out, part_photos, restart, plonk,
+                                       density)
         if out is not None and out.suffix.lower() == ".geojson":
             write_text(out, json.dumps(predictions_geojson(guesses)))
         elif out is not None:
@@ -125,8 +151,12 @@ def predict_command(
             typer.echo(json.dumps(guess.as_json()))
             continue
         exif = f"  (EXIF GPS: {guess.exif['lat']:.5f}, {guess.exif['lon']:.5f})" if guess.exif else ""
+        plonk_figures = (f", log-likelihood {guess.log_likelihood:.2f}, localizability {guess.localizability:.3f}, "
+                         f"{guess.region_mass:.0%} region {guess.region_km2:,.0f} km²"
+                         if guess.log_likelihood is not None else "")
         console.print(f"[bold]{guess.image}[/]: {guess.place} ({guess.lat:.4f}, {guess.lon:.4f}), "
-                      f"p={guess.candidates[0].prob:.3f}, within ~{guess.radius_km:,.0f} km{exif}", highlight=False)
+                      f"p={guess.candidates[0].prob:.3f}, within ~{guess.radius_km:,.0f} km{plonk_figures}{exif}",
+                      highlight=False)
     if unreadable and not guesses:
         raise typer.Exit(code=1)
 

@@ -13,7 +13,9 @@ from geoloc.cli.predict import BACKBONE_HELP, DEFAULT_BACKBONE
 def serve_command(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; beyond loopback a token is required."),
     port: int = typer.Option(8000, "--port"),
-    backbone: str = typer.Option(DEFAULT_BACKBONE, "--backbone", help=BACKBONE_HELP),
+    model: str | None = typer.Option(None, "--model", help="plonk:ID_OR_DIR for PLONK; GeoCLIP when not given."),
+    backbone: str | None = typer.Option(None, "--backbone", help=BACKBONE_HELP + " With PLONK: the backbone its "
+                                        "checkpoint reads [default: the checkpoint's]."),
     token: str | None = typer.Option(None, "--token", envvar="GEOLOC_TOKEN", show_envvar=True,
                                      help="Require this bearer token on every API call (prefer GEOLOC_TOKEN: "
                                      "command lines are visible to other users)."),
@@ -45,13 +47,20 @@ def serve_command(
                              token=token or None,
                              tiles=None if tiles.lower() == "none" else tiles)
 
+    if model is not None and not model.startswith("plonk:"):
+        raise typer.BadParameter("name a PLONK checkpoint as plonk:ID_OR_DIR", param_hint="--model")
+
     def load_guesser():
         from geoloc.candidates.geoclip import GeoClip
         from geoloc.encode.loading import load_backbone
-        from geoloc.predict import guess_images
+        from geoloc.plonk.density import DensitySettings
+        from geoloc.predict import guess_images, load_plonk_locator
 
-        geoclip = GeoClip(load_backbone(backbone, device=device))
-        return lambda photos: guess_images(photos, geoclip, top_k)
+        if model is not None:
+            predictor = load_plonk_locator(model.removeprefix("plonk:"), backbone, device, DensitySettings(samples=256))
+        else:
+            predictor = GeoClip(load_backbone(backbone or DEFAULT_BACKBONE, device=device))
+        return lambda photos: guess_images(photos, predictor, top_k)
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     uvicorn.run(create_app(load_guesser, settings), host=host, port=port, log_level="info")

@@ -40,11 +40,13 @@ class DensitySettings:
 
 @dataclass(frozen=True)
 class PhotoDensities:
-    """For P photos: M modes (P, M, 2) in degrees with their log densities (P, M) (NaN where a photo has
-    fewer modes), localizability (P,), the region's area (P,) in km^2, and its radius (P,) in km."""
+    """For P photos: M modes (P, M, 2) in degrees with their log densities (P, M) and the share of the
+    photo's samples nearest to each (P, M) (NaN where a photo has fewer modes), localizability (P,),
+    the region's area (P,) in km^2, and its radius (P,) in km."""
 
     modes: np.ndarray
     log_density: np.ndarray
+    share: np.ndarray
     localizability: np.ndarray
     area_km2: np.ndarray
     radius_km: np.ndarray
@@ -67,6 +69,13 @@ def _modes(points: torch.Tensor, log_density: torch.Tensor, count: int, separati
         picked.append(torch.where(found, best, -1))
         alive &= _angles(points, points[rows, best]) > separation
     return torch.stack(picked, dim=1)
+
+
+def _shares(points: torch.Tensor, centres: torch.Tensor, found: torch.Tensor) -> torch.Tensor:
+    """(P, M) share of each photo's samples (P, K, 3) whose nearest mode (P, M, 3) is each one."""
+    cosines = torch.einsum("pkd,pmd->pkm", points, centres).masked_fill(~found[:, None, :], -torch.inf)
+    nearest = torch.nn.functional.one_hot(cosines.argmax(dim=-1), centres.shape[1]).to(points.dtype)
+    return nearest.mean(dim=1)
 
 
 def _region(points: torch.Tensor, log_density: torch.Tensor, best: torch.Tensor, mass: float):
@@ -95,11 +104,13 @@ def photo_densities(model: PlonkModel, embeddings: np.ndarray, settings: Density
     rows = torch.arange(photos, device=device)[:, None]
     index = picked.clamp(min=0)
     found = picked >= 0
-    degrees = to_degrees(points[rows, index].reshape(-1, 3)).view(photos, -1, 2)
+    centres = points[rows, index]
+    degrees = to_degrees(centres.reshape(-1, 3)).view(photos, -1, 2)
     modes = torch.where(found[..., None], degrees, torch.nan)
     mode_density = torch.where(found, log_density[rows, index], torch.nan)
     area, radius = _region(points, log_density, points[rows[:, 0], index[:, 0]], settings.mass)
-    return PhotoDensities(modes.cpu().numpy(), mode_density.double().cpu().numpy(),
+    share = torch.where(found, _shares(points, centres, found), torch.nan)
+    return PhotoDensities(modes.cpu().numpy(), mode_density.double().cpu().numpy(), share.double().cpu().numpy(),
                           localizability(log_density).double().cpu().numpy(),
                           (area.double() * EARTH_RADIUS_KM**2).cpu().numpy(),
                           (radius.double() * EARTH_RADIUS_KM).cpu().numpy())

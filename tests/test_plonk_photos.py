@@ -1,4 +1,5 @@
-"""PLONK's conditioning backbones (`plonk-dinov2:DIR`, `plonk-streetclip:DIR`) on tiny random-weight models."""
+"""PLONK from photos: its conditioning backbones (`plonk-dinov2:DIR`, `plonk-streetclip:DIR`) and
+`geoloc predict --model plonk:DIR`, on tiny random-weight models and real JPEGs."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ import torch
 from PIL import Image
 
 from geoloc.encode.loading import backbone_dim, load_backbone
+from geoloc.plonk.model import PlonkModel, PlonkSettings, load_plonk, save_plonk
+from geoloc.plonk.network import NetworkConfig, PlonkNetwork
+from geoloc.plonk.sampling import log_likelihood, to_points
 
 
 def jpeg(width: int, height: int, seed: int) -> Image.Image:
@@ -69,3 +73,54 @@ def test_streetclip_is_the_first_token_before_the_post_layernorm(tmp_path):
     expected = output.last_hidden_state[0, 0]
     assert not torch.allclose(expected, output.pooler_output[0], atol=1e-3)
     np.testing.assert_allclose(backbone.embed([photo])[0], expected.numpy(), atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def plonk_folder(tmp_path_factory):
+    torch.manual_seed(1)
+    network = PlonkNetwork(NetworkConfig(dim=16, depth=1, expansion=2, cond_dim=32))
+    with torch.no_grad():
+        for parameter in network.parameters():
+            parameter.normal_(0.0, 0.05)
+    folder = tmp_path_factory.mktemp("plonk")
+    save_plonk(PlonkModel("tiny", network, PlonkSettings("riemannian_flow", "plonk-dinov2")), folder)
+    return folder
+
+
+def test_predict_with_plonk_gives_the_best_mode_its_likelihood_and_region(dinov2_folder, plonk_folder, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from geoloc.cli import app
+
+    photo = tmp_path / "photo.jpg"
+    jpeg(300, 200, 4).save(photo)
+    result = CliRunner().invoke(app, ["predict", str(photo), "--model", f"plonk:{plonk_folder}", "--backbone",
+                                      f"plonk-dinov2:{dinov2_folder}", "--samples", "24", "--steps", "6",
+                                      "--top-k", "3", "--json", "--map", str(tmp_path / "map.html"),
+                                      "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    answer = json.loads(result.stdout.strip().splitlines()[-1])
+    assert answer["region_mass"] == 0.9 and 0 < answer["region_km2"] <= 4 * np.pi * 6371.0088**2
+    assert (answer["lat"], answer["lon"]) == (answer["candidates"][0]["lat"], answer["candidates"][0]["lon"])
+    assert sum(c["prob"] for c in answer["candidates"]) == pytest.approx(1.0)
+    embedding = torch.from_numpy(load_backbone(f"plonk-dinov2:{dinov2_folder}", device="cpu").embed(
+        [Image.open(photo)]))
+    model = load_plonk(str(plonk_folder))
+    again = log_likelihood(model.network, model.settings.schedule, embedding,
+                           to_points(torch.tensor([[answer["lat"], answer["lon"]]], dtype=torch.float64)))
+    assert again.item() == pytest.approx(answer["log_likelihood"], abs=1e-3)
+    assert "localizability" in (tmp_path / "map.html").read_text()
+
+
+def test_predict_refuses_a_backbone_the_checkpoint_does_not_read(plonk_folder, tmp_path):
+    from typer.testing import CliRunner
+
+    from geoloc.cli import app
+
+    photo = tmp_path / "photo.jpg"
+    jpeg(64, 64, 5).save(photo)
+    result = CliRunner().invoke(app, ["predict", str(photo), "--model", f"plonk:{plonk_folder}", "--backbone",
+                                      "openai/clip-vit-large-patch14", "--device", "cpu"])
+    assert result.exit_code == 2 and "conditions on 'plonk-dinov2'" in result.output
