@@ -1,4 +1,5 @@
-"""`geoloc candidates plonk`: PLONK's density modes as candidates, with each photo's region and localizability."""
+"""`geoloc candidates plonk` (PLONK's density modes as candidates, with each photo's region and localizability)
+and `geoloc plonk train`."""
 
 from __future__ import annotations
 
@@ -73,5 +74,44 @@ def plonk_candidates_command(
     console.print(f"{table['query_id'].n_unique()} photo(s), {len(table)} candidates -> {out}")
 
 
-def register(candidates_app: typer.Typer) -> None:
+plonk_app = typer.Typer(help="PLONK, generative geolocation: train its network on your embeddings.",
+                        no_args_is_help=True)
+
+
+@plonk_app.command("train")
+def train_command(
+    catalog: Path = typer.Option(..., "--catalog", help="The catalog folder the embeddings were made from "
+                                 "(coordinates by image_id)."),
+    embeddings: Path = typer.Option(..., "--embeddings", help="Embeddings of the training photos (`geoloc embed`); "
+                                    "the model will read only embeddings of this backbone."),
+    out: Path = typer.Option(..., "--out", help="Checkpoint folder to write (config.json, model.safetensors: "
+                             "diff-plonk loads it too)."),
+    epochs: int = typer.Option(10, "--epochs", min=1),
+    batch_size: int = typer.Option(1024, "--batch-size", min=1, help="Photos per step and process."),
+    learning_rate: float = typer.Option(1e-3, "--learning-rate"),
+    dim: int = typer.Option(512, "--dim", min=4, help="Network width (a multiple of 4)."),
+    depth: int = typer.Option(12, "--depth", min=1, help="Adaptive-layer-norm blocks."),
+    cond_drop: float = typer.Option(0.1, "--cond-drop", min=0.0, max=1.0, help="Share of embeddings replaced by "
+                                    "zeros in training, for classifier-free guidance."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Train PLONK's network (Riemannian flow matching on the sphere) on frozen embeddings; `accelerate launch`
+    for several GPUs."""
+    from geoloc.embeddings import EmbeddingsError
+    from geoloc.fitting import FitSettings
+    from geoloc.plonk.network import NetworkConfig
+    from geoloc.plonk.training import train_plonk_folder
+
+    fit_settings = FitSettings(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed)
+    with clean_errors(EmbeddingsError, TableError, FileNotFoundError, ValueError):
+        with progress_bar() as progress:
+            task = progress.add_task("training", total=None)
+            losses = train_plonk_folder(catalog, embeddings, out, NetworkConfig(dim=dim, depth=depth), fit_settings,
+                                        cond_drop, console.print,
+                                        lambda done, total: progress.update(task, completed=done, total=total))
+    console.print(f"final mean loss {losses[-1]:.4f} -> {out}")
+
+
+def register(app: typer.Typer, candidates_app: typer.Typer, panel: str) -> None:
     candidates_app.command("plonk")(plonk_candidates_command)
+    app.add_typer(plonk_app, name="plonk", rich_help_panel=panel)
