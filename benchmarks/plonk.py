@@ -5,8 +5,9 @@ embeddings and starting noise. geoloc draws every photo's K samples and measures
 likelihoods in passes of `--batch-photos` photos; the authors' `PlonkPipeline` (diff-plonk,
 installed without its dependencies) does one photo at a time, as its API takes one image: K
 samples, then `compute_likelihood` of them. PLONK's side is timed on `--their-photos` photos and
-scaled to the same count. Prints geoloc's time as soon as it is known, then one JSON object: seconds, photos per second, the ratio, peak
-device memory, and the largest difference between the two sides' samples and likelihoods.
+scaled to the same count. Prints geoloc's time as soon as it is known, then one JSON object:
+seconds, photos per second, the ratio, peak device memory, and the largest difference between
+the two sides' samples and likelihoods.
 
     python benchmarks/plonk.py --photos 1000 --samples 16 --device cuda
 """
