@@ -124,3 +124,43 @@ def test_predict_refuses_a_backbone_the_checkpoint_does_not_read(plonk_folder, t
     result = CliRunner().invoke(app, ["predict", str(photo), "--model", f"plonk:{plonk_folder}", "--backbone",
                                       "openai/clip-vit-large-patch14", "--device", "cpu"])
     assert result.exit_code == 2 and "conditions on 'plonk-dinov2'" in result.output
+
+
+def test_the_hugging_face_port_of_dinov2_gives_the_torch_hub_models_vector(dinov2_folder):
+    """The same random weights in the torch.hub layout (timm builds the hub's DINOv2 with registers from that
+    layout) and in the Hugging Face port: the same CLS vector for a 336 px photo, position embeddings resized."""
+    timm = pytest.importorskip("timm")
+    from timm.models.vision_transformer import checkpoint_filter_fn
+    from transformers import Dinov2WithRegistersModel
+
+    ported = Dinov2WithRegistersModel.from_pretrained(dinov2_folder).eval()
+    with torch.no_grad():
+        for parameter in ported.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.1)
+    state = ported.state_dict()
+    hub = {"cls_token": state["embeddings.cls_token"], "mask_token": state["embeddings.mask_token"],
+           "register_tokens": state["embeddings.register_tokens"], "pos_embed": state["embeddings.position_embeddings"],
+           "patch_embed.proj.weight": state["embeddings.patch_embeddings.projection.weight"],
+           "patch_embed.proj.bias": state["embeddings.patch_embeddings.projection.bias"],
+           "norm.weight": state["layernorm.weight"], "norm.bias": state["layernorm.bias"]}
+    for block in range(ported.config.num_hidden_layers):
+        ours, theirs = f"encoder.layer.{block}.", f"blocks.{block}."
+        for kind in ("weight", "bias"):
+            hub[theirs + f"attn.qkv.{kind}"] = torch.cat([state[ours + f"attention.{part}_proj.{kind}"]
+                                                         for part in ("q", "k", "v")])
+            hub[theirs + f"attn.proj.{kind}"] = state[ours + f"attention.o_proj.{kind}"]
+            for name in ("norm1", "norm2", "mlp.fc1", "mlp.fc2"):
+                hub[theirs + f"{name}.{kind}"] = state[ours + f"{name}.{kind}"]
+        hub[theirs + "ls1.gamma"] = state[ours + "layer_scale1.lambda1"]
+        hub[theirs + "ls2.gamma"] = state[ours + "layer_scale2.lambda1"]
+    config = ported.config
+    reference = timm.create_model("vit_small_patch14_reg4_dinov2", pretrained=False, embed_dim=config.hidden_size,
+                                  depth=config.num_hidden_layers, num_heads=config.num_attention_heads,
+                                  mlp_ratio=config.mlp_ratio, img_size=518, dynamic_img_size=True, num_classes=0)
+    reference.load_state_dict(checkpoint_filter_fn(hub, reference))
+    reference.eval()
+    pixels = torch.randn(2, 3, 336, 336, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = reference(pixels)
+        torch.testing.assert_close(ported(pixel_values=pixels).pooler_output, expected, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(expected[0], expected[1], atol=1e-2)
