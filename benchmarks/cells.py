@@ -6,7 +6,7 @@ the spots with a heavy tail (most spots hold one photo, a few hold thousands, as
 landmarks do), about 36% distinct, rounded to 6 decimals as geotags are.
 
 - ours: collapsing identical coordinates, HDBSCAN on unit vectors (Boruvka MST
-  on fast_hdbscan's KD-tree, photo-weighted condensed tree) with labels as one point per photo,
+  on a KD-tree, photo-weighted condensed tree) with labels as one point per photo,
   and the coarser levels (3 levels), as `geoloc cells build` computes them (files are
   not written). numba's one-off compilation is done on a small warm-up set first and
   not counted.

@@ -17,10 +17,10 @@ SOURCE = Path(__file__).resolve().parents[1] / "src"
 ARCHITECTURE_PAGE = Path(__file__).resolve().parents[1] / "docs" / "architecture.md"
 
 LAYERS = (
-    ("geo", "tables", "progress", "user_cache", "hub", "cluster", "fitting", "bundled"),
+    ("geo", "tables", "progress", "user_cache", "hub", "cluster", "fitting", "bundled", "network"),
     ("resumable", "images", "places"),
     ("embeddings", "catalog"),
-    ("cells", "encode", "index", "evaluate", "plonk"),
+    ("cells", "encode", "index", "evaluate", "geoclip", "plonk"),
     ("candidates",),
     ("classifier", "rank", "predict"),
     ("maps", "serve"),

@@ -102,7 +102,7 @@ def test_published_names_know_their_sampler(checkpoint, tmp_path):
 
     folder = tmp_path / "PLONK_OSV_5M_diffusion"
     shutil.copytree(checkpoint, folder)
-    assert load_plonk(str(folder)).settings == PlonkSettings("ddim", "plonk-streetclip")
+    assert load_plonk(str(folder)).settings == PlonkSettings("ddim", "plonk-streetclip", feature_kind="raw")
 
 
 @pytest.mark.parametrize("cond_drop", [0.0, 0.5])
@@ -152,7 +152,7 @@ def test_a_trained_folder_loads_in_the_package_and_samples_the_same(tmp_path, mo
     losses = [float(line.split()[-1]) for line in result.output.splitlines() if "mean loss" in line and "epoch" in line]
     assert len(losses) == 6 and losses[-1] < losses[0]
     model = load_plonk(str(out))
-    assert model.settings == PlonkSettings("riemannian_flow", "toy") and model.cond_dim == 4
+    assert model.settings == PlonkSettings("riemannian_flow", "toy", feature_kind="normalized") and model.cond_dim == 4
     authors = authors_pipeline(str(out), "riemannian_flow", monkeypatch)
     embeddings, noise = torch.from_numpy(vectors[:4]), torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
     degrees = authors(list(embeddings), x_N=noise.clone(), num_steps=STEPS)

@@ -30,7 +30,8 @@ def checkpoint(tmp_path_factory):
         for parameter in network.parameters():
             parameter.normal_(0.0, 0.05)
     folder = tmp_path_factory.mktemp("checkpoint")
-    save_plonk(PlonkModel("tiny", network, PlonkSettings("riemannian_flow", "plonk-dinov2")), folder)
+    save_plonk(PlonkModel("tiny", network, PlonkSettings("riemannian_flow", "plonk-dinov2", feature_kind="raw")),
+               folder)
     return folder
 
 
@@ -38,7 +39,8 @@ def checkpoint(tmp_path_factory):
 def embeddings(tmp_path_factory):
     folder = tmp_path_factory.mktemp("embeddings")
     vectors = np.random.default_rng(0).normal(size=(3, COND_DIM)).astype(np.float32)
-    write_embeddings(folder, ["a.jpg", "b.jpg", "c.jpg"], vectors, backbone="plonk-dinov2:/models/dinov2")
+    write_embeddings(folder, ["a.jpg", "b.jpg", "c.jpg"], vectors, backbone="plonk-dinov2:/models/dinov2",
+                     feature_kind="raw")
     return folder, vectors
 
 
@@ -70,12 +72,14 @@ def test_modes_are_scored_by_their_exact_log_likelihood(checkpoint, embeddings, 
     np.testing.assert_allclose(again.numpy(), table["score"].to_numpy(), atol=1e-3)
 
 
-def test_embeddings_of_another_backbone_are_refused(checkpoint, tmp_path):
-    folder = tmp_path / "clip"
-    write_embeddings(folder, ["a.jpg"], np.ones((1, COND_DIM), np.float32), backbone="openai/clip-vit-large-patch14")
+@pytest.mark.parametrize(("backbone", "kind"), [("openai/clip-vit-large-patch14", "raw"),
+                                                ("plonk-dinov2", "normalized")])
+def test_embeddings_of_another_backbone_or_kind_are_refused(checkpoint, tmp_path, backbone, kind):
+    folder = tmp_path / "other"
+    write_embeddings(folder, ["a.jpg"], np.ones((1, COND_DIM), np.float32), backbone=backbone, feature_kind=kind)
     result = run("--model", str(checkpoint), "--embeddings", str(folder), "--out", str(tmp_path / "x.parquet"))
     assert result.exit_code == 2
-    assert "conditions on 'plonk-dinov2'" in result.output and not (tmp_path / "x.parquet").exists()
+    assert "conditions on raw 'plonk-dinov2'" in result.output and not (tmp_path / "x.parquet").exists()
 
 
 def test_the_region_of_a_von_mises_fisher_density_is_its_cap():

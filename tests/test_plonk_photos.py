@@ -40,7 +40,7 @@ def test_dinov2_is_the_cls_output_of_a_square_crop_at_336_pixels(dinov2_folder):
     from transformers import Dinov2WithRegistersModel
 
     name = f"plonk-dinov2:{dinov2_folder}"
-    backbone = load_backbone(name, device="cpu")
+    backbone = load_backbone(name, device="cpu").with_features("raw")
     photos = [jpeg(400, 300, 1), jpeg(200, 260, 2)]
     vectors = backbone.embed(photos)
     assert vectors.shape == (2, 32) == (2, backbone_dim(name))
@@ -65,7 +65,7 @@ def test_streetclip_is_the_first_token_before_the_post_layernorm(tmp_path):
     model = CLIPVisionModel(config).eval()
     model.save_pretrained(tmp_path)
     CLIPImageProcessor(size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56}).save_pretrained(tmp_path)
-    backbone = load_backbone(f"plonk-streetclip:{tmp_path}", device="cpu")
+    backbone = load_backbone(f"plonk-streetclip:{tmp_path}", device="cpu").with_features("raw")
     photo = jpeg(120, 90, 3)
     pixels = CLIPImageProcessor.from_pretrained(tmp_path)(images=[photo], return_tensors="pt")["pixel_values"]
     with torch.no_grad():
@@ -83,7 +83,8 @@ def plonk_folder(tmp_path_factory):
         for parameter in network.parameters():
             parameter.normal_(0.0, 0.05)
     folder = tmp_path_factory.mktemp("plonk")
-    save_plonk(PlonkModel("tiny", network, PlonkSettings("riemannian_flow", "plonk-dinov2")), folder)
+    save_plonk(PlonkModel("tiny", network, PlonkSettings("riemannian_flow", "plonk-dinov2", feature_kind="raw")),
+               folder)
     return folder
 
 
@@ -105,8 +106,8 @@ def test_predict_with_plonk_gives_the_best_mode_its_likelihood_and_region(dinov2
     assert answer["region_mass"] == 0.9 and 0 < answer["region_km2"] <= 4 * np.pi * 6371.0088**2
     assert (answer["lat"], answer["lon"]) == (answer["candidates"][0]["lat"], answer["candidates"][0]["lon"])
     assert sum(c["prob"] for c in answer["candidates"]) == pytest.approx(1.0)
-    embedding = torch.from_numpy(load_backbone(f"plonk-dinov2:{dinov2_folder}", device="cpu").embed(
-        [Image.open(photo)]))
+    embedding = torch.from_numpy(load_backbone(f"plonk-dinov2:{dinov2_folder}", device="cpu").with_features(
+        "raw").embed([Image.open(photo)]))
     model = load_plonk(str(plonk_folder))
     again = log_likelihood(model.network, model.settings.schedule, embedding,
                            to_points(torch.tensor([[answer["lat"], answer["lon"]]], dtype=torch.float64)))

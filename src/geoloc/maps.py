@@ -8,6 +8,7 @@ of someone's photos says where they were. `tiles=` turns them on, over the outli
 
 from __future__ import annotations
 
+import html
 import json
 import re
 
@@ -18,9 +19,14 @@ ERROR_COLOURS = ((25.0, "#1a9850"), (200.0, "#91cf60"), (750.0, "#fc8d59"), (flo
 """Truth-to-guess lines: green within 25 km, light green within 200, orange within 750, red beyond."""
 
 
+SCRIPT_SAFE = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026"})
+"""JSON escapes for the characters that could end a <script> or change how it is parsed (`</script>`,
+`<!--`, `<script`): any file name can then sit inside one as data."""
+
+
 def _script_json(value: object) -> str:
-    """JSON that can sit inside <script> without closing it."""
-    return json.dumps(value, separators=(",", ":")).replace("</", "<\\/")
+    """JSON that can sit inside <script> whatever its strings hold: no <, > or & appears literally."""
+    return json.dumps(value, separators=(",", ":")).translate(SCRIPT_SAFE)
 
 
 _PAGE = """<!DOCTYPE html>
@@ -113,10 +119,10 @@ def map_html(
         photos.append(photo)
     colours = [[None if limit == float("inf") else limit, colour] for limit, colour in ERROR_COLOURS]
     replacements = {
-        "__TITLE__": title.replace("<", "&lt;"),
+        "__TITLE__": html.escape(title),
         "__LEAFLET_CSS__": bundled("leaflet/leaflet.css"),
         "__LEAFLET_JS__": bundled("leaflet/leaflet.js"),
-        "__WORLD__": bundled("world_110m.geojson").replace("</", "<\\/"),
+        "__WORLD__": bundled("world_110m.geojson").translate(SCRIPT_SAFE),
         "__PHOTOS__": _script_json(photos),
         "__TILES__": _script_json(tiles),
         "__COLOURS__": _script_json(colours),

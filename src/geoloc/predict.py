@@ -98,20 +98,20 @@ def guess_photos(
     batch_size: int = 16,
     on_progress: Callable[[int], None] = lambda done: None,
 ) -> Iterator[PhotoGuess | Unreadable]:
-    """Answers in the photos' order, batch by batch, as they are ready."""
+    """Answers in the photos' order, batch by batch, as they are ready; matched by position, not by id."""
     for start in range(0, len(photos), batch_size):
         batch = photos[start : start + batch_size]
         loaded: list[LoadedPhoto] = []
-        failures: dict[str, Unreadable] = {}
-        for photo in batch:
+        failures: dict[int, Unreadable] = {}
+        for position, photo in enumerate(batch):
             try:
                 data = photo.path.read_bytes()
                 loaded.append(LoadedPhoto(photo.query_id, str(photo.path), decode_photo(data), exif_position(data)))
             except UNREADABLE as error:
-                failures[photo.query_id] = Unreadable(str(photo.path), unreadable_reason(error))
+                failures[position] = Unreadable(str(photo.path), unreadable_reason(error))
         guesses = iter(guess_images(loaded, geoclip, top_k) if loaded else [])
-        for photo in batch:
-            yield failures.get(photo.query_id) or next(guesses)
+        for position in range(len(batch)):
+            yield failures.get(position) or next(guesses)
         on_progress(len(batch))
 
 
@@ -219,6 +219,7 @@ def load_plonk_locator(model: str, backbone: str | None, device: str, settings: 
         raise PlonkUnavailable(f"the PLONK model {model} conditions on {wanted!r} embeddings; --backbone "
                                f"{backbone} makes another kind (give {wanted}[:LOCAL_FOLDER])")
     encoder = load_backbone(backbone or wanted, device=device)
+    encoder = encoder.with_features(plonk.settings.feature_kind or encoder.feature_kind)
     if encoder.dim != plonk.cond_dim:
         raise PlonkUnavailable(f"{encoder.name} makes {encoder.dim}-dimensional embeddings; the PLONK model "
                                f"{model} reads {plonk.cond_dim}")

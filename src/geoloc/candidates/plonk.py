@@ -16,7 +16,7 @@ import numpy as np
 import polars as pl
 
 from geoloc.candidates import CANDIDATE_SCHEMA
-from geoloc.embeddings import EmbeddingsError, open_embeddings
+from geoloc.embeddings import EmbeddingsError, feature_kind, open_embeddings
 from geoloc.places import place_names
 from geoloc.plonk.density import DensitySettings, PhotoDensities, photo_densities
 from geoloc.plonk.model import EMBEDDINGS, PlonkModel, embedding_identity
@@ -28,11 +28,11 @@ def check_embeddings(model: PlonkModel, meta: dict, folder: Path) -> None:
     """Refuse embeddings the checkpoint was not trained on: another backbone, kind or width."""
     wanted = model.settings.embedding
     found = embedding_identity(meta.get("backbone"))
-    kind = meta.get("feature_kind")
-    if found != wanted or (model.settings.feature_kind and kind and kind != model.settings.feature_kind):
+    kind = feature_kind(meta)
+    if found != wanted or (model.settings.feature_kind and kind != model.settings.feature_kind):
         what = EMBEDDINGS.get(wanted, f"`geoloc embed --backbone {wanted}`")
-        raise EmbeddingsError(f"{folder} holds {found!r} embeddings{f' ({kind})' if kind else ''}; the PLONK model "
-                              f"{model.name} conditions on {wanted!r}: {what}")
+        raise EmbeddingsError(f"{folder} holds {kind} {found!r} embeddings; the PLONK model {model.name} conditions "
+                              f"on {model.settings.feature_kind or 'any'} {wanted!r} ones: {what}")
     if meta.get("dim") != model.cond_dim:
         raise EmbeddingsError(f"{folder} holds {meta.get('dim')}-dimensional embeddings; the PLONK model "
                               f"{model.name} reads {model.cond_dim}")

@@ -14,6 +14,7 @@ from geoloc.cli import (
     classifier,
     evaluate,
     gallery,
+    geoclip,
     landmarks,
     plonk,
     predict,
@@ -39,8 +40,8 @@ def _plain_metavar(option: typer.core.TyperOption, ctx: click.Context) -> str | 
 typer.core.TyperOption.display_type_rich = _plain_metavar
 typer.core.TyperArgument.display_type_rich = lambda argument, ctx: None  # its name is shown already
 
-PIPELINE_ORDER = ("catalog", "landmarks", "cells", "embed", "index", "retrieve", "classifier", "candidates", "ranker",
-                  "evaluate", "predict", "serve")
+PIPELINE_ORDER = ("catalog", "landmarks", "cells", "embed", "index", "retrieve", "classifier", "geoclip", "candidates",
+                  "ranker", "evaluate", "predict", "serve")
 
 
 class _PipelineOrder(typer.core.TyperGroup):
@@ -64,6 +65,7 @@ landmarks.register(app, "1. Data: catalog and cells")
 cells.register(app, "1. Data: catalog and cells")
 gallery.register(app, "2. Gallery: embeddings, index, retrieval")
 classifier.register(app, "3. Candidates")
+geoclip.register(app, "3. Candidates")
 candidates.register(app, "3. Candidates")
 plonk.register(app, candidates.app, "3. Candidates")
 ranker.register(app, "4. Ranking")

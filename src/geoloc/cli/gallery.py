@@ -50,6 +50,11 @@ def embed_command(
     actors: int = typer.Option(1, "--actors", min=1, help="ray engine: embedding actors, each holding the model."),
     gpus_per_actor: float | None = typer.Option(None, "--gpus-per-actor", min=0, help="ray engine: GPUs per actor "
                                                 "(default: 1 if the cluster has GPUs, else 0)."),
+    features: str = typer.Option("normalized", "--features", help="normalized (retrieval, index, classifier), raw "
+                                 "(the backbone's raw features), raw-geoclip-train (raw CLIP features through "
+                                 "GeoCLIP's training preprocessing: what `geoloc geoclip train` reads)."),
+    views: int = typer.Option(1, "--views", min=1, help="With --features raw-geoclip-train: K randomly augmented "
+                              "views per photo (GeoCLIP's train transform); training uses one per epoch."),
 ) -> None:
     """Embed every photo of the catalog with a frozen backbone."""
     from geoloc.catalog import CatalogError
@@ -60,16 +65,19 @@ def embed_command(
     from geoloc.encode.loading import load_backbone
 
     backbone = _backbone_name(backbone, clip)
-    with clean_errors(BackboneUnavailable, EmbeddingsError, CatalogError, TableError, FileNotFoundError, ClusterError):
+    with clean_errors(BackboneUnavailable, EmbeddingsError, CatalogError, TableError, FileNotFoundError, ClusterError,
+                      ValueError):
         items = read_table(catalog / "catalog.parquet", columns=["image_id", "uri", "source"])
-        if check_engine(engine) == "ray":
+        if check_engine(engine) == "ray" and (features != "normalized" or views != 1):
+            raise EmbeddingsError(f"--features {features} runs on the local engine only")
+        if engine == "ray":
             from geoloc.encode.ray_engine import embed_table_ray
 
             run = functools.partial(embed_table_ray, items, CatalogImages(catalog.resolve()), backbone, out,
                                     actors=actors, gpus_per_actor=gpus_per_actor, device=device, dtype=dtype,
                                     address=ray_address)
         else:
-            model = load_backbone(backbone, device=device, dtype=dtype)
+            model = load_backbone(backbone, device=device, dtype=dtype).with_features(features, views)
             run = functools.partial(embed_table, items, CatalogImages(catalog), model, out, workers=workers)
         with progress_bar() as progress:
             task = progress.add_task("embedding", total=len(items))
@@ -93,7 +101,7 @@ def build_command(
                                           "default: what this machine has available now."),
 ) -> None:
     """Build the gallery index from embeddings and the catalog's coordinates, one embeddings part at a time."""
-    from geoloc.embeddings import EmbeddingsError, open_embeddings
+    from geoloc.embeddings import EmbeddingsError, open_embeddings, require_features
     from geoloc.index import (
         GALLERY_CATALOG_COLUMNS,
         available_memory,
@@ -109,6 +117,7 @@ def build_command(
     with clean_errors(EmbeddingsError, TableError, ValueError, FileNotFoundError, FileExistsError):
         limit = parse_bytes(max_memory) if max_memory is not None else available_memory()
         parts = open_embeddings(embeddings)
+        require_features(parts.meta, embeddings, ("normalized",), "a retrieval index")
         ids = parts.ids()
         if not len(ids):
             raise EmbeddingsError(f"{embeddings}: no photo was embedded successfully; nothing to index")

@@ -12,19 +12,31 @@ from geoloc.progress import progress_bar
 from geoloc.tables import TableError, write_table, write_text
 
 DEFAULT_BACKBONE = "openai/clip-vit-large-patch14"
-BACKBONE_HELP = "CLIP ViT-L/14 for GeoCLIP: a hub id or a local folder with its files."
+BACKBONE_HELP = ("CLIP ViT-L/14 for GeoCLIP: a hub id or a local folder with its files [default: the --model "
+                 "release's backbone, else openai/clip-vit-large-patch14].")
+MODEL_HELP = "A GeoCLIP release (`geoloc geoclip train`) instead of GeoCLIP's published weights and gallery."
 
 
-def _guesses(photos_or_folders: list[Path], backbone: str | None, top_k: int, batch_size: int, device: str,
-             out: Path | None = None, part_photos: int = 1000, restart: bool = False, plonk: str | None = None,
-             density: object = None):
+def geoclip_loader(backbone: str | None, model: Path | None, device: str):
+    """A function loading GeoCLIP: the published one or a release, on its backbone unless another is named."""
+    from geoloc.candidates.geoclip import GeoClip
+    from geoloc.encode.loading import load_backbone
+    from geoloc.geoclip import read_release
+
+    if backbone is None:
+        backbone = read_release(model).backbone if model is not None else DEFAULT_BACKBONE
+    return lambda: GeoClip(load_backbone(backbone, device=device), release=model)
+
+
+def _guesses(photos_or_folders: list[Path], backbone: str | None, model: Path | None, top_k: int, batch_size: int,
+             device: str, out: Path | None = None, part_photos: int = 1000, restart: bool = False,
+             plonk: str | None = None, density: object = None):
     """Load GeoCLIP (or the PLONK checkpoint `plonk` with `density` settings), then answer every photo;
     returns (guesses, unreadable).
 
     With `out`, answers are kept in its work folder as they come (see guess_photos_resumable).
     """
     from geoloc.candidates.geoclip import GeoClip
-    from geoloc.encode.loading import load_backbone
     from geoloc.images import find_photos
     from geoloc.predict import PhotoGuess, PlonkLocator, guess_photos, guess_photos_resumable, load_plonk_locator
     from geoloc.resumable import work_folder
@@ -33,12 +45,14 @@ def _guesses(photos_or_folders: list[Path], backbone: str | None, top_k: int, ba
     if not photos:
         raise FileNotFoundError("no photos found in " + ", ".join(map(str, photos_or_folders)))
 
+    load = geoclip_loader(backbone, model, device) if plonk is None else None
+
     def load_geoclip() -> GeoClip | PlonkLocator:
         if plonk is not None:
             with console.status("loading PLONK", spinner="dots"):
                 return load_plonk_locator(plonk, backbone, device, density)
         with console.status("loading GeoCLIP", spinner="dots"):
-            return GeoClip(load_backbone(backbone or DEFAULT_BACKBONE, device=device))
+            return load()
 
     with progress_bar() as progress:
         task = progress.add_task("locating", total=len(photos))
@@ -50,7 +64,7 @@ def _guesses(photos_or_folders: list[Path], backbone: str | None, top_k: int, ba
             answers = list(guess_photos(photos, load_geoclip(), top_k=top_k, batch_size=batch_size,
                                         on_progress=advance))
         else:
-            settings = _settings(backbone or DEFAULT_BACKBONE, device) | (
+            settings = _settings(backbone, model, device) | (
                 {"plonk": plonk, "density": vars(density)} if plonk is not None else {})
             answers = guess_photos_resumable(photos, load_geoclip, work_folder(out), settings,
                                              top_k, batch_size, part_photos, restart, _resuming(out, advance),
@@ -62,8 +76,8 @@ def _guesses(photos_or_folders: list[Path], backbone: str | None, top_k: int, ba
     return guesses, unreadable
 
 
-def _settings(backbone: str, device: str) -> dict:
-    """What else makes a guess: the model, the device kind, the code's versions."""
+def _settings(backbone: str | None, model: Path | None, device: str) -> dict:
+    """What else makes a guess: the backbone, the release, the device kind, the code's versions."""
     from importlib.metadata import version
 
     import torch
@@ -71,8 +85,16 @@ def _settings(backbone: str, device: str) -> dict:
     from geoloc.resumable import model_identity
 
     kind = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else torch.device(device).type
-    return {"backbone": model_identity(backbone), "device": kind,
+    return {"backbone": model_identity(backbone or DEFAULT_BACKBONE),
+            "release": model_identity(model) if model is not None else None, "device": kind,
             "versions": {name: version(name) for name in ("geoloc", "geoclip", "torch", "transformers")}}
+
+
+def plonk_or_release(model: str | None) -> tuple[str | None, Path | None]:
+    """--model as (a PLONK checkpoint, given as plonk:ID_OR_DIR) or (a GeoCLIP release folder)."""
+    if model is not None and model.startswith("plonk:"):
+        return model.removeprefix("plonk:"), None
+    return None, Path(model) if model is not None else None
 
 
 def _resuming(out: Path, advance):
@@ -89,11 +111,11 @@ def _resuming(out: Path, advance):
 
 def predict_command(
     photos: list[Path] = typer.Argument(..., help="Photos, or folders of photos (searched recursively)."),
-    model: str | None = typer.Option(None, "--model", help="plonk:ID_OR_DIR for PLONK (a hub id such as "
-                                     "nicolas-dufour/PLONK_YFCC, or a folder); GeoCLIP when not given."),
     backbone: str | None = typer.Option(None, "--backbone", help=BACKBONE_HELP + " With PLONK: the backbone its "
                                         "checkpoint reads (plonk-dinov2 or plonk-streetclip, :FOLDER for a local "
-                                        "copy) [default: the checkpoint's]."),
+                                        "copy) [default: the checkpoint's].", show_default=False),
+    model: str | None = typer.Option(None, "--model", help=MODEL_HELP + " plonk:ID_OR_DIR for PLONK (a hub id such "
+                                     "as nicolas-dufour/PLONK_YFCC, or a folder)."),
     top_k: int = typer.Option(5, "--top-k", min=1, help="Alternatives per photo."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per photo per line."),
     out: Path | None = typer.Option(None, "--out", help="Write the predictions: .csv or .parquet (the predictions "
@@ -127,17 +149,15 @@ def predict_command(
     from geoloc.predict import predictions_geojson, predictions_table
     from geoloc.resumable import remove_work_folder, work_folder
 
-    if model is not None and not model.startswith("plonk:"):
-        raise typer.BadParameter("name a PLONK checkpoint as plonk:ID_OR_DIR", param_hint="--model")
-    plonk = model.removeprefix("plonk:") if model is not None else None
+    plonk, release = plonk_or_release(model)
     density = DensitySettings(samples=samples, steps=steps, cfg=cfg, seed=seed, mass=mass)
     with clean_errors(BackboneUnavailable, PlonkUnavailable, FileNotFoundError, TableError, ValueError):
         known = None
         if truth is not None:
             table = load_truth(truth)
             known = dict(zip(table["image_id"], zip(table["lat"], table["lon"])))
-        guesses, unreadable = _guesses(photos, backbone, top_k, batch_size, device, out, part_photos, restart, plonk,
-                                       density)
+        guesses, unreadable = _guesses(photos, backbone, release, top_k, batch_size, device, out, part_photos,
+                                       restart, plonk, density)
         if out is not None and out.suffix.lower() == ".geojson":
             write_text(out, json.dumps(predictions_geojson(guesses)))
         elif out is not None:
@@ -164,7 +184,8 @@ def predict_command(
 def geoclip_candidates_command(
     photos: list[Path] = typer.Argument(..., help="Photos, or folders of photos (searched recursively)."),
     out: Path = typer.Option(..., "--out", help="Candidates table (.parquet or .csv), source=geoclip."),
-    backbone: str = typer.Option(DEFAULT_BACKBONE, "--backbone", help=BACKBONE_HELP),
+    backbone: str | None = typer.Option(None, "--backbone", help=BACKBONE_HELP, show_default=False),
+    model: Path | None = typer.Option(None, "--model", help=MODEL_HELP),
     top_k: int = typer.Option(10, "--top-k", min=1),
     batch_size: int = typer.Option(16, "--batch-size", min=1),
     device: str = typer.Option("auto", "--device"),
@@ -174,7 +195,7 @@ def geoclip_candidates_command(
     from geoloc.predict import geoclip_candidates
 
     with clean_errors(BackboneUnavailable, FileNotFoundError, TableError, ValueError):
-        guesses, _ = _guesses(photos, backbone, top_k, batch_size, device)
+        guesses, _ = _guesses(photos, backbone, model, top_k, batch_size, device)
         write_table(geoclip_candidates(guesses), out)
     console.print(f"{len(guesses)} photo(s), {len(guesses) * top_k} candidates -> {out}")
 

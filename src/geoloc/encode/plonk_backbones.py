@@ -5,8 +5,9 @@
 `torch.hub` model returns), of a 1:1 centre crop resized to 336 px (bicubic), normalized by
 ImageNet's mean and std. `plonk-streetclip` is StreetCLIP's vision tower
 (`geolocal/StreetCLIP`): the first token of the last hidden state, before the post-layernorm,
-with the checkpoint's own CLIP preprocessing. Both stay unnormalized: PLONK was trained on
-them raw. `NAME:SOURCE` reads the weights from SOURCE (a local folder or another hub id).
+with the checkpoint's own CLIP preprocessing. PLONK was trained on them raw: embed them with
+`--features raw` (the default, `normalized`, is for retrieval). `NAME:SOURCE` reads the
+weights from SOURCE (a local folder or another hub id).
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ def plonk_backbone_dim(name: str) -> int:
 
 
 def load_plonk_backbone(name: str, device: str = "auto", dtype: str = "auto") -> Backbone:
-    """`plonk-dinov2[:SOURCE]` or `plonk-streetclip[:SOURCE]`, raw features (never renormalized)."""
+    """`plonk-dinov2[:SOURCE]` or `plonk-streetclip[:SOURCE]` (normalized unless `with_features("raw")`)."""
     from transformers import AutoModel, CLIPVisionModel
 
     source = _source(name)
@@ -115,4 +116,4 @@ def load_plonk_backbone(name: str, device: str = "auto", dtype: str = "auto") ->
         raise backbone_unavailable(source, error) from error
     dim = model.model.config.hidden_size
     return Backbone(name=name, model=model.to(target).eval(), processor=plonk_image_processor(name), is_clip=False,
-                    dim=int(dim), device=target, dtype=torch_dtype, renormalize=False)
+                    dim=int(dim), device=target, dtype=torch_dtype)

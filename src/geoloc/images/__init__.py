@@ -14,7 +14,7 @@ from geoloc.images.archives import (
     load_tar_index_pickle,
 )
 from geoloc.images.containment import OUTSIDE_ROOT, OutsideRootError, resolve_below
-from geoloc.images.discovery import IMAGE_SUFFIXES, Photo, find_photos, list_files
+from geoloc.images.discovery import IMAGE_SUFFIXES, Photo, PhotoIdClash, find_photos, list_files
 from geoloc.images.exif import CORRUPT_IMAGE, GPS_PROBLEMS, ImageHeader, read_header
 from geoloc.images.members import MemberLookup
 from geoloc.images.metadata import MetadataError, strip_metadata
@@ -33,6 +33,7 @@ __all__ = [
     "MetadataError",
     "OutsideRootError",
     "Photo",
+    "PhotoIdClash",
     "content_hash",
     "find_photos",
     "index_shard",

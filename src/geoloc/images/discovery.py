@@ -32,14 +32,29 @@ def list_files(root: Path, suffixes: frozenset[str] | None = IMAGE_SUFFIXES) -> 
     return sorted(found)
 
 
+class PhotoIdClash(ValueError):
+    """Two different files would answer to one id: their answers could not be told apart."""
+
+
 def find_photos(paths: Iterable[Path]) -> list[Photo]:
-    """Photos named directly, and those under folders (id = path relative to the folder)."""
-    photos: list[Photo] = []
+    """Photos named directly, and those under folders (id = path relative to the folder); ids unique.
+
+    A file named twice is kept once; two files with one id (`a/x.jpg` and `b/x.jpg` given as
+    folders `a` and `b`) are refused with both paths named.
+    """
+    by_id: dict[str, Photo] = {}
     for path in paths:
         if path.is_dir():
-            photos += [Photo(relative, path / relative) for relative in list_files(path)]
+            found = [Photo(relative, path / relative) for relative in list_files(path)]
         elif path.is_file():
-            photos.append(Photo(path.name, path))
+            found = [Photo(path.name, path)]
         else:
             raise FileNotFoundError(f"{path}: no such file or folder")
-    return photos
+        for photo in found:
+            first = by_id.setdefault(photo.query_id, photo)
+            if first.path != photo.path:
+                raise PhotoIdClash(
+                    f"{first.path} and {photo.path} would both have the id {photo.query_id!r} (ids are paths "
+                    "below the folder given, or file names): give their common parent folder instead, or "
+                    "rename one")
+    return list(by_id.values())

@@ -25,9 +25,9 @@ WEIGHTS_FILE = "model.safetensors"
 SETTINGS_FILE = "geoloc_plonk.json"
 EMBEDDINGS = {
     "plonk-dinov2": "DINOv2 ViT-L/14 with registers: the CLS output (1:1 centre crop, 336 px bicubic, ImageNet "
-                    "mean and std), unnormalized; `geoloc embed --backbone plonk-dinov2`",
+                    "mean and std), unnormalized; `geoloc embed --backbone plonk-dinov2 --features raw`",
     "plonk-streetclip": "StreetCLIP's vision tower: the first token of the last hidden state, before the "
-                        "post-layernorm, unnormalized; `geoloc embed --backbone plonk-streetclip`",
+                        "post-layernorm, unnormalized; `geoloc embed --backbone plonk-streetclip --features raw`",
 }
 """The embeddings PLONK's published checkpoints condition on, by the backbone names `geoloc embed` knows them by
 (`plonk-dinov2:DIR` reads the weights from a local folder and makes the same kind)."""
@@ -52,7 +52,7 @@ class PlonkSettings:
     """The backbone of the embeddings it reads, as their meta.json names it (see `embedding_identity`)."""
     schedule: Schedule = field(default_factory=Schedule)
     feature_kind: str | None = None
-    """The kind of those embeddings' features, where their meta.json records one."""
+    """The kind of those features (geoloc.embeddings.FEATURE_KINDS); None: any."""
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
@@ -92,7 +92,7 @@ class PlonkModel:
 def _published(name: str) -> PlonkSettings | None:
     for hub_id, (sampler, embedding) in PUBLISHED.items():
         if name in (hub_id, hub_id.split("/")[1]):
-            return PlonkSettings(sampler, embedding)
+            return PlonkSettings(sampler, embedding, feature_kind="raw")
     return None
 
 

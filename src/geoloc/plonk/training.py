@@ -75,7 +75,7 @@ def train_plonk_folder(catalog_dir: Path, embeddings_dir: Path, out: Path, confi
     """
     import polars as pl
 
-    from geoloc.embeddings import EmbeddingsError, read_embeddings
+    from geoloc.embeddings import EmbeddingsError, feature_kind, read_embeddings
     from geoloc.geo import to_unit_vectors
     from geoloc.plonk.model import embedding_identity, save_plonk
     from geoloc.tables import read_table
@@ -92,7 +92,7 @@ def train_plonk_folder(catalog_dir: Path, embeddings_dir: Path, out: Path, confi
                               "were the embeddings made from another catalog?")
     config = NetworkConfig(**{**config.as_json(), "cond_dim": int(meta["dim"])})
     settings = PlonkSettings("riemannian_flow", embedding_identity(meta["backbone"]), Schedule(),
-                             meta.get("feature_kind"))
+                             feature_kind(meta))
     targets = to_unit_vectors(coordinates["lat"].to_numpy(), coordinates["lon"].to_numpy())
     model, losses = train_plonk(vectors, targets, config, settings, fit_settings, cond_drop, say, progress)
     save_plonk(model, out)

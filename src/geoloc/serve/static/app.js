@@ -5,6 +5,13 @@ const answerLayer = L.layerGroup().addTo(map);
 const statusLine = document.getElementById("status");
 let token = sessionStorage.getItem("geoloc-token") || "";
 
+// Names (places, files) are text, never markup: Leaflet renders a string tooltip as HTML.
+function textOf(value) {
+  const span = document.createElement("span");
+  span.textContent = value;
+  return span;
+}
+
 function say(message, isError = false) {
   statusLine.textContent = message;
   statusLine.classList.toggle("error", isError);
@@ -72,13 +79,13 @@ function show(answer) {
     .addTo(answerLayer);
   answer.candidates.slice(1).forEach((alt) => L.circleMarker([alt.lat, alt.lon],
     {radius: 5, color: "#3366cc", weight: 1, fillOpacity: 0.4, className: "alternative-marker"})
-    .bindTooltip(`${alt.place}: p = ${alt.prob.toFixed(3)}`).addTo(answerLayer));
+    .bindTooltip(textOf(`${alt.place}: p = ${alt.prob.toFixed(3)}`)).addTo(answerLayer));
   if (answer.exif) {
     L.circleMarker([answer.exif.lat, answer.exif.lon], {radius: 6, color: "#7b3294", fillOpacity: 0.8,
       className: "exif-marker"}).bindTooltip("EXIF GPS").addTo(answerLayer);
   }
   L.circleMarker(where, {radius: 8, color: "#1f3d99", fillColor: "#3366cc", fillOpacity: 0.9,
-    className: "guess-marker"}).bindTooltip(`best guess: ${answer.place}`).addTo(answerLayer);
+    className: "guess-marker"}).bindTooltip(textOf(`best guess: ${answer.place}`)).addTo(answerLayer);
   // The region as far as it lies on the map (the server clips its bounds to Mercator's edge).
   map.fitBounds(answer.region_bounds, {padding: [20, 20], maxZoom: 13});
 }
