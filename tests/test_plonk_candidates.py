@@ -97,3 +97,31 @@ def test_the_region_of_a_von_mises_fisher_density_is_its_cap():
     cap = 1 + math.log(1 - mass * (1 - math.exp(-2 * kappa))) / kappa
     assert area.item() == pytest.approx(2 * math.pi * (1 - cap), rel=0.02)
     assert radius.item() == pytest.approx(math.acos(cap), rel=0.01)
+
+
+def test_an_interrupted_run_redoes_only_the_parts_not_finished(checkpoint, tmp_path, monkeypatch):
+    import geoloc.candidates.plonk as plonk_module
+    from geoloc.plonk.density import DensitySettings
+
+    folder = tmp_path / "emb"
+    vectors = np.random.default_rng(1).normal(size=(3, COND_DIM)).astype(np.float32)
+    write_embeddings(folder, ["a.jpg", "b.jpg", "c.jpg"], vectors, backbone="plonk-dinov2", chunk_rows=2,
+                     feature_kind="raw")
+    model, settings, work = load_plonk(str(checkpoint)), DensitySettings(samples=8, steps=4, modes=2), tmp_path / "w"
+    real, calls = plonk_module.photo_densities, []
+
+    def dies_at_the_second_part(*arguments):
+        calls.append(len(arguments[1]))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*arguments)
+
+    monkeypatch.setattr(plonk_module, "photo_densities", dies_at_the_second_part)
+    with pytest.raises(KeyboardInterrupt):
+        plonk_module.plonk_candidates(model, folder, settings, work, {"run": 1})
+    calls.clear()
+    table = plonk_module.plonk_candidates(model, folder, settings, work, {"run": 1})
+    assert calls == [1], "only the second part (one photo) was sampled again"
+    assert sorted(table["query_id"].unique()) == ["a.jpg", "b.jpg", "c.jpg"]
+    with pytest.raises(ValueError, match="other settings"):
+        plonk_module.plonk_candidates(model, folder, settings, work, {"run": 2})

@@ -60,18 +60,35 @@ def candidates_table(ids: pl.Series, densities: PhotoDensities, mass: float) -> 
     return table.select(*CANDIDATE_SCHEMA, *REGION_SCHEMA)
 
 
-def plonk_candidates(model: PlonkModel, embeddings: Path, settings: DensitySettings, batch_photos: int = 256,
+def plonk_candidates(model: PlonkModel, embeddings: Path, settings: DensitySettings, work: Path,
+                     run_settings: dict, batch_photos: int = 256, restart: bool = False,
                      on_progress: Callable[[int], None] = lambda done: None) -> pl.DataFrame:
-    """Candidates for every photo of an embeddings folder, `batch_photos` photos per pass on the device."""
+    """Candidates for every photo of an embeddings folder, `batch_photos` photos per pass on the device.
+
+    Each embeddings part's candidates are kept in `work` as it finishes, so a rerun with the same
+    `run_settings` (the model, the sampling) redoes only the parts not finished; the caller
+    removes `work` once it has written the table. `on_progress(photos)` as parts finish or are found done.
+    """
+    from geoloc.resumable import Task, Workers, cache_paths, claim_work_folder, run_cached
+
     parts = open_embeddings(embeddings)
     check_embeddings(model, parts.meta, embeddings)
-    tables = []
-    for ids, vectors in parts.iter_parts():
+    claim_work_folder(work, {**run_settings, "density": vars(settings), "batch_photos": batch_photos,
+                             "embeddings": {key: parts.meta.get(key) for key in ("backbone", "rows", "ids")}},
+                      restart)
+
+    def part_candidates(part: Path) -> pl.DataFrame:
+        ids, vectors = parts.read_part(part)
+        tables = [pl.DataFrame(schema={**CANDIDATE_SCHEMA, **REGION_SCHEMA})]
         for start in range(0, len(ids), batch_photos):
             batch = slice(start, start + batch_photos)
             tables.append(candidates_table(ids[batch], photo_densities(model, vectors[batch], settings),
                                            settings.mass))
             on_progress(len(ids[batch]))
-    if not tables:
-        return pl.DataFrame(schema={**CANDIDATE_SCHEMA, **REGION_SCHEMA})
-    return pl.concat(tables)
+        return pl.concat(tables)
+
+    tasks = [Task(part.stem, part_candidates, (part,)) for part in parts.parts]
+    on_progress(sum(pl.scan_parquet(part).select(pl.len()).collect().item()
+                    for part, path in zip(parts.parts, cache_paths(tasks, work)) if path.is_file()))
+    return pl.concat([pl.DataFrame(schema={**CANDIDATE_SCHEMA, **REGION_SCHEMA}),
+                      *run_cached(tasks, work, Workers(1), None)])

@@ -51,6 +51,8 @@ def plonk_candidates_command(
                                "(radius_km, area_km2) holds."),
     batch_photos: int = typer.Option(256, "--batch-photos", min=1, help="Photos sampled together on the device."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 ..."),
+    restart: bool = typer.Option(False, "--restart", help="Discard the parts a previous run left in OUT.parts/ "
+                                 "(by default a rerun redoes only the embeddings parts not finished)."),
     sampler: Sampler | None = typer.Option(None, "--sampler", help="For a folder that records none and is not a "
                                            "published checkpoint."),
     embedding: str | None = typer.Option(None, "--embedding", help="With --sampler: the backbone of the "
@@ -61,16 +63,20 @@ def plonk_candidates_command(
     from geoloc.embeddings import EmbeddingsError, open_embeddings
     from geoloc.plonk.density import DensitySettings
     from geoloc.plonk.model import PlonkUnavailable
+    from geoloc.resumable import model_identity, remove_work_folder, work_folder
 
     with clean_errors(PlonkUnavailable, EmbeddingsError, TableError, FileNotFoundError, ValueError):
         loaded = load_model(model, device, sampler, embedding)
         settings = DensitySettings(samples, steps, cfg, seed, modes, separation_km, mass)
         total = open_embeddings(embeddings).meta["rows"]
+        run_settings = {"model": model_identity(model), "plonk": loaded.settings.as_json(),
+                        "device": loaded.device.type}
         with progress_bar() as progress:
             task = progress.add_task("sampling", total=total)
-            table = plonk_candidates(loaded, embeddings, settings, batch_photos,
-                                     lambda done: progress.advance(task, done))
+            table = plonk_candidates(loaded, embeddings, settings, work_folder(out), run_settings, batch_photos,
+                                     restart, lambda done: progress.advance(task, done))
         write_table(table, out)
+        remove_work_folder(work_folder(out))
     console.print(f"{table['query_id'].n_unique()} photo(s), {len(table)} candidates -> {out}")
 
 
