@@ -93,7 +93,7 @@ def test_the_region_of_a_von_mises_fisher_density_is_its_cap():
     radial = np.sqrt(1 - w**2)
     points = torch.from_numpy(np.stack([radial * np.cos(phi), radial * np.sin(phi), w], axis=-1))[None]
     log_density = torch.from_numpy(math.log(kappa / (2 * math.pi * (1 - math.exp(-2 * kappa)))) + kappa * (w - 1))
-    area, radius = _region(points, log_density[None], torch.tensor([[0.0, 0.0, 1.0]], dtype=torch.float64), mass)
+    area, radius, _ = _region(points, log_density[None], torch.tensor([[0.0, 0.0, 1.0]], dtype=torch.float64), mass)
     cap = 1 + math.log(1 - mass * (1 - math.exp(-2 * kappa))) / kappa
     assert area.item() == pytest.approx(2 * math.pi * (1 - cap), rel=0.02)
     assert radius.item() == pytest.approx(math.acos(cap), rel=0.01)

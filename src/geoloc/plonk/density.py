@@ -42,7 +42,8 @@ class DensitySettings:
 class PhotoDensities:
     """For P photos: M modes (P, M, 2) in degrees with their log densities (P, M) and the share of the
     photo's samples nearest to each (P, M) (NaN where a photo has fewer modes), localizability (P,),
-    the region's area (P,) in km^2, and its radius (P,) in km."""
+    the region's area (P,) in km^2, its radius (P,) in km, and its level (P,): the log density above which
+    a point lies in it."""
 
     modes: np.ndarray
     log_density: np.ndarray
@@ -50,6 +51,7 @@ class PhotoDensities:
     localizability: np.ndarray
     area_km2: np.ndarray
     radius_km: np.ndarray
+    level: np.ndarray
 
 
 def _angles(points: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
@@ -79,11 +81,12 @@ def _shares(points: torch.Tensor, centres: torch.Tensor, found: torch.Tensor) ->
 
 
 def _region(points: torch.Tensor, log_density: torch.Tensor, best: torch.Tensor, mass: float):
-    """(area in steradians, radius in radians from `best`) of each photo's highest-density region of `mass`."""
+    """(area in steradians, radius in radians from `best`, level) of each photo's highest-density region of
+    `mass`."""
     threshold = torch.quantile(log_density, 1 - mass, dim=1, keepdim=True)
     area = torch.where(log_density >= threshold, torch.exp(-log_density), 0.0).mean(dim=1)
     radius = torch.quantile(_angles(points, best), mass, dim=1)
-    return area, radius
+    return area, radius, threshold[:, 0]
 
 
 @torch.no_grad()
@@ -108,9 +111,9 @@ def photo_densities(model: PlonkModel, embeddings: np.ndarray, settings: Density
     degrees = to_degrees(centres.reshape(-1, 3)).view(photos, -1, 2)
     modes = torch.where(found[..., None], degrees, torch.nan)
     mode_density = torch.where(found, log_density[rows, index], torch.nan)
-    area, radius = _region(points, log_density, points[rows[:, 0], index[:, 0]], settings.mass)
+    area, radius, level = _region(points, log_density, points[rows[:, 0], index[:, 0]], settings.mass)
     share = torch.where(found, _shares(points, centres, found), torch.nan)
     return PhotoDensities(modes.cpu().numpy(), mode_density.double().cpu().numpy(), share.double().cpu().numpy(),
                           localizability(log_density).double().cpu().numpy(),
                           (area.double() * EARTH_RADIUS_KM**2).cpu().numpy(),
-                          (radius.double() * EARTH_RADIUS_KM).cpu().numpy())
+                          (radius.double() * EARTH_RADIUS_KM).cpu().numpy(), level.double().cpu().numpy())
