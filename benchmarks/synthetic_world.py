@@ -30,9 +30,14 @@ The generator (it makes no claim about real photos):
 - GeoCLIP (`geoloc.geoclip`) trained from scratch on the gallery's photos (the
   classifier's training set) with GeoCLIP's settings, its gallery every distinct
   gallery location; its answer is the top-1 gallery location.
+- Semantic cells (`--semantic-preset pigeotto`, the default; `none` skips them): PIGEON's
+  cells (`geoloc cells build --method semantic`, on the installed boundaries) over the same
+  gallery, and a second classifier trained on them with PIGEON's per-photo label
+  smoothing (tau 65 km for pigeotto, 75 for pigeon); its top cell is scored beside the
+  HDBSCAN classifier's as `classifier_semantic` (it does not feed the ranker).
 
 Prints one JSON line: accuracy at 1 / 25 / 200 / 750 / 2500 km on the test queries for
-`retrieval_top1`, `classifier` (its top cell), `geoclip` (trained from scratch),
+`retrieval_top1`, `classifier` (its top cell), `classifier_semantic`, `geoclip` (trained from scratch),
 `ranker` (the light ranker over the retrieval + classifier candidates) and `oracle`
 (the best candidate), and whether the
 goal holds: the ranker beats retrieval top-1 at 25 and 200 km and closes at least 30%
@@ -108,6 +113,24 @@ def geoclip_distances(vectors: np.ndarray, lat: np.ndarray, lon: np.ndarray, spl
     return distance_km(guess[:, 0], guess[:, 1], lat[test], lon[test])
 
 
+def semantic_classifier(root: Path, args: argparse.Namespace, say):
+    """Semantic cells over the gallery and a classifier with PIGEON's smoothing; returns its top-1 predictor."""
+    from geoloc.cells.semantic_build import SemanticOptions, build_semantic_cells
+    from geoloc.classifier import ClassifierSettings, classifier_candidates, train_classifier
+    from geoloc.fitting import FitSettings
+
+    cells = build_semantic_cells(root / "catalog", root / "semantic-cells", SemanticOptions(args.semantic_preset),
+                                 on_step=say)
+    say(f"semantic cells: {cells.cells_per_level[0]} ({cells.seconds:.0f} s)")
+    tau = {"pigeotto": 65.0, "pigeon": 75.0}[args.semantic_preset]
+    train_classifier(root / "semantic-cells", root / "gallery-embeddings", root / "catalog", root / "semantic",
+                     ClassifierSettings(hidden=256, label_smoothing_km=tau,
+                                        fit=FitSettings(epochs=args.classifier_epochs, batch_size=512,
+                                                        learning_rate=2e-3, seed=args.seed)), say)
+    return lambda query_ids, query_vectors: classifier_candidates(query_ids, query_vectors, root / "semantic",
+                                                                  top_k=1)
+
+
 def candidate_methods(args: argparse.Namespace, ids: np.ndarray, lat: np.ndarray, lon: np.ndarray,
                       vectors: np.ndarray, splits: dict[str, slice], say) -> dict:
     """Retrieval, the classifier, the light ranker over their candidates, and the oracle, on the test queries."""
@@ -134,6 +157,9 @@ def candidate_methods(args: argparse.Namespace, ids: np.ndarray, lat: np.ndarray
         train_classifier(root / "cells", root / "gallery-embeddings", root / "catalog", root / "classifier",
                          ClassifierSettings(hidden=256, fit=FitSettings(epochs=args.classifier_epochs, batch_size=512,
                                                             learning_rate=2e-3, seed=args.seed)), say)
+        semantic = None
+        if args.semantic_preset != "none":
+            semantic = semantic_classifier(root, args, say)(ids[splits["test"]].tolist(), vectors[splits["test"]])
         plan = plan_index(gallery_end, args.dim, "flat")
         index = GalleryIndex(build_faiss_index(vectors[splits["gallery"]], plan), gallery, {"dim": args.dim})
 
@@ -173,6 +199,8 @@ def candidate_methods(args: argparse.Namespace, ids: np.ndarray, lat: np.ndarray
     figures = {
         "retrieval_top1": accuracy(per_query(first("retrieval").select("query_id", "km"))),
         "classifier": accuracy(per_query(first("classifier").select("query_id", "km"))),
+        "classifier_semantic": None if semantic is None else accuracy(distance_km(
+            semantic["lat"], semantic["lon"], test_truth["lat"], test_truth["lon"])),
         "ranker": accuracy(ranker_km),
         "oracle": accuracy(per_query(distance.group_by("query_id").agg(pl.col("km").min()))),
     }
@@ -236,6 +264,7 @@ def main() -> None:
     parser.add_argument("--plonk-depth", type=int, default=6)
     parser.add_argument("--plonk-samples", type=int, default=64)
     parser.add_argument("--plonk-steps", type=int, default=100)
+    parser.add_argument("--semantic-preset", choices=["pigeotto", "pigeon", "none"], default="pigeotto")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     started = time.perf_counter()

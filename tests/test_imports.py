@@ -23,6 +23,7 @@ LAYERS = (
     ("cells", "encode", "index", "evaluate", "geoclip", "plonk"),
     ("candidates",),
     ("classifier", "rank", "predict"),
+    ("recipe",),
     ("maps", "serve"),
     ("cli",),
 )

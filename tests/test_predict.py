@@ -18,6 +18,7 @@ from geoloc.cli import app
 from geoloc.encode.backbone import BackboneUnavailable
 from geoloc.encode.loading import load_backbone
 from geoloc.evaluate import evaluate_files
+from geoloc.places.land import sea_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 GALLERY_SUBSET = 2000
@@ -85,7 +86,9 @@ def test_predict_end_to_end(tiny_clip, small_gallery, tmp_path):
     lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert [Path(line["image"]).name for line in lines] == ["plain.jpg", "tagged.jpg"]
     plain, tagged = lines
-    assert set(plain) == {"image", "lat", "lon", "place", "radius_km", "candidates", "exif"}
+    assert set(plain) == {"image", "lat", "lon", "place", "radius_km", "candidates", "exif", "at_sea"}
+    expected_sea = sea_flags([plain["lat"]], [plain["lon"]])
+    assert plain["at_sea"] == (None if expected_sea is None else bool(expected_sea[0]))
     assert len(plain["candidates"]) == 3
     assert set(plain["candidates"][0]) == {"lat", "lon", "prob", "place"}
     assert plain["candidates"][0]["prob"] >= plain["candidates"][1]["prob"] >= plain["candidates"][2]["prob"]
@@ -96,7 +99,7 @@ def test_predict_end_to_end(tiny_clip, small_gallery, tmp_path):
     assert tagged["candidates"] == plain["candidates"]
     assert "broken.jpg" in result.stderr
     table = pl.read_parquet(out)
-    assert table.columns == ["image_id", "lat", "lon", "score"] and table.height == 2
+    assert table.columns == ["image_id", "lat", "lon", "score", "at_sea"] and table.height == 2
     assert evaluate_files(out, truth).metrics["missing"] == 1
     # The map is one self-contained file: Leaflet, the outline and the data inlined, no tiles.
     html = page.read_text()

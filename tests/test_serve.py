@@ -91,7 +91,8 @@ def test_health_waits_for_the_model_and_a_photo_gets_the_predict_json(guesser, c
             response = client.post("/api/predict", files={"photo": ("a.jpg", jpeg(gps=gps_block(-33.5, 151.25)))})
     assert response.status_code == 200, response.text
     answer = response.json()
-    assert set(answer) == {"image", "lat", "lon", "place", "radius_km", "candidates", "exif", "region", "region_bounds"}
+    assert set(answer) == {"image", "lat", "lon", "place", "radius_km", "candidates", "exif", "at_sea", "region",
+                           "region_bounds"}
     assert len(answer["candidates"]) == 3 and answer["exif"] == pytest.approx({"lat": -33.5, "lon": 151.25})
     # No log line carries the coordinates.
     assert f"{answer['lat']:.2f}" not in caplog.text and "151.25" not in caplog.text

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,7 @@ from geoloc.encode.backbone import Backbone
 from geoloc.images import Photo
 from geoloc.images.decoding import UNREADABLE, decode_photo, unreadable_reason
 from geoloc.places import place_names
+from geoloc.places.land import sea_flags
 
 PART_PHOTOS = 1000
 """Photos per part of a resumable run: what a kill can lose."""
@@ -53,6 +54,8 @@ class PhotoGuess:
     radius_km: float
     candidates: list[Alternative]
     exif: dict | None
+    at_sea: bool | None = None
+    """The best guess lies in the open sea (GLOBE's land mask, geoloc.places.land); None: mask not installed."""
     log_likelihood: float | None = None
     """PLONK's: the best guess's log density, nats per steradian."""
     localizability: float | None = None
@@ -62,7 +65,7 @@ class PhotoGuess:
 
     def as_json(self) -> dict:
         """Every field but the id; PLONK's figures only where the guess has them."""
-        keys = ("image", "lat", "lon", "place", "radius_km", "candidates", "exif")
+        keys = ("image", "lat", "lon", "place", "radius_km", "candidates", "exif", "at_sea")
         return {key: value for key, value in asdict(self).items()
                 if key in keys or (key in PLONK_FIGURES and value is not None)}
 
@@ -81,6 +84,8 @@ class LoadedPhoto:
     label: str
     image: Image.Image
     exif: dict | None
+    data: bytes | None = field(default=None, repr=False)
+    """The photo's bytes, for models that read them (a recipe's sources); None when not kept."""
 
 
 def exif_position(source: bytes | Path) -> dict | None:
@@ -105,7 +110,7 @@ def guess_photos(
         failures: dict[int, Unreadable] = {}
         for position, photo in enumerate(batch):
             try:
-                data = photo.path.read_bytes()
+                data = photo.read_bytes()
                 loaded.append(LoadedPhoto(photo.query_id, str(photo.path), decode_photo(data), exif_position(data)))
             except UNREADABLE as error:
                 failures[position] = Unreadable(str(photo.path), unreadable_reason(error))
@@ -160,21 +165,30 @@ def guess_photos_resumable(
     `on_start(done)` says how many photos were answered already; GeoCLIP is loaded only if
     any are left. The caller removes `work` once it has written its output.
     """
-    from geoloc.resumable import Task, Workers, cache_paths, claim_work_folder, run_cached
-
-    claim_work_folder(work, {**settings, "photos": photos_fingerprint(photos), "top_k": top_k,
-                             "batch_size": batch_size, "part_photos": part_photos}, restart)
-    parts = [photos[start:start + part_photos] for start in range(0, len(photos), part_photos)]
     loaded: list[GeoClip | PlonkLocator] = []
 
-    def guess_part(number: int) -> pl.DataFrame:
+    def guess_part(part: list[Photo]) -> pl.DataFrame:
         if not loaded:
             loaded.append(load_geoclip())
-        return answers_table(list(guess_photos(parts[number], loaded[0], top_k, batch_size, on_progress)))
+        return answers_table(list(guess_photos(part, loaded[0], top_k, batch_size, on_progress)))
 
-    tasks = [Task(f"part-{number:05d}", guess_part, (number,)) for number in range(len(parts))]
+    frames = answer_in_parts(photos, guess_part, work, {**settings, "top_k": top_k, "batch_size": batch_size},
+                             part_photos, restart, on_start)
+    return [answer for frame in frames for answer in answers_of(frame)]
+
+
+def answer_in_parts(photos: list[Photo], answer_part: Callable[[list[Photo]], pl.DataFrame], work: Path,
+                    settings: dict, part_photos: int = PART_PHOTOS, restart: bool = False,
+                    on_start: Callable[[int], None] = lambda done: None) -> list[pl.DataFrame]:
+    """Each part's table of answers, every `part_photos` photos kept in `work` as they finish; the parts a
+    previous run with the same settings and photos left are reused, and `on_start(done)` says how many."""
+    from geoloc.resumable import Task, Workers, cache_paths, claim_work_folder, run_cached
+
+    claim_work_folder(work, {**settings, "photos": photos_fingerprint(photos), "part_photos": part_photos}, restart)
+    parts = [photos[start:start + part_photos] for start in range(0, len(photos), part_photos)]
+    tasks = [Task(f"part-{number:05d}", answer_part, (parts[number],)) for number in range(len(parts))]
     on_start(sum(len(part) for part, path in zip(parts, cache_paths(tasks, work)) if path.is_file()))
-    return [answer for frame in run_cached(tasks, work, Workers(1), None) for answer in answers_of(frame)]
+    return run_cached(tasks, work, Workers(1), None)
 
 
 @dataclass
@@ -193,6 +207,7 @@ class PlonkLocator:
         densities = photo_densities(self.model, vectors, replace(self.settings, modes=top_k))
         places = place_names(densities.modes[..., 0].ravel(), densities.modes[..., 1].ravel())
         places = places.reshape(densities.modes.shape[:2])
+        at_sea = sea_flags(densities.modes[:, 0, 0], densities.modes[:, 0, 1])
         guesses = []
         for row, photo in enumerate(loaded):
             found = np.isfinite(densities.log_density[row])
@@ -201,7 +216,8 @@ class PlonkLocator:
             guesses.append(PhotoGuess(
                 image=photo.label, image_id=photo.image_id, lat=alternatives[0].lat, lon=alternatives[0].lon,
                 place=alternatives[0].place, radius_km=float(densities.radius_km[row]), candidates=alternatives,
-                exif=photo.exif, log_likelihood=float(densities.log_density[row, 0]),
+                exif=photo.exif, at_sea=None if at_sea is None else bool(at_sea[row]),
+                log_likelihood=float(densities.log_density[row, 0]),
                 localizability=float(densities.localizability[row]), region_mass=self.settings.mass,
                 region_km2=float(densities.area_km2[row])))
         return guesses
@@ -233,6 +249,7 @@ def guess_images(loaded: list[LoadedPhoto], geoclip: GeoClip | PlonkLocator, top
     result = geoclip.top_k(geoclip.backbone.pixel_values([photo.image for photo in loaded]), top_k)
     coordinates = result.coordinates.astype(np.float64)
     places = place_names(coordinates[..., 0].ravel(), coordinates[..., 1].ravel()).reshape(coordinates.shape[:2])
+    at_sea = sea_flags(coordinates[:, 0, 0], coordinates[:, 0, 1])
     guesses = []
     for row, photo in enumerate(loaded):
         alternatives = [
@@ -248,20 +265,32 @@ def guess_images(loaded: list[LoadedPhoto], geoclip: GeoClip | PlonkLocator, top
             radius_km=float(result.radius_km[row]),
             candidates=alternatives,
             exif=photo.exif,
+            at_sea=None if at_sea is None else bool(at_sea[row]),
         ))
     return guesses
 
 
+def guess_summary(guess: PhotoGuess) -> str:
+    """The best guess's probability, and PLONK's likelihood, localizability and region where it has them."""
+    summary = f"p = {guess.candidates[0].prob:.3f}"
+    if guess.log_likelihood is None:
+        return summary
+    return (f"{summary}, log-likelihood {guess.log_likelihood:.2f}, localizability {guess.localizability:.3f}, "
+            f"{guess.region_mass:.0%} region {guess.region_km2:,.0f} km²")
+
+
 def predictions_table(guesses: list[PhotoGuess]) -> pl.DataFrame:
-    """The predictions schema (image_id, lat, lon, score = the best guess's probability)."""
+    """The predictions schema (image_id, lat, lon, score = the best guess's probability), and at_sea."""
     return pl.DataFrame(
         {
             "image_id": [g.image_id for g in guesses],
             "lat": [g.lat for g in guesses],
             "lon": [g.lon for g in guesses],
             "score": [g.candidates[0].prob for g in guesses],
+            "at_sea": [g.at_sea for g in guesses],
         },
-        schema={"image_id": pl.Utf8, "lat": pl.Float64, "lon": pl.Float64, "score": pl.Float64},
+        schema={"image_id": pl.Utf8, "lat": pl.Float64, "lon": pl.Float64, "score": pl.Float64,
+                "at_sea": pl.Boolean},
     )
 
 
@@ -278,8 +307,10 @@ def geoclip_candidates(guesses: list[PhotoGuess]) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=CANDIDATE_SCHEMA)
 
 
-def predictions_geojson(guesses: list[PhotoGuess]) -> dict:
-    """A GeoJSON FeatureCollection: one Point per photo at its best guess, the rest as properties."""
+def predictions_geojson(guesses: list) -> dict:
+    """A GeoJSON FeatureCollection: one Point per photo at its best guess, the rest as properties.
+
+    Any answers with `image_id`, `lat`, `lon` and `as_json()`: GeoCLIP's, or a recipe's."""
     return {
         "type": "FeatureCollection",
         "features": [

@@ -19,6 +19,7 @@ from geoloc.cli import (
     plonk,
     predict,
     ranker,
+    recipe,
     serve,
 )
 
@@ -41,7 +42,7 @@ typer.core.TyperOption.display_type_rich = _plain_metavar
 typer.core.TyperArgument.display_type_rich = lambda argument, ctx: None  # its name is shown already
 
 PIPELINE_ORDER = ("catalog", "landmarks", "cells", "embed", "index", "retrieve", "classifier", "geoclip", "candidates",
-                  "ranker", "evaluate", "predict", "serve")
+                  "ranker", "evaluate", "predict", "run", "serve")
 
 
 class _PipelineOrder(typer.core.TyperGroup):
@@ -71,6 +72,7 @@ plonk.register(app, candidates.app, "3. Candidates")
 ranker.register(app, "4. Ranking")
 evaluate.register(app, "5. Results")
 predict.register(app, candidates.app, "5. Results")
+recipe.register(app, "5. Results")
 serve.register(app, "5. Results")
 
 

@@ -19,12 +19,10 @@ MODEL_HELP = "A GeoCLIP release (`geoloc geoclip train`) instead of GeoCLIP's pu
 
 def geoclip_loader(backbone: str | None, model: Path | None, device: str):
     """A function loading GeoCLIP: the published one or a release, on its backbone unless another is named."""
-    from geoloc.candidates.geoclip import GeoClip
+    from geoloc.candidates.geoclip import GeoClip, geoclip_backbone
     from geoloc.encode.loading import load_backbone
-    from geoloc.geoclip import read_release
 
-    if backbone is None:
-        backbone = read_release(model).backbone if model is not None else DEFAULT_BACKBONE
+    backbone = geoclip_backbone(backbone, model)
     return lambda: GeoClip(load_backbone(backbone, device=device), release=model)
 
 
@@ -67,7 +65,7 @@ def _guesses(photos_or_folders: list[Path], backbone: str | None, model: Path | 
             settings = _settings(backbone, model, device) | (
                 {"plonk": plonk, "density": vars(density)} if plonk is not None else {})
             answers = guess_photos_resumable(photos, load_geoclip, work_folder(out), settings,
-                                             top_k, batch_size, part_photos, restart, _resuming(out, advance),
+                                             top_k, batch_size, part_photos, restart, resuming(out, advance),
                                              advance)
     guesses = [answer for answer in answers if isinstance(answer, PhotoGuess)]
     unreadable = [answer for answer in answers if not isinstance(answer, PhotoGuess)]
@@ -97,7 +95,7 @@ def plonk_or_release(model: str | None) -> tuple[str | None, Path | None]:
     return None, Path(model) if model is not None else None
 
 
-def _resuming(out: Path, advance):
+def resuming(out: Path, advance):
     """`on_start` for a resumable run: the bar starts at what is done, and says so."""
     from geoloc.resumable import work_folder
 
@@ -138,6 +136,9 @@ def predict_command(
     cfg: float = typer.Option(0.0, "--cfg", min=0.0, help="PLONK: classifier-free guidance scale (0: none; above, "
                               "the region no longer holds the stated share)."),
     seed: int = typer.Option(0, "--seed", help="PLONK: the noise's seed."),
+    recipe: Path | None = typer.Option(None, "--recipe", help="A recipe (YAML: candidate sources, ranker, region; "
+                                       "see docs/recipes.md): every photo through it, its models loaded once. "
+                                       "--backbone, --top-k, --batch-size and --device are then the recipe's."),
 ) -> None:
     """Where was each photo taken: best guess, place, alternatives and a confidence radius (PLONK: also its
     likelihood, localizability and the region holding --mass of the probability)."""
@@ -146,8 +147,7 @@ def predict_command(
     from geoloc.maps import map_html
     from geoloc.plonk.density import DensitySettings
     from geoloc.plonk.model import PlonkUnavailable
-    from geoloc.predict import predictions_geojson, predictions_table
-    from geoloc.resumable import remove_work_folder, work_folder
+    from geoloc.predict import predictions_table
 
     plonk, release = plonk_or_release(model)
     density = DensitySettings(samples=samples, steps=steps, cfg=cfg, seed=seed, mass=mass)
@@ -156,16 +156,14 @@ def predict_command(
         if truth is not None:
             table = load_truth(truth)
             known = dict(zip(table["image_id"], zip(table["lat"], table["lon"])))
+        if recipe is not None:
+            from geoloc.cli.recipe import predict_recipe
+
+            predict_recipe(recipe, photos, as_json, out, map_file, known, tiles, part_photos, restart)
+            return
         guesses, unreadable = _guesses(photos, backbone, release, top_k, batch_size, device, out, part_photos,
                                        restart, plonk, density)
-        if out is not None and out.suffix.lower() == ".geojson":
-            write_text(out, json.dumps(predictions_geojson(guesses)))
-        elif out is not None:
-            write_table(predictions_table(guesses), out)
-        if out is not None:
-            remove_work_folder(work_folder(out))
-        if map_file is not None:
-            write_text(map_file, map_html(guesses, known, tiles))
+        write_answers(guesses, out, map_file, predictions_table, lambda: map_html(guesses, known, tiles))
     for guess in guesses:
         if as_json:
             typer.echo(json.dumps(guess.as_json()))
@@ -179,6 +177,21 @@ def predict_command(
                       highlight=False)
     if unreadable and not guesses:
         raise typer.Exit(code=1)
+
+
+def write_answers(answers: list, out: Path | None, map_file: Path | None, table, page) -> None:
+    """`--out` (GeoJSON, else `table(answers)` as CSV/Parquet; its work folder removed) and `--map` (`page()`)."""
+    from geoloc.predict import predictions_geojson
+    from geoloc.resumable import remove_work_folder, work_folder
+
+    if out is not None and out.suffix.lower() == ".geojson":
+        write_text(out, json.dumps(predictions_geojson(answers)))
+    elif out is not None:
+        write_table(table(answers), out)
+    if out is not None:
+        remove_work_folder(work_folder(out))
+    if map_file is not None:
+        write_text(map_file, page())
 
 
 def geoclip_candidates_command(

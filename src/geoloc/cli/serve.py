@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import typer
 
@@ -36,6 +37,9 @@ def serve_command(
                               help="Tile URL template for the page's map, or 'none' for the bundled outline only "
                               "(tile servers see which areas are viewed)."),
     device: str = typer.Option("auto", "--device"),
+    recipe: Path | None = typer.Option(None, "--recipe", help="Answer through a recipe (see docs/recipes.md): "
+                                       "every source's candidates and the ranked answer; --backbone, --top-k and "
+                                       "--device are then the recipe's."),
 ) -> None:
     """Serve the page and the API: drop a photo, see where it was taken."""
     import uvicorn
@@ -51,6 +55,11 @@ def serve_command(
                              max_queue=max_queue, max_uploads=max_uploads, upload_timeout_s=upload_timeout,
                              token=token or None, allowed_hosts=(*allowed_host, *_bound_name(host)),
                              tiles=None if tiles.lower() == "none" else tiles)
+    if recipe is not None:
+        settings, load_guesser = _recipe_guesser(recipe, settings)
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        uvicorn.run(create_app(load_guesser, settings), host=host, port=port, log_level="info")
+        return
 
     plonk, release = plonk_or_release(model)
     with clean_errors(ValueError):  # a --model that is not a release
@@ -68,6 +77,27 @@ def serve_command(
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     uvicorn.run(create_app(load_guesser, settings), host=host, port=port, log_level="info")
+
+
+def _recipe_guesser(recipe_path: Path, settings):
+    """The app's settings naming the recipe's sources and endpoints, and a loader of its engine."""
+    import dataclasses
+
+    from geoloc.recipe import RecipeError, load_recipe
+
+    with clean_errors(RecipeError):
+        recipe = load_recipe(recipe_path)
+    endpoints = (recipe.sources.zeroshot.base_url,) if recipe.sources.zeroshot is not None else ()
+    settings = dataclasses.replace(settings, sources=tuple(recipe.source_names()), photo_leaves_for=endpoints)
+
+    def load_guesser():
+        from geoloc.recipe.engine import RecipeEngine, engine_guesser
+
+        engine = RecipeEngine(recipe)
+        engine.load()
+        return engine_guesser(engine)
+
+    return settings, load_guesser
 
 
 def _bound_name(host: str) -> tuple[str, ...]:
