@@ -9,14 +9,14 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
+from plonk_models import write_tiny_plonk
 from typer.testing import CliRunner
 
 from geoloc.cli import app
 from geoloc.embeddings import write_embeddings
 from geoloc.geo import great_circle_km
 from geoloc.plonk.density import _region
-from geoloc.plonk.model import PlonkModel, PlonkSettings, load_plonk, save_plonk
-from geoloc.plonk.network import NetworkConfig, PlonkNetwork
+from geoloc.plonk.model import load_plonk
 from geoloc.plonk.sampling import log_likelihood, to_points
 
 COND_DIM = 8
@@ -24,15 +24,7 @@ COND_DIM = 8
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    torch.manual_seed(11)
-    network = PlonkNetwork(NetworkConfig(dim=16, depth=1, expansion=2, cond_dim=COND_DIM))
-    with torch.no_grad():
-        for parameter in network.parameters():
-            parameter.normal_(0.0, 0.05)
-    folder = tmp_path_factory.mktemp("checkpoint")
-    save_plonk(PlonkModel("tiny", network, PlonkSettings("riemannian_flow", "plonk-dinov2", feature_kind="raw")),
-               folder)
-    return folder
+    return write_tiny_plonk(tmp_path_factory.mktemp("checkpoint"), COND_DIM, 11)
 
 
 @pytest.fixture(scope="module")

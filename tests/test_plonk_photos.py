@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from plonk_models import write_tiny_plonk
 
 from geoloc.encode.loading import backbone_dim, load_backbone
-from geoloc.plonk.model import PlonkModel, PlonkSettings, load_plonk, save_plonk
-from geoloc.plonk.network import NetworkConfig, PlonkNetwork
+from geoloc.plonk.model import load_plonk
 from geoloc.plonk.sampling import log_likelihood, to_points
 
 
@@ -77,15 +77,7 @@ def test_streetclip_is_the_first_token_before_the_post_layernorm(tmp_path):
 
 @pytest.fixture(scope="module")
 def plonk_folder(tmp_path_factory):
-    torch.manual_seed(1)
-    network = PlonkNetwork(NetworkConfig(dim=16, depth=1, expansion=2, cond_dim=32))
-    with torch.no_grad():
-        for parameter in network.parameters():
-            parameter.normal_(0.0, 0.05)
-    folder = tmp_path_factory.mktemp("plonk")
-    save_plonk(PlonkModel("tiny", network, PlonkSettings("riemannian_flow", "plonk-dinov2", feature_kind="raw")),
-               folder)
-    return folder
+    return write_tiny_plonk(tmp_path_factory.mktemp("plonk"), 32, 1)
 
 
 def test_predict_with_plonk_gives_the_best_mode_its_likelihood_and_region(dinov2_folder, plonk_folder, tmp_path):
