@@ -20,9 +20,10 @@ LAYERS = (
     ("geo", "tables", "progress", "user_cache", "hub", "cluster", "fitting", "bundled", "network"),
     ("resumable", "images", "places"),
     ("embeddings", "catalog"),
-    ("cells", "encode", "index", "evaluate", "geoclip"),
+    ("cells", "encode", "index", "evaluate", "geoclip", "plonk"),
     ("candidates",),
     ("classifier", "rank", "predict"),
+    ("recipe",),
     ("maps", "serve"),
     ("cli",),
 )

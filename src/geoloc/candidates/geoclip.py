@@ -29,6 +29,8 @@ from geoloc.user_cache import user_cache_folder
 
 GEOCLIP_IMAGE_DIM = 768
 """GeoCLIP's MLP reads CLIP ViT-L/14 projections: a backbone must produce 768 features."""
+PUBLISHED_BACKBONE = "openai/clip-vit-large-patch14"
+"""The CLIP GeoCLIP's published heads were trained on."""
 CONFIDENCE_MASS = 0.68
 """The share of the model's belief that the confidence circle holds (one sigma's worth)."""
 
@@ -40,6 +42,13 @@ class GeoClipGuesses:
     coordinates: np.ndarray
     probabilities: np.ndarray
     radius_km: np.ndarray
+
+
+def geoclip_backbone(backbone: str | None, release: Path | None) -> str:
+    """The backbone to load: the one named, else the release's, else the published one."""
+    if backbone is not None:
+        return backbone
+    return read_release(release).backbone if release is not None else PUBLISHED_BACKBONE
 
 
 def _package_file(*parts: str) -> Path:

@@ -132,6 +132,15 @@ PRESETS: dict[str, dict] = {"georanker": G3_REQUEST, "g3": G3_REQUEST}
 does (both its requests, plain and geo-diversified, take these defaults), so the two are one."""
 
 
+def zeroshot_settings(model: str, base_url: str, preset: str | None, rag: Sequence[int], given: dict,
+                      **fixed) -> ZeroShotSettings:
+    """The request settings: the preset's (G3's by default when a RAG K is asked), then the values `given`
+    (None: not given); `fixed` are the run's own (concurrency, retries, time-out)."""
+    base = PRESETS[preset] if preset else PRESETS["g3"] if max(rag, default=0) > 0 else {}
+    chosen = {**base, **{key: value for key, value in given.items() if value is not None}}
+    return ZeroShotSettings(model=model, base_url=base_url, **fixed, **chosen)
+
+
 def coordinate_list(lats: Sequence[float], lons: Sequence[float]) -> str:
     """Coordinates as G3's prompt lists them: the Python text of a list of "[lat, lon]" strings.
 
@@ -357,7 +366,7 @@ def _plan(photos: list[Photo], settings: ZeroShotSettings, rag: Sequence[int], n
     for photo in photos:
         questions = _questions(photo, settings, rag, neighbours)
         try:
-            data = photo.path.read_bytes()
+            data = photo.read_bytes()
             with Image.open(io.BytesIO(data)) as image:
                 image.verify()
         except UNREADABLE as error:
@@ -403,7 +412,7 @@ async def _send(pending: list[_Request], settings: ZeroShotSettings, cache: Answ
         async with limit:
             try:
                 # Encoded only while in flight: a whole benchmark's data URLs would fill memory.
-                data_url = image_data_url(question.photo.path.read_bytes())
+                data_url = image_data_url(question.photo.read_bytes())
                 answers = await _ask(client, settings, question.prompt, data_url, len(samples), headers)
             except (openai.APIStatusError, openai.APIConnectionError) as error:
                 failure = f"request failed after retries: {error.__class__.__name__}"

@@ -248,7 +248,20 @@ def classifier_candidates(
     nearest: int = 5,
 ) -> pl.DataFrame:
     """Candidates (source=classifier) for each query: its top-k cells, best first, score = top-down probability."""
-    model, table, memory = load_classifier(model_dir)
+    return loaded_classifier_candidates(load_classifier(model_dir), query_ids, vectors, model_dir, top_k, nearest)
+
+
+def loaded_classifier_candidates(
+    loaded: tuple[HierarchicalClassifier, CellTable, Memory],
+    query_ids: pl.Series | list[str],
+    vectors: NDArray[np.float32],
+    model_dir: Path,
+    top_k: int = 5,
+    nearest: int = 5,
+) -> pl.DataFrame:
+    """`classifier_candidates` with the model already loaded (`load_classifier`): a process answering many
+    batches loads it once."""
+    model, table, memory = loaded
     if vectors.ndim != 2 or vectors.shape[1] != model.config.dim:
         raise ClassifierError(f"{model_dir}: the model takes {model.config.dim}-d embeddings, got shape "
                               f"{vectors.shape}; were the queries embedded with another backbone "

@@ -16,8 +16,10 @@ from geoloc.cli import (
     gallery,
     geoclip,
     landmarks,
+    plonk,
     predict,
     ranker,
+    recipe,
     serve,
 )
 
@@ -40,7 +42,7 @@ typer.core.TyperOption.display_type_rich = _plain_metavar
 typer.core.TyperArgument.display_type_rich = lambda argument, ctx: None  # its name is shown already
 
 PIPELINE_ORDER = ("catalog", "landmarks", "cells", "embed", "index", "retrieve", "classifier", "geoclip", "candidates",
-                  "ranker", "evaluate", "predict", "serve")
+                  "ranker", "evaluate", "predict", "run", "serve")
 
 
 class _PipelineOrder(typer.core.TyperGroup):
@@ -66,9 +68,11 @@ gallery.register(app, "2. Gallery: embeddings, index, retrieval")
 classifier.register(app, "3. Candidates")
 geoclip.register(app, "3. Candidates")
 candidates.register(app, "3. Candidates")
+plonk.register(app, candidates.app, "3. Candidates")
 ranker.register(app, "4. Ranking")
 evaluate.register(app, "5. Results")
 predict.register(app, candidates.app, "5. Results")
+recipe.register(app, "5. Results")
 serve.register(app, "5. Results")
 
 

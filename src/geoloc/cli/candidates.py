@@ -67,12 +67,11 @@ def zeroshot_command(
     without GEOLOC_API_KEY set gets no key.
     """
     from geoloc.candidates.zeroshot import (
-        PRESETS,
         Neighbours,
         ZeroShotError,
-        ZeroShotSettings,
         ask_zeroshot,
         default_cache_path,
+        zeroshot_settings,
     )
     from geoloc.images import PhotoIdClash, find_photos
     from geoloc.tables import read_table
@@ -86,10 +85,9 @@ def zeroshot_command(
                                  param_hint="--neighbours")
     given = {"samples": samples, "answers_per_request": answers_per_request, "temperature": temperature,
              "max_tokens": max_tokens, "detail": detail.value if detail else None}
-    base = PRESETS[preset.value] if preset else PRESETS["g3"] if ks[-1] > 0 else {}
-    chosen = {**base, **{k: v for k, v in given.items() if v is not None}}
-    settings = ZeroShotSettings(model=model, base_url=base_url, concurrency=concurrency, max_retries=max_retries,
-                                timeout_s=timeout, allow_http=allow_http, **chosen)
+    settings = zeroshot_settings(model, base_url, preset.value if preset else None, ks, given,
+                                 concurrency=concurrency, max_retries=max_retries, timeout_s=timeout,
+                                 allow_http=allow_http)
     with clean_errors(ZeroShotError, FileNotFoundError, TableError, PhotoIdClash):
         near = Neighbours(read_table(neighbours), neighbours, ks[-1]) if neighbours is not None else None
         photos = find_photos(images)

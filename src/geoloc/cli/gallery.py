@@ -159,10 +159,7 @@ def retrieve_command(
     device: str = typer.Option("auto", "--device"),
 ) -> None:
     """The k gallery photos nearest to each query photo (and the --reverse K farthest), as candidates."""
-    import polars as pl
-
-    from geoloc.candidates.retrieval import retrieval_candidates
-    from geoloc.encode import embed_batches, read_file
+    from geoloc.candidates.retrieval import retrieve_photos
     from geoloc.encode.backbone import BackboneUnavailable
     from geoloc.encode.loading import load_backbone
     from geoloc.images import find_photos
@@ -174,19 +171,14 @@ def retrieve_command(
         model = load_backbone(_backbone_name(backbone or gallery.info["backbone"], clip), device=device)
         with progress_bar() as progress:
             task = progress.add_task("embedding", total=len(photos))
-            vectors, problems = embed_batches([("", str(p.path)) for p in photos], read_file, model, batch_size,
-                                              on_progress=lambda n: progress.advance(task, n))
-        readable = [row for row, problem in enumerate(problems) if problem is None]
-        for photo, problem in zip(photos, problems):
+            retrieved = retrieve_photos(photos, gallery, model, k, reverse, batch_size,
+                                        on_progress=lambda n: progress.advance(task, n))
+        for photo, problem in zip(photos, retrieved.problems):
             if problem is not None:
                 errors.print(f"[yellow]skipped[/] {photo.path}: {problem}", highlight=False)
-        query_ids = [photos[row].query_id for row in readable]
-        table = retrieval_candidates(gallery, query_ids, vectors[readable], k)
-        if reverse:
-            table = pl.concat([table, retrieval_candidates(gallery, query_ids, vectors[readable], reverse,
-                                                           source="reverse")])
-        write_table(table, out)
-    console.print(f"{len(readable)} photo(s), {len(table)} candidates -> {out}")
+        write_table(retrieved.candidates, out)
+    readable = retrieved.problems.count(None)
+    console.print(f"{readable} photo(s), {len(retrieved.candidates)} candidates -> {out}")
 
 
 @index_app.command("convert-g3")

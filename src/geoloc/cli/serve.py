@@ -8,14 +8,15 @@ from pathlib import Path
 import typer
 
 from geoloc.cli.common import clean_errors, errors
-from geoloc.cli.predict import BACKBONE_HELP, MODEL_HELP, geoclip_loader
+from geoloc.cli.predict import BACKBONE_HELP, MODEL_HELP, geoclip_loader, plonk_or_release
 
 
 def serve_command(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; beyond loopback a token is required."),
     port: int = typer.Option(8000, "--port"),
-    backbone: str | None = typer.Option(None, "--backbone", help=BACKBONE_HELP, show_default=False),
-    model: Path | None = typer.Option(None, "--model", help=MODEL_HELP),
+    backbone: str | None = typer.Option(None, "--backbone", help=BACKBONE_HELP + " With PLONK: the backbone its "
+                                        "checkpoint reads [default: the checkpoint's].", show_default=False),
+    model: str | None = typer.Option(None, "--model", help=MODEL_HELP + " plonk:ID_OR_DIR for PLONK."),
     token: str | None = typer.Option(None, "--token", envvar="GEOLOC_TOKEN", show_envvar=True,
                                      help="Require this bearer token on every API call (prefer GEOLOC_TOKEN: "
                                      "command lines are visible to other users)."),
@@ -36,6 +37,9 @@ def serve_command(
                               help="Tile URL template for the page's map, or 'none' for the bundled outline only "
                               "(tile servers see which areas are viewed)."),
     device: str = typer.Option("auto", "--device"),
+    recipe: Path | None = typer.Option(None, "--recipe", help="Answer through a recipe (see docs/recipes.md): "
+                                       "every source's candidates and the ranked answer; --backbone, --top-k and "
+                                       "--device are then the recipe's."),
 ) -> None:
     """Serve the page and the API: drop a photo, see where it was taken."""
     import uvicorn
@@ -51,18 +55,49 @@ def serve_command(
                              max_queue=max_queue, max_uploads=max_uploads, upload_timeout_s=upload_timeout,
                              token=token or None, allowed_hosts=(*allowed_host, *_bound_name(host)),
                              tiles=None if tiles.lower() == "none" else tiles)
+    if recipe is not None:
+        settings, load_guesser = _recipe_guesser(recipe, settings)
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        uvicorn.run(create_app(load_guesser, settings), host=host, port=port, log_level="info")
+        return
 
+    plonk, release = plonk_or_release(model)
     with clean_errors(ValueError):  # a --model that is not a release
-        load_geoclip = geoclip_loader(backbone, model, device)
+        load_geoclip = geoclip_loader(backbone, release, device) if plonk is None else None
 
     def load_guesser():
-        from geoloc.predict import guess_images
+        from geoloc.plonk.density import DensitySettings
+        from geoloc.predict import guess_images, load_plonk_locator
 
-        geoclip = load_geoclip()
-        return lambda photos: guess_images(photos, geoclip, top_k)
+        if plonk is not None:
+            predictor = load_plonk_locator(plonk, backbone, device, DensitySettings(samples=256))
+        else:
+            predictor = load_geoclip()
+        return lambda photos: guess_images(photos, predictor, top_k)
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     uvicorn.run(create_app(load_guesser, settings), host=host, port=port, log_level="info")
+
+
+def _recipe_guesser(recipe_path: Path, settings):
+    """The app's settings naming the recipe's sources and endpoints, and a loader of its engine."""
+    import dataclasses
+
+    from geoloc.recipe import RecipeError, load_recipe
+
+    with clean_errors(RecipeError):
+        recipe = load_recipe(recipe_path)
+    endpoints = (recipe.sources.zeroshot.base_url,) if recipe.sources.zeroshot is not None else ()
+    settings = dataclasses.replace(settings, sources=tuple(recipe.source_names()), photo_leaves_for=endpoints)
+
+    def load_guesser():
+        from geoloc.recipe.engine import RecipeEngine, engine_guesser
+
+        engine = RecipeEngine(recipe)
+        engine.load()
+        return engine_guesser(engine)
+
+    return settings, load_guesser
 
 
 def _bound_name(host: str) -> tuple[str, ...]:

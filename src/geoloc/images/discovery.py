@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".tif", ".tiff", ".bmp", ".heic", ".heif"})
@@ -13,10 +13,22 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".tif", ".
 
 @dataclass(frozen=True)
 class Photo:
-    """A photo named on the command line: its id (file name, or path relative to the folder given) and path."""
+    """A photo named on the command line: its id (file name, or path relative to the folder given) and path.
+
+    An upload to the web app is held in memory (`data`) and never written to `path`, which only names it.
+    """
 
     query_id: str
     path: Path
+    data: bytes | None = field(default=None, repr=False, compare=False)
+
+    def read_bytes(self) -> bytes:
+        return self.path.read_bytes() if self.data is None else self.data
+
+
+def photos_reader(photos: list[Photo]) -> tuple[list[tuple[str, str]], Callable[[str, str], bytes]]:
+    """Locations and a reader for `geoloc.encode.embed_batches` over these photos, in memory or on disk."""
+    return [("", str(number)) for number in range(len(photos))], lambda source, uri: photos[int(uri)].read_bytes()
 
 
 def list_files(root: Path, suffixes: frozenset[str] | None = IMAGE_SUFFIXES) -> list[str]:

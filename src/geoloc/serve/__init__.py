@@ -37,7 +37,8 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from geoloc.geo import drawable_region
 from geoloc.images.decoding import UNREADABLE, decode_photo
 from geoloc.network import is_loopback
-from geoloc.predict import LoadedPhoto, PhotoGuess, exif_position
+from geoloc.predict import LoadedPhoto, PhotoGuess, Unreadable, exif_position
+from geoloc.recipe.engine import RecipeAnswer
 
 log = logging.getLogger("geoloc.serve")
 MULTIPART_ALLOWANCE = 64 * 1024
@@ -61,10 +62,14 @@ class ServeSettings:
     """Names (or addresses) this server answers to besides the loopback ones, in `Host` and `Origin`."""
     tiles: str | None = DEFAULT_TILES
     tiles_attribution: str = "© OpenStreetMap contributors"
+    sources: tuple[str, ...] = ()
+    """A recipe's candidate sources, shown on the page (none: GeoCLIP alone)."""
+    photo_leaves_for: tuple[str, ...] = ()
+    """Endpoints a recipe sends each photo to (its zero-shot source): the page says so."""
 
 
-Guesser = Callable[[list[LoadedPhoto]], list[PhotoGuess]]
-"""Decoded photos in, answers out: the model behind the app (GeoCLIP by default)."""
+Guesser = Callable[[list[LoadedPhoto]], list[PhotoGuess | RecipeAnswer | Unreadable]]
+"""Decoded photos in, answers out: the model behind the app (GeoCLIP by default, or a recipe's engine)."""
 
 
 def _host_name(authority: str) -> str | None:
@@ -211,8 +216,10 @@ async def _guess_upload(photo: bytes, guesser: Guesser, settings: ServeSettings,
         except UNREADABLE as error:
             return _problem(422, f"not a decodable image ({error.__class__.__name__}); send a JPEG, PNG, "
                                  "WebP, HEIC or TIFF photo")
-        guesses = await queue.run(guesser, [LoadedPhoto("upload", "upload", image, exif)])
+        guesses = await queue.run(guesser, [LoadedPhoto("upload", "upload", image, exif, photo)])
     guess = guesses[0]
+    if isinstance(guess, Unreadable):
+        return _problem(422, guess.reason)
     return JSONResponse(guess.as_json() | drawable_region(guess.lat, guess.lon, guess.radius_km))
 
 
@@ -265,7 +272,8 @@ def create_app(load_guesser: Callable[[], Guesser], settings: ServeSettings | No
     @app.get("/api/config")
     async def config() -> dict:
         return {"tiles": settings.tiles, "attribution": settings.tiles_attribution,
-                "max_upload_bytes": settings.max_upload_bytes}
+                "max_upload_bytes": settings.max_upload_bytes, "sources": list(settings.sources),
+                "photo_leaves_for": list(settings.photo_leaves_for)}
 
     @app.get("/api/health")
     async def health() -> Response:
