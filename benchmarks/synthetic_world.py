@@ -23,6 +23,10 @@ The generator (it makes no claim about real photos):
 - Cells: `geoloc cells build` on the gallery's catalog. Candidates per query: the 10
   nearest gallery photos by embedding (`geoloc.candidates.retrieval`) and the
   classifier's top 5 cells (`geoloc.classifier`).
+- PLONK (`geoloc.plonk`) trained from scratch on the gallery's photos (Riemannian flow
+  matching), its answer the most likely of `--plonk-samples` samples; its 90% regions'
+  calibration: how often the truth lies in the highest-density region (its log density above
+  the region's level) and in the circle around the answer holding 90% of the samples.
 - GeoCLIP (`geoloc.geoclip`) trained from scratch on the gallery's photos (the
   classifier's training set) with GeoCLIP's settings, its gallery every distinct
   gallery location; its answer is the top-1 gallery location.
@@ -209,6 +213,39 @@ def candidate_methods(args: argparse.Namespace, ids: np.ndarray, lat: np.ndarray
     return figures
 
 
+def plonk_figures(vectors: np.ndarray, lat: np.ndarray, lon: np.ndarray, splits: dict[str, slice],
+                  args: argparse.Namespace, say) -> dict:
+    """PLONK trained from scratch on the gallery split: accuracy of its best mode, and its 90% regions' coverage."""
+    import torch
+
+    from geoloc.fitting import FitSettings
+    from geoloc.geo import to_unit_vectors
+    from geoloc.plonk.density import DensitySettings, photo_densities
+    from geoloc.plonk.model import PlonkSettings
+    from geoloc.plonk.network import NetworkConfig
+    from geoloc.plonk.sampling import log_likelihood, to_points
+    from geoloc.plonk.training import train_plonk
+
+    train, test = splits["gallery"], splits["test"]
+    started = time.perf_counter()
+    config = NetworkConfig(dim=args.plonk_dim, depth=args.plonk_depth, cond_dim=vectors.shape[1])
+    model, _ = train_plonk(vectors[train], to_unit_vectors(lat[train], lon[train]), config,
+                           PlonkSettings("riemannian_flow", "synthetic"),
+                           FitSettings(epochs=args.plonk_epochs, batch_size=1024, learning_rate=1e-3, seed=args.seed),
+                           say=say)
+    densities = photo_densities(model, vectors[test], DensitySettings(samples=args.plonk_samples,
+                                                                      steps=args.plonk_steps, modes=1))
+    truth = to_points(torch.from_numpy(np.column_stack([lat[test], lon[test]])))
+    truth_density = log_likelihood(model.network, model.settings.schedule,
+                                   torch.as_tensor(vectors[test], dtype=torch.float32), truth).double().numpy()
+    errors = distance_km(densities.modes[:, 0, 0], densities.modes[:, 0, 1], lat[test], lon[test])
+    say(f"plonk: {args.plonk_epochs} epoch(s), sampled in {time.perf_counter() - started:.0f} s in all")
+    return {**accuracy(errors), "region_mass": 0.9,
+            "truth_in_density_region": round(float(np.mean(truth_density >= densities.level)), 4),
+            "truth_in_radius": round(float(np.mean(errors <= densities.radius_km)), 4),
+            "median_region_km2": round(float(np.median(densities.area_km2)), 1)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--photos", type=int, default=100_000, help="locations used from the geoclip gallery")
@@ -222,6 +259,11 @@ def main() -> None:
     parser.add_argument("--geoclip-epochs", type=int, default=10, help="GeoCLIP's own: 10")
     parser.add_argument("--only-geoclip", action="store_true", help="GeoCLIP alone, in the same world and split "
                         "(the other methods need no GPU; GeoCLIP trains faster on one)")
+    parser.add_argument("--plonk-epochs", type=int, default=0, help="PLONK trained from scratch (0: left out)")
+    parser.add_argument("--plonk-dim", type=int, default=256)
+    parser.add_argument("--plonk-depth", type=int, default=6)
+    parser.add_argument("--plonk-samples", type=int, default=64)
+    parser.add_argument("--plonk-steps", type=int, default=100)
     parser.add_argument("--semantic-preset", choices=["pigeotto", "pigeon", "none"], default="pigeotto")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -239,6 +281,8 @@ def main() -> None:
         f"{args.test:,} test queries, {args.dim}-d")
 
     figures = {} if args.only_geoclip else candidate_methods(args, ids, lat, lon, vectors, splits, say)
+    if args.plonk_epochs:
+        figures["plonk"] = plonk_figures(vectors, lat, lon, splits, args, say)
     figures["geoclip"] = accuracy(geoclip_distances(vectors, lat, lon, splits, args.geoclip_epochs, args.seed, say))
     figures["seconds"] = round(time.perf_counter() - started, 1)
     print(json.dumps(figures))

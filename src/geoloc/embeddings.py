@@ -101,7 +101,11 @@ class EmbeddingParts:
     def iter_parts(self) -> Iterator[tuple[pl.Series, np.ndarray]]:
         """(ids, vectors) of each part's successfully embedded photos, one part in memory at a time."""
         for part in self.parts:
-            yield self._vectors(_successful(pl.scan_parquet(part)).select("image_id", "embedding").collect())
+            yield self.read_part(part)
+
+    def read_part(self, part: Path) -> tuple[pl.Series, np.ndarray]:
+        """(ids, vectors) of one part's successfully embedded photos."""
+        return self._vectors(_successful(pl.scan_parquet(part)).select("image_id", "embedding").collect())
 
     def rows_of_ids(self, ids: pl.Series) -> tuple[pl.Series, np.ndarray]:
         """(ids found, their vectors) among `ids`, in the folder's order: only those rows are read."""

@@ -13,7 +13,7 @@ import json
 import re
 
 from geoloc.bundled import bundled
-from geoloc.predict import PhotoGuess
+from geoloc.predict import PhotoGuess, guess_summary
 from geoloc.recipe.engine import RecipeAnswer
 
 ERROR_COLOURS = ((25.0, "#1a9850"), (200.0, "#91cf60"), (750.0, "#fc8d59"), (float("inf"), "#d73027"))
@@ -108,7 +108,7 @@ def map_html(
     title: str = "geoloc predictions",
 ) -> str:
     """The page: every guess with its alternatives and confidence region; truth lines when given."""
-    photos = [_photo(guess, f"p = {guess.candidates[0].prob:.3f}",
+    photos = [_photo(guess, guess_summary(guess),
                      [{"lat": c.lat, "lon": c.lon, "place": c.place, "colour": ALTERNATIVE_COLOUR,
                        "label": f"alternative, p = {c.prob:.3f}"} for c in guess.candidates[1:]])
               for guess in guesses]

@@ -16,6 +16,7 @@ from geoloc.cli import (
     gallery,
     geoclip,
     landmarks,
+    plonk,
     predict,
     ranker,
     recipe,
@@ -67,6 +68,7 @@ gallery.register(app, "2. Gallery: embeddings, index, retrieval")
 classifier.register(app, "3. Candidates")
 geoclip.register(app, "3. Candidates")
 candidates.register(app, "3. Candidates")
+plonk.register(app, candidates.app, "3. Candidates")
 ranker.register(app, "4. Ranking")
 evaluate.register(app, "5. Results")
 predict.register(app, candidates.app, "5. Results")

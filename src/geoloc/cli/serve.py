@@ -8,14 +8,15 @@ from pathlib import Path
 import typer
 
 from geoloc.cli.common import clean_errors, errors
-from geoloc.cli.predict import BACKBONE_HELP, MODEL_HELP, geoclip_loader
+from geoloc.cli.predict import BACKBONE_HELP, MODEL_HELP, geoclip_loader, plonk_or_release
 
 
 def serve_command(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; beyond loopback a token is required."),
     port: int = typer.Option(8000, "--port"),
-    backbone: str | None = typer.Option(None, "--backbone", help=BACKBONE_HELP, show_default=False),
-    model: Path | None = typer.Option(None, "--model", help=MODEL_HELP),
+    backbone: str | None = typer.Option(None, "--backbone", help=BACKBONE_HELP + " With PLONK: the backbone its "
+                                        "checkpoint reads [default: the checkpoint's].", show_default=False),
+    model: str | None = typer.Option(None, "--model", help=MODEL_HELP + " plonk:ID_OR_DIR for PLONK."),
     token: str | None = typer.Option(None, "--token", envvar="GEOLOC_TOKEN", show_envvar=True,
                                      help="Require this bearer token on every API call (prefer GEOLOC_TOKEN: "
                                      "command lines are visible to other users)."),
@@ -60,14 +61,19 @@ def serve_command(
         uvicorn.run(create_app(load_guesser, settings), host=host, port=port, log_level="info")
         return
 
+    plonk, release = plonk_or_release(model)
     with clean_errors(ValueError):  # a --model that is not a release
-        load_geoclip = geoclip_loader(backbone, model, device)
+        load_geoclip = geoclip_loader(backbone, release, device) if plonk is None else None
 
     def load_guesser():
-        from geoloc.predict import guess_images
+        from geoloc.plonk.density import DensitySettings
+        from geoloc.predict import guess_images, load_plonk_locator
 
-        geoclip = load_geoclip()
-        return lambda photos: guess_images(photos, geoclip, top_k)
+        if plonk is not None:
+            predictor = load_plonk_locator(plonk, backbone, device, DensitySettings(samples=256))
+        else:
+            predictor = load_geoclip()
+        return lambda photos: guess_images(photos, predictor, top_k)
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     uvicorn.run(create_app(load_guesser, settings), host=host, port=port, log_level="info")

@@ -35,7 +35,11 @@ from geoloc.tables import TableError, replace_durably, rows_of, write_table, wri
 CONFIG_FILE = "light_ranker.json"
 WEIGHTS_FILE = "light_ranker.safetensors"
 FORMAT = "geoloc-light-ranker/1"
-SCALARS = len(SOURCES) + 3
+RANKED_SOURCES = SOURCES[:5]
+"""The sources with a one-hot feature: the five light rankers were first made with, so saved ones keep loading.
+A later source (plonk) has none; its rank and score still count."""
+RANKED_INDEX = {name: i for i, name in enumerate(RANKED_SOURCES)}
+SCALARS = len(RANKED_SOURCES) + 3
 """Per candidate: source one-hot, log(1 + rank), generator score (0 when none), has-a-score flag."""
 LOOK_TEMPERATURES = (0.02, 0.05, 0.1)
 """Softmax temperatures over the query-gallery cosines for the look-weighted group support."""
@@ -246,14 +250,14 @@ def build_groups(frame: pl.DataFrame, lookups: Lookups, group_size: int | None =
     if lookups.text_embeddings is not None:
         _, text_vectors, text_rows = embeddings_of(lookups.text_embeddings, frame["text"].replace("", None))
         text_vectors = text_vectors if len(text_vectors) else np.zeros((1, text_vectors.shape[1]), np.float32)
-    sources = frame["source"].replace_strict({name: i for i, name in enumerate(SOURCES)}, default=0).to_numpy()
+    sources = frame["source"].replace_strict(RANKED_INDEX, default=len(RANKED_INDEX)).to_numpy()
     score = (frame["score"].cast(pl.Float64, strict=False).to_numpy() if "score" in frame.columns
              else np.full(frame.height, np.nan))
     scalars = np.zeros((frame.height, SCALARS), np.float32)
-    scalars[np.arange(frame.height), sources] = 1.0
-    scalars[:, len(SOURCES)] = np.log1p(frame["rank"].cast(pl.Float64).to_numpy())
-    scalars[:, len(SOURCES) + 1] = np.nan_to_num(score)
-    scalars[:, len(SOURCES) + 2] = np.isfinite(score)
+    scalars[:, :len(RANKED_SOURCES)] = np.eye(len(RANKED_SOURCES) + 1, dtype=np.float32)[sources, :-1]
+    scalars[:, len(RANKED_SOURCES)] = np.log1p(frame["rank"].cast(pl.Float64).to_numpy())
+    scalars[:, len(RANKED_SOURCES) + 1] = np.nan_to_num(score)
+    scalars[:, len(RANKED_SOURCES) + 2] = np.isfinite(score)
     lat, lon = frame["lat"].to_numpy(), frame["lon"].to_numpy()
     groups = Groups(
         query_ids=query_ids.to_numpy().astype(object),

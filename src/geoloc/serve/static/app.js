@@ -91,7 +91,10 @@ function show(answer) {
     : `chosen from ${answer.source}`;
   document.getElementById("place").textContent = answer.place;
   document.getElementById("coordinates").textContent =
-    `${answer.lat.toFixed(4)}, ${answer.lon.toFixed(4)} · ${summary} · within ~${Math.round(answer.radius_km)} km`;
+    `${answer.lat.toFixed(4)}, ${answer.lon.toFixed(4)} · ${summary} · within ~${Math.round(answer.radius_km)} km`
+    + (answer.log_likelihood === undefined ? "" : ` · log-likelihood ${answer.log_likelihood.toFixed(2)}`
+      + ` · localizability ${answer.localizability.toFixed(3)}`
+      + ` · ${Math.round(answer.region_mass * 100)}% region ${Math.round(answer.region_km2).toLocaleString()} km²`);
   document.getElementById("exif").textContent = answer.exif
     ? `The photo's own EXIF GPS: ${answer.exif.lat.toFixed(5)}, ${answer.exif.lon.toFixed(5)} (not used for the guess)`
     : "The photo carries no GPS position.";
