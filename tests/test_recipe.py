@@ -8,8 +8,9 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from conftest import build_tiny_clip
 from datawriters import photo, write_files
-from test_serve import browser, serving  # noqa: F401 (browser is a fixture)
+from test_serve import launched_browser, ready_page, serving
 from test_zeroshot import SECRET, Reply, serve  # noqa: F401 (serve is a fixture)
 from typer.testing import CliRunner
 
@@ -19,8 +20,9 @@ from geoloc.cli import app
 from geoloc.recipe import RecipeError, load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
-GALLERY = [(48.85, 2.29), (-33.85, 151.21), (-22.95, -43.21), (35.65, 139.74), (29.97, 31.13), (40.71, -74.0),
-           (51.5, -0.12), (55.75, 37.61), (-1.29, 36.82), (19.43, -99.13), (1.35, 103.82), (64.14, -21.94)]
+CITIES = [(48.85, 2.29), (-33.85, 151.21), (35.65, 139.74), (40.71, -74.0)]
+GALLERY = [(lat + 0.01 * k, lon - 0.01 * k) for lat, lon in CITIES for k in range(3)]
+"""Three photos a city: the cells a classifier needs (HDBSCAN, three photos a cell at least)."""
 QUERIES = [(48.0, 2.0), (-30.0, 150.0), (36.0, 140.0), (52.0, 0.0)]
 
 
@@ -51,11 +53,22 @@ def test_recipe_errors_name_the_line_and_paths_are_relative_to_the_file(tmp_path
     assert f"{recipe}, line 7: sources.geoclip.colour: Extra inputs are not permitted" in message
     recipe.write_text("sources:\n  retrieval:\n    index: ../index\n    reverse: 3\n  geoclip:\n    backbone: clip\n"
                       "ranker:\n  kind: light\n  model: light\n  top: {retrieval: 3}\n")
+    with pytest.raises(RecipeError) as raised:
+        load_recipe(recipe)
+    assert str(raised.value).splitlines() == [
+        f"{recipe}, line 3: sources.retrieval.index: no such file or folder: {tmp_path / 'recipes' / '../index'} "
+        "(paths are relative to the recipe)",
+        f"{recipe}, line 9: ranker.model: no such file or folder: {tmp_path / 'recipes' / 'light'} (paths are "
+        "relative to the recipe)"]
+    (tmp_path / "index").mkdir()
+    (tmp_path / "recipes" / "light").mkdir()
     loaded = load_recipe(recipe)
     assert loaded.sources.retrieval.index.resolve() == (tmp_path / "index").resolve()
     assert loaded.sources.geoclip.backbone == str(tmp_path / "recipes" / "clip")  # a folder beside it: a path
     assert loaded.ranker.model == tmp_path / "recipes" / "light"
     assert loaded.source_names() == ["retrieval", "geoclip"]
+    recipe.write_text("sources:\n  zeroshot:\n    model: Qwen/Qwen2-VL-7B-Instruct\n    base_url: http://127.0.0.1:1/v1\n")
+    assert load_recipe(recipe).sources.zeroshot.model == "Qwen/Qwen2-VL-7B-Instruct"  # a model's name, not a path
     recipe.write_text("sources:\n  geoclip:\n    backbone: openai/clip-vit-large-patch14\n  zeroshot:\n"
                       "    model: m\n    base_url: http://127.0.0.1:1/v1\n    rag: [5]\n")
     with pytest.raises(RecipeError, match="line 1: .*rag above 0 names retrieval and reverse neighbours"):
@@ -71,7 +84,7 @@ def test_recipe_errors_name_the_line_and_paths_are_relative_to_the_file(tmp_path
 def test_the_examples_are_valid_recipes():
     examples = sorted((ROOT / "examples" / "recipes").glob("*.yaml"))
     assert [path.name for path in examples] == ["cpu-light.yaml", "geoclip.yaml", "georanker.yaml"]
-    kinds = {path.name: load_recipe(path).ranker.kind for path in examples}
+    kinds = {path.name: load_recipe(path, check_paths=False).ranker.kind for path in examples}
     assert kinds == {"cpu-light.yaml": "light", "geoclip.yaml": "none", "georanker.yaml": "georanker"}
 
 
@@ -83,7 +96,8 @@ def answer_by_prompt(prompt: str) -> str:
 
 @pytest.fixture
 def world(tmp_path, tiny_clip, serve):  # noqa: F811
-    """A gallery index, a light ranker, query photos (with EXIF, so they can be catalogued) and the endpoint."""
+    """A gallery index, a GeoCLIP release trained on it, a light ranker, query photos (with EXIF, so they can
+    be catalogued) and the endpoint."""
     from geoloc.rank.light import LightConfig, LightRanker, save_light_ranker
 
     write_files(tmp_path / "gallery", {f"g{n:02d}.jpg": photo(*where, seed=n) for n, where in enumerate(GALLERY)})
@@ -94,15 +108,21 @@ def world(tmp_path, tiny_clip, serve):  # noqa: F811
     invoke("index", "build", "--embeddings", tmp_path / "gallery-embeddings", "--catalog",
            tmp_path / "gallery-catalog", "--out", tmp_path / "index")
     save_light_ranker(LightRanker(LightConfig(dim=768, backbone=str(tiny_clip)), seed=5), tmp_path / "light")
+    geoclip_clip = build_tiny_clip(tmp_path / "clip-224", image_size=224)  # GeoCLIP's training preprocessing
+    invoke("embed", "--catalog", tmp_path / "gallery-catalog", "--backbone", geoclip_clip, "--features",
+           "raw-geoclip-train", "--out", tmp_path / "raw-embeddings", "--workers", "0", "--device", "cpu")
+    invoke("geoclip", "train", "--catalog", tmp_path / "gallery-catalog", "--embeddings", tmp_path / "raw-embeddings",
+           "--out", tmp_path / "release", "--epochs", "1", "--batch-size", "4", "--queue-size", "8",
+           "--sigmas", "1,16,256,4096")
     stand_in, base_url = serve(defaultdict(lambda: [Reply(content_for=answer_by_prompt)]))
     return tmp_path, base_url, stand_in
 
 
-def recipe_text(base_url: str, clip: Path) -> str:
+def recipe_text(base_url: str, classifier: str = "") -> str:
     return f"""\
-sources:
+sources:{classifier}
   geoclip:
-    backbone: {clip}
+    model: release            # on the backbone it records
     top_k: 3
   retrieval:
     index: index
@@ -131,19 +151,27 @@ batch_size: 2
 def test_a_recipe_gives_what_the_separate_commands_give(world, tiny_clip):
     root, base_url, stand_in = world
     photos = root / "photos"
+    invoke("cells", "build", "--catalog", root / "gallery-catalog", "--out", root / "cells", "--min-cluster-size", "3",
+           "--levels", "2")
+    invoke("classifier", "train", "--cells", root / "cells", "--embeddings", root / "gallery-embeddings", "--catalog",
+           root / "gallery-catalog", "--out", root / "classifier", "--epochs", "1", "--batch-size", "8", "--hidden",
+           "16")
     # By hand, one command after the other, files between them.
-    invoke("candidates", "geoclip", photos, "--backbone", tiny_clip, "--top-k", "3", "--out", root / "geoclip.parquet",
-           "--device", "cpu", "--batch-size", "2")
+    invoke("candidates", "geoclip", photos, "--model", root / "release", "--top-k", "3", "--out",
+           root / "geoclip.parquet", "--device", "cpu", "--batch-size", "2")
     invoke("retrieve", photos, "--index", root / "index", "--k", "4", "--reverse", "3", "--out",
            root / "neighbours.parquet", "--device", "cpu", "--batch-size", "2")
     invoke("candidates", "zeroshot", photos, "--model", "stand-in", "--base-url", base_url, "--preset", "g3",
            "--samples", "2", "--neighbours", root / "neighbours.parquet", "--rag", "0", "--rag", "2", "--out",
            root / "answers.parquet", "--cache", root / "by-hand.sqlite")
-    invoke("candidates", "compile", "--candidates", root / "geoclip.parquet", "--candidates",
-           root / "neighbours.parquet", "--zeroshot", root / "answers.parquet", "--out", root / "candidates.parquet")
     invoke("catalog", "build", "--source", f"photos={photos}", "--out", root / "query-catalog")
     invoke("embed", "--catalog", root / "query-catalog", "--backbone", tiny_clip, "--out", root / "query-embeddings",
            "--workers", "0", "--device", "cpu", "--batch-size", "2")
+    invoke("classifier", "predict", "--model", root / "classifier", "--embeddings", root / "query-embeddings",
+           "--top-k", "2", "--nearest", "2", "--out", root / "classifier.parquet")
+    invoke("candidates", "compile", "--candidates", root / "geoclip.parquet", "--candidates",
+           root / "neighbours.parquet", "--candidates", root / "classifier.parquet", "--zeroshot",
+           root / "answers.parquet", "--out", root / "candidates.parquet")
     invoke("ranker", "score", "--candidates", root / "candidates.parquet", "--adapter", root / "light",
            "--query-embeddings", root / "query-embeddings", "--gallery-embeddings", root / "gallery-embeddings",
            "--gallery-table", root / "index", "--top", "retrieval=3", "--top", "zeroshot=4",
@@ -152,7 +180,7 @@ def test_a_recipe_gives_what_the_separate_commands_give(world, tiny_clip):
 
     # The recipe, in one process.
     recipe = root / "recipe.yaml"
-    recipe.write_text(recipe_text(base_url, tiny_clip))
+    recipe.write_text(recipe_text(base_url, "\n  classifier: {model: classifier, top_k: 2, nearest: 2}"))
     result = invoke("predict", "--recipe", recipe, photos, "--json", "--out", root / "recipe.parquet",
                     "--map", root / "map.html")
     assert len(stand_in.requests) == 2 * asked_by_hand, "the recipe asks the endpoint itself (its own cache)"
@@ -160,7 +188,7 @@ def test_a_recipe_gives_what_the_separate_commands_give(world, tiny_clip):
     assert [Path(answer["image"]).name for answer in answers] == ["q0.jpg", "q1.jpg", "q2.jpg", "q3.jpg"]
 
     by_hand = pl.read_parquet(root / "candidates.parquet")
-    assert set(by_hand["source"]) == {"geoclip", "retrieval", "reverse", "zeroshot"}
+    assert set(by_hand["source"]) == {"geoclip", "retrieval", "reverse", "classifier", "zeroshot"}
     ours = pl.DataFrame([{"query_id": Path(answer["image"]).name, **candidate} for answer in answers
                          for candidate in answer["candidates"]])
     columns = ["query_id", "source", "rank", "lat", "lon", "score"]
@@ -181,7 +209,7 @@ def test_a_recipe_gives_what_the_separate_commands_give(world, tiny_clip):
     assert ran["score"].to_list() == pytest.approx(expected["score"].to_list(), rel=1e-5)
     # The map draws every source's candidates in its colour.
     page = (root / "map.html").read_text()
-    for colour in ("#3182bd", "#e6550d", "#756bb1", "#d6616b"):
+    for colour in ("#3182bd", "#e6550d", "#756bb1", "#31a354", "#d6616b"):
         assert f'"colour":"{colour}"' in page
 
 
@@ -190,7 +218,7 @@ def test_predict_recipe_out_resumes(world, tiny_clip, monkeypatch):
 
     root, base_url, stand_in = world
     recipe = root / "recipe.yaml"
-    recipe.write_text(recipe_text(base_url, tiny_clip))
+    recipe.write_text(recipe_text(base_url))
     out = root / "recipe.parquet"
     calls = []
     answer = engine.RecipeEngine.answer
@@ -214,7 +242,7 @@ def test_predict_recipe_out_resumes(world, tiny_clip, monkeypatch):
 def test_run_reruns_only_what_changed(world, tiny_clip):
     root, base_url, stand_in = world
     recipe = root / "recipe.yaml"
-    text = recipe_text(base_url, tiny_clip)
+    text = recipe_text(base_url)
     recipe.write_text(text)
     truth = root / "truth.csv"
     truth.write_text("image_id,lat,lon\n" + "".join(f"q{n}.jpg,{lat},{lon}\n" for n, (lat, lon) in enumerate(QUERIES)))
@@ -235,7 +263,7 @@ def test_run_reruns_only_what_changed(world, tiny_clip):
     assert len(stand_in.requests) == asked, "RAG at K=2 names the same first neighbours: the answer cache serves"
 
 
-def test_serve_answers_through_the_recipe_over_http_and_in_the_browser(world, tiny_clip, request, tmp_path):
+def test_serve_answers_through_the_recipe_over_http_and_in_the_browser(world, tiny_clip, tmp_path):
     import httpx
 
     from geoloc.cli.serve import _recipe_guesser
@@ -243,9 +271,10 @@ def test_serve_answers_through_the_recipe_over_http_and_in_the_browser(world, ti
 
     root, base_url, stand_in = world
     recipe = root / "recipe.yaml"
-    recipe.write_text(recipe_text(base_url, tiny_clip))
+    recipe.write_text(recipe_text(base_url))
     result = invoke("predict", "--recipe", recipe, root / "photos", "--json")
     by_hand = {Path(answer["image"]).name: answer for answer in map(json.loads, result.stdout.splitlines())}
+    (root / "recipe-answers.sqlite").unlink()
     settings, load = _recipe_guesser(recipe, ServeSettings(tiles=None))
     assert settings.sources == ("geoclip", "retrieval", "zeroshot") and settings.photo_leaves_for == (base_url,)
     with serving(create_app(load, settings)) as port:
@@ -261,25 +290,23 @@ def test_serve_answers_through_the_recipe_over_http_and_in_the_browser(world, ti
                 assert [[c[k] for k in keys] for c in answer["candidates"]] == \
                     [[c[k] for k in keys] for c in expected["candidates"]]
                 assert answer["region"] and answer["region_bounds"]
-        page = request.getfixturevalue("browser").new_page()  # after predict: Playwright runs an event loop
-        problems = []
-        page.on("console", lambda message: message.type == "error" and problems.append(message.text))
-        page.on("pageerror", lambda error: problems.append(str(error)))
-        page.goto(url, wait_until="networkidle")
-        page.wait_for_selector("#status:has-text('Ready')", timeout=20_000)
-        assert "leaves this machine" in page.inner_text("#recipe-note") and base_url in page.inner_text("#recipe-note")
-        page.set_input_files("#photo", str(root / "photos" / "q0.jpg"))
-        page.wait_for_selector(".guess-marker", timeout=30_000)
-        expected = by_hand["q0.jpg"]
-        assert page.locator(".alternative-marker").count() == len(expected["candidates"])
-        for source in ("geoclip", "retrieval", "reverse", "zeroshot"):
-            assert page.locator(f".source-{source}").count() == sum(c["source"] == source
-                                                                     for c in expected["candidates"])
-        assert f"chosen from {expected['source']}" in page.inner_text("#coordinates")
-        page.screenshot(path=str(tmp_path / "recipe-page.png"))
-        assert (tmp_path / "recipe-page.png").stat().st_size > 10_000
-        assert problems == []
-        page.close()
+        assert not (root / "recipe-answers.sqlite").exists(), "the app keeps the endpoint's answers in memory"
+        with launched_browser() as browser:  # after predict: Playwright runs an event loop in this thread
+            page, problems = ready_page(browser, url)
+            note = page.inner_text("#recipe-note")
+            assert "leaves this machine" in note and base_url in note
+            page.set_input_files("#photo", str(root / "photos" / "q0.jpg"))
+            page.wait_for_selector(".guess-marker", timeout=30_000)
+            expected = by_hand["q0.jpg"]
+            assert page.locator(".alternative-marker").count() == len(expected["candidates"])
+            for source in ("geoclip", "retrieval", "reverse", "zeroshot"):
+                assert page.locator(f".source-{source}").count() == sum(c["source"] == source
+                                                                         for c in expected["candidates"])
+            assert f"chosen from {expected['source']}" in page.inner_text("#coordinates")
+            page.screenshot(path=str(tmp_path / "recipe-page.png"))
+            assert (tmp_path / "recipe-page.png").stat().st_size > 10_000
+            assert problems == []
+            page.close()
 
 
 def test_a_recipe_with_georanker_gives_what_ranker_score_gives(world, tiny_clip):

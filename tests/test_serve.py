@@ -195,8 +195,9 @@ def test_refuses_to_bind_beyond_loopback_without_a_token():
 # --- in a real browser -------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def browser():
+@contextmanager
+def launched_browser():
+    """Headless Chromium under Playwright, whose event loop runs in this thread until the block ends."""
     if CHROMIUM is None:
         if os.environ.get("CI"):
             pytest.fail("Chromium is missing; scripts/setup.sh --dev installs it (apt package chromium)")
@@ -211,6 +212,12 @@ def browser():
         )
         yield browser
         browser.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with launched_browser() as browser:
+        yield browser
 
 
 def free_port() -> int:
@@ -246,15 +253,21 @@ def live_server(guesser):
         yield f"http://127.0.0.1:{port}"
 
 
-def test_drop_a_photo_in_the_browser_and_see_it_on_the_map(browser, live_server, tmp_path):
-    photo = tmp_path / "photo.jpg"
-    photo.write_bytes(image_bytes(gps_block(48.8584, 2.2945), size=(160, 120)))
+def ready_page(browser, url: str) -> tuple[object, list[str]]:
+    """The app's page once it says Ready, and the console errors and page errors it logs meanwhile and after."""
     page = browser.new_page()
     problems = []
     page.on("console", lambda message: message.type == "error" and problems.append(message.text))
     page.on("pageerror", lambda error: problems.append(str(error)))
-    page.goto(live_server, wait_until="networkidle")
+    page.goto(url, wait_until="networkidle")
     page.wait_for_selector("#status:has-text('Ready')", timeout=20_000)
+    return page, problems
+
+
+def test_drop_a_photo_in_the_browser_and_see_it_on_the_map(browser, live_server, tmp_path):
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(image_bytes(gps_block(48.8584, 2.2945), size=(160, 120)))
+    page, problems = ready_page(browser, live_server)
     page.set_input_files("#photo", str(photo))
     page.wait_for_selector(".guess-marker", timeout=20_000)
     page.wait_for_selector(".exif-marker", timeout=5_000)

@@ -238,6 +238,10 @@ def image_data_url(data: bytes) -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
+MEMORY_ONLY = Path(":memory:")
+"""An answer cache that lives only as long as one run (SQLite in memory): the web app writes nothing."""
+
+
 class AnswerCache:
     """Answers on disk (SQLite), keyed by everything that shapes them. Errors are not cached."""
 

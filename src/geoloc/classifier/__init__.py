@@ -246,22 +246,13 @@ def classifier_candidates(
     model_dir: Path,
     top_k: int = 5,
     nearest: int = 5,
+    loaded: tuple[HierarchicalClassifier, CellTable, Memory] | None = None,
 ) -> pl.DataFrame:
-    """Candidates (source=classifier) for each query: its top-k cells, best first, score = top-down probability."""
-    return loaded_classifier_candidates(load_classifier(model_dir), query_ids, vectors, model_dir, top_k, nearest)
+    """Candidates (source=classifier) for each query: its top-k cells, best first, score = top-down probability.
 
-
-def loaded_classifier_candidates(
-    loaded: tuple[HierarchicalClassifier, CellTable, Memory],
-    query_ids: pl.Series | list[str],
-    vectors: NDArray[np.float32],
-    model_dir: Path,
-    top_k: int = 5,
-    nearest: int = 5,
-) -> pl.DataFrame:
-    """`classifier_candidates` with the model already loaded (`load_classifier`): a process answering many
-    batches loads it once."""
-    model, table, memory = loaded
+    `loaded`: the model as `load_classifier(model_dir)` gives it, so a process answering many
+    batches reads it once."""
+    model, table, memory = loaded or load_classifier(model_dir)
     if vectors.ndim != 2 or vectors.shape[1] != model.config.dim:
         raise ClassifierError(f"{model_dir}: the model takes {model.config.dim}-d embeddings, got shape "
                               f"{vectors.shape}; were the queries embedded with another backbone "

@@ -8,8 +8,9 @@ from pathlib import Path
 import typer
 
 from geoloc.cli.common import clean_errors, console, errors
+from geoloc.cli.outputs import resuming, write_answers
 from geoloc.progress import progress_bar
-from geoloc.tables import TableError, write_table, write_text
+from geoloc.tables import TableError, write_table
 
 DEFAULT_BACKBONE = "openai/clip-vit-large-patch14"
 BACKBONE_HELP = ("CLIP ViT-L/14 for GeoCLIP: a hub id or a local folder with its files [default: the --model "
@@ -95,18 +96,6 @@ def plonk_or_release(model: str | None) -> tuple[str | None, Path | None]:
     return None, Path(model) if model is not None else None
 
 
-def resuming(out: Path, advance):
-    """`on_start` for a resumable run: the bar starts at what is done, and says so."""
-    from geoloc.resumable import work_folder
-
-    def on_start(done: int) -> None:
-        if done:
-            errors.print(f"resuming: {done} photo(s) already answered in {work_folder(out)}", highlight=False)
-            advance(done)
-
-    return on_start
-
-
 def predict_command(
     photos: list[Path] = typer.Argument(..., help="Photos, or folders of photos (searched recursively)."),
     backbone: str | None = typer.Option(None, "--backbone", help=BACKBONE_HELP + " With PLONK: the backbone its "
@@ -177,21 +166,6 @@ def predict_command(
                       highlight=False)
     if unreadable and not guesses:
         raise typer.Exit(code=1)
-
-
-def write_answers(answers: list, out: Path | None, map_file: Path | None, table, page) -> None:
-    """`--out` (GeoJSON, else `table(answers)` as CSV/Parquet; its work folder removed) and `--map` (`page()`)."""
-    from geoloc.predict import predictions_geojson
-    from geoloc.resumable import remove_work_folder, work_folder
-
-    if out is not None and out.suffix.lower() == ".geojson":
-        write_text(out, json.dumps(predictions_geojson(answers)))
-    elif out is not None:
-        write_table(table(answers), out)
-    if out is not None:
-        remove_work_folder(work_folder(out))
-    if map_file is not None:
-        write_text(map_file, page())
 
 
 def geoclip_candidates_command(

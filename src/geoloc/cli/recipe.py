@@ -15,7 +15,7 @@ from geoloc.tables import write_table, write_text
 def recipe_answers(recipe_path: Path, photos_or_folders: list[Path], out: Path | None, part_photos: int,
                    restart: bool) -> tuple[list, list]:
     """(answers, unreadable) for every photo, resumable through `out`'s work folder."""
-    from geoloc.cli.predict import resuming
+    from geoloc.cli.outputs import resuming
     from geoloc.images import find_photos
     from geoloc.predict import answer_in_parts
     from geoloc.recipe import load_recipe, recipe_identity
@@ -56,7 +56,7 @@ def predict_recipe(recipe_path: Path, photos: list[Path], as_json: bool, out: Pa
                    known: dict | None, tiles: str | None, part_photos: int, restart: bool) -> None:
     """`geoloc predict --recipe`: answers printed, written to `out` and drawn on `map_file`."""
     from geoloc.candidates.zeroshot import ZeroShotError
-    from geoloc.cli.predict import write_answers
+    from geoloc.cli.outputs import write_answers
     from geoloc.maps import recipe_map_html
     from geoloc.rank.model import ModelLoadError
     from geoloc.recipe.engine import predictions_table

@@ -93,7 +93,7 @@ def _recipe_guesser(recipe_path: Path, settings):
     def load_guesser():
         from geoloc.recipe.engine import RecipeEngine, engine_guesser
 
-        engine = RecipeEngine(recipe)
+        engine = RecipeEngine(recipe, write_nothing=True)
         engine.load()
         return engine_guesser(engine)
 

@@ -190,19 +190,33 @@ def _scalar(node: yaml.ScalarNode) -> Any:
         loader.dispose()
 
 
-def _resolve_paths(values: Any, folder: Path, key: str | None = None) -> Any:
+def _is_path(where: tuple) -> bool:
+    """Whether the setting at `where` names a file or folder (the zero-shot `model` is a model's name)."""
+    return bool(where) and where[-1] in PATH_FIELDS and where != ("sources", "zeroshot", "model")
+
+
+def _resolve_paths(values: Any, folder: Path, where: tuple = ()) -> Any:
     """Paths made relative to the recipe's folder; backbones only when they name something there."""
     if isinstance(values, dict):
-        return {name: _resolve_paths(value, folder, name) for name, value in values.items()}
+        return {name: _resolve_paths(value, folder, where + (name,)) for name, value in values.items()}
     if not isinstance(values, str):
         return values
-    if key in PATH_FIELDS and not (key == "model" and "://" in values):
-        return str((folder / values).expanduser()) if not Path(values).expanduser().is_absolute() else values
-    if key in MODEL_FIELDS:
+    if _is_path(where):
+        return str(folder / Path(values).expanduser())
+    if where and where[-1] in MODEL_FIELDS:
         prefix, path = ("g3:", values[3:]) if values.startswith("g3:") else ("", values)
         if path.startswith(("./", "../")) or (folder / path).exists():
             return prefix + str(folder / path)
     return values
+
+
+def _missing_paths(values: Any, where: tuple = ()):
+    """(setting, path) of every file or folder the resolved settings name that does not exist."""
+    if isinstance(values, dict):
+        for name, value in values.items():
+            yield from _missing_paths(value, where + (name,))
+    elif _is_path(where) and where[-1] != "cache" and isinstance(values, str) and not Path(values).exists():
+        yield where, values
 
 
 def _line_of(location: tuple, lines: dict[tuple, int]) -> tuple[int | None, str]:
@@ -215,8 +229,11 @@ def _line_of(location: tuple, lines: dict[tuple, int]) -> tuple[int | None, str]
     return None, ".".join(map(str, location))
 
 
-def load_recipe(path: Path) -> Recipe:
-    """The recipe in `path`, validated; RecipeError names the line of any mistake."""
+def load_recipe(path: Path, check_paths: bool = True) -> Recipe:
+    """The recipe in `path`, validated; RecipeError names the line of any mistake.
+
+    `check_paths`: every model, index and photo folder it names must exist (not the answer
+    cache, made on first use); off for a template whose folders are still to be made."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -233,9 +250,9 @@ def load_recipe(path: Path) -> Recipe:
     if not isinstance(values, dict):
         raise RecipeError(f"{path}, line 1: a recipe is a mapping with sources, ranker and region")
     order = tuple(values.get("sources", {}) or {}) if isinstance(values.get("sources"), dict) else ()
+    resolved = _resolve_paths(values, path.resolve().parent)
     try:
-        recipe = Recipe.model_validate({**_resolve_paths(values, path.resolve().parent), "path": path.resolve(),
-                                        "order": order})
+        recipe = Recipe.model_validate({**resolved, "path": path.resolve(), "order": order})
     except ValidationError as error:
         problems = []
         for problem in error.errors():
@@ -245,7 +262,12 @@ def load_recipe(path: Path) -> Recipe:
         raise RecipeError("\n".join(problems)) from error
     if recipe.sources.plonk is not None:
         raise RecipeError(f"{path}, line {lines.get(('sources', 'plonk'))}: sources.plonk: PLONK is not a recipe "
-                          "source yet (geoloc.plonk is not part of this geoloc); remove it from the recipe")
+                          "source yet (it answers alone, as `geoloc predict --model plonk:ID_OR_DIR`, but gives no "
+                          "candidates table for a ranker); remove it from the recipe")
+    missing = list(_missing_paths(resolved)) if check_paths else []
+    if missing:
+        raise RecipeError("\n".join(f"{path}, line {lines.get(where)}: {'.'.join(where)}: no such file or folder: "
+                                     f"{value} (paths are relative to the recipe)" for where, value in missing))
     return recipe
 
 
@@ -268,3 +290,4 @@ def _named_models(values: dict, prefix: str = ""):
             yield from _named_models(value, f"{prefix}{key}.")
         elif key in MODEL_FIELDS | PATH_FIELDS and isinstance(value, str) and "://" not in value:
             yield prefix + key, value
+

@@ -66,8 +66,10 @@ class Readable:
 class RecipeEngine:
     """The recipe's models, loaded at first need and kept; `answer` takes photos in batches."""
 
-    def __init__(self, recipe: Recipe) -> None:
+    def __init__(self, recipe: Recipe, write_nothing: bool = False) -> None:
         self.recipe = recipe
+        self.write_nothing = write_nothing
+        """The web app's engine: zero-shot answers are kept in memory for one photo, not in the on-disk cache."""
         self._backbones: dict[str, object] = {}
 
     def backbone(self, name: str):
@@ -124,6 +126,9 @@ class RecipeEngine:
             _ = self.geoclip
         if recipe.sources.retrieval is not None:
             self.backbone(recipe.sources.retrieval.backbone or self.gallery.info["backbone"])
+        classifier = recipe.sources.classifier
+        if classifier is not None and (classifier.backbone or self.classifier[0].config.backbone):
+            self.backbone(classifier.backbone or self.classifier[0].config.backbone)
         if recipe.ranker.kind == "light":
             self.backbone(self.light_backbone())
         if recipe.ranker.kind == "georanker":
@@ -276,7 +281,7 @@ class Stages:
         return retrieved.candidates
 
     def _classifier(self, tables: dict) -> pl.DataFrame:
-        from geoloc.classifier import loaded_classifier_candidates
+        from geoloc.classifier import classifier_candidates
 
         settings = self.engine.recipe.sources.classifier
         name = settings.backbone or self.engine.classifier[0].config.backbone
@@ -285,12 +290,18 @@ class Stages:
                               "sources.classifier.backbone")
         vectors, problems = self.vectors(name)
         readable = [row for row, problem in enumerate(problems) if problem is None]
-        return loaded_classifier_candidates(self.engine.classifier, [self.photos[row].query_id for row in readable],
-                                            vectors[readable], settings.model, settings.top_k, settings.nearest)
+        return classifier_candidates([self.photos[row].query_id for row in readable], vectors[readable],
+                                     settings.model, settings.top_k, settings.nearest, self.engine.classifier)
 
     def _zeroshot(self, tables: dict) -> pl.DataFrame:
         from geoloc.candidates.compile import zeroshot_candidates
-        from geoloc.candidates.zeroshot import Neighbours, ask_zeroshot, default_cache_path, zeroshot_settings
+        from geoloc.candidates.zeroshot import (
+            MEMORY_ONLY,
+            Neighbours,
+            ask_zeroshot,
+            default_cache_path,
+            zeroshot_settings,
+        )
 
         settings = self.engine.recipe.sources.zeroshot
         ks = sorted(set(settings.rag))
@@ -300,7 +311,8 @@ class Stages:
                                     concurrency=settings.concurrency, max_retries=settings.max_retries,
                                     timeout_s=settings.timeout_s, allow_http=settings.allow_http)
         near = Neighbours(tables["retrieval"], "the recipe's retrieval", ks[-1]) if ks[-1] > 0 else None
-        answers = ask_zeroshot(self.photos, request, settings.cache or default_cache_path(), rag=ks, neighbours=near)
+        cache = MEMORY_ONLY if self.engine.write_nothing else settings.cache or default_cache_path()
+        answers = ask_zeroshot(self.photos, request, cache, rag=ks, neighbours=near)
         table, _ = zeroshot_candidates([(answers.table, Path("zeroshot answers"))])
         return table
 
