@@ -6,7 +6,7 @@ the spots with a heavy tail (most spots hold one photo, a few hold thousands, as
 landmarks do), about 36% distinct, rounded to 6 decimals as geotags are.
 
 - ours: collapsing identical coordinates, HDBSCAN on unit vectors (Boruvka MST
-  on fast_hdbscan's KD-tree, photo-weighted condensed tree) with labels as one point per photo,
+  on a KD-tree, photo-weighted condensed tree) with labels as one point per photo,
   and the coarser levels (3 levels), as `geoloc cells build` computes them (files are
   not written). numba's one-off compilation is done on a small warm-up set first and
   not counted.
@@ -18,6 +18,12 @@ Prints one JSON line: {"points", "distinct", "ours_s", "seed_method_s", "speedup
 "cells" (level 0), "ours_cpu_s" (CPU seconds of our run, all threads) and "load" (the machine's 1-minute load
 average at the end: other work on the machine slows the wall-clock figures); ours_peak_mb is the process's
 peak resident memory after our run (points included).
+
+`--method semantic [--preset pigeotto|pigeon]` times PIGEON's semantic cells instead
+(`geoloc.cells.semantic`, the installed boundaries, files not written) on the same points:
+{"points", "distinct", "boundaries_s" (loading the areas), "semantic_s", "steps" (seconds at each step),
+"peak_mb", "cells", "small", "above_max", "crossing_border" (photos whose cell's country is not
+the country holding them: 0 is the promise), "load"}.
 """
 
 from __future__ import annotations
@@ -87,12 +93,46 @@ def seed_method(lat: np.ndarray, lon: np.ndarray) -> None:
                     approx_min_span_tree=True).fit(degrees)
 
 
+def semantic(lat: np.ndarray, lon: np.ndarray, preset_name: str) -> dict:
+    """PIGEON's cells on the points, timed step by step, and checked against the borders."""
+    from process_memory import peak_rss_mb
+
+    from geoloc.cells.semantic import PRESETS, semantic_cells
+    from geoloc.places.boundaries import admin_areas
+
+    preset = PRESETS[preset_name]
+    distinct = collapse_coordinates(lat, lon)
+    start = time.perf_counter()
+    areas = admin_areas()
+    boundaries_s = time.perf_counter() - start
+    steps: dict[str, float] = {}
+    start = time.perf_counter()
+    cells = semantic_cells(areas, distinct.lat, distinct.lon, distinct.photos, preset,
+                           say=lambda line: steps.setdefault(line, round(time.perf_counter() - start, 1)))
+    semantic_s = time.perf_counter() - start
+    peak = peak_rss_mb()
+    sizes = np.bincount(cells.labels, weights=distinct.photos)
+    located = areas.locate(distinct.lat, distinct.lon)
+    holding = np.where(located >= 0, areas.names["country"].to_numpy()[np.maximum(located, 0)], None)
+    crossing = (located >= 0) & (holding != cells.names["country"].to_numpy()[cells.labels])
+    return {"points": len(lat), "distinct": len(distinct), "preset": preset_name,
+            "boundaries_s": round(boundaries_s, 1), "semantic_s": round(semantic_s, 1), "steps": steps,
+            "peak_mb": round(peak), "cells": len(sizes), "small": int((sizes < preset.min_photos).sum()),
+            "above_max": int((sizes > preset.max_photos).sum()),
+            "crossing_border": int(distinct.photos[crossing].sum()), "load": round(os.getloadavg()[0], 1)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--points", type=int, default=300_000)
     parser.add_argument("--skip-seed-method", action="store_true", help="time ours only (the seed method is O(n^2))")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--method", choices=["hdbscan", "semantic"], default="hdbscan")
+    parser.add_argument("--preset", choices=["pigeotto", "pigeon"], default="pigeotto")
     args = parser.parse_args()
+    if args.method == "semantic":
+        print(json.dumps(semantic(*photo_locations(args.points, args.seed), args.preset)))
+        return
     warm_lat, warm_lon = photo_locations(2_000, args.seed + 1)
     ours(warm_lat, warm_lon)
     lat, lon = photo_locations(args.points, args.seed)

@@ -23,10 +23,23 @@ The generator (it makes no claim about real photos):
 - Cells: `geoloc cells build` on the gallery's catalog. Candidates per query: the 10
   nearest gallery photos by embedding (`geoloc.candidates.retrieval`) and the
   classifier's top 5 cells (`geoloc.classifier`).
+- PLONK (`geoloc.plonk`) trained from scratch on the gallery's photos (Riemannian flow
+  matching), its answer the most likely of `--plonk-samples` samples; its 90% regions'
+  calibration: how often the truth lies in the highest-density region (its log density above
+  the region's level) and in the circle around the answer holding 90% of the samples.
+- GeoCLIP (`geoloc.geoclip`) trained from scratch on the gallery's photos (the
+  classifier's training set) with GeoCLIP's settings, its gallery every distinct
+  gallery location; its answer is the top-1 gallery location.
+- Semantic cells (`--semantic-preset pigeotto`, the default; `none` skips them): PIGEON's
+  cells (`geoloc cells build --method semantic`, on the installed boundaries) over the same
+  gallery, and a second classifier trained on them with PIGEON's per-photo label
+  smoothing (tau 65 km for pigeotto, 75 for pigeon); its top cell is scored beside the
+  HDBSCAN classifier's as `classifier_semantic` (it does not feed the ranker).
 
 Prints one JSON line: accuracy at 1 / 25 / 200 / 750 / 2500 km on the test queries for
-`retrieval_top1`, `classifier` (its top cell), `ranker` (the light ranker over the
-retrieval + classifier candidates) and `oracle` (the best candidate), and whether the
+`retrieval_top1`, `classifier` (its top cell), `classifier_semantic`, `geoclip` (trained from scratch),
+`ranker` (the light ranker over the retrieval + classifier candidates) and `oracle`
+(the best candidate), and whether the
 goal holds: the ranker beats retrieval top-1 at 25 and 200 km and closes at least 30%
 of the gap between retrieval top-1 and the oracle at 25 km.
 """
@@ -44,15 +57,8 @@ import numpy as np
 import polars as pl
 
 from geoloc.candidates.geoclip import geoclip_gallery
-from geoloc.candidates.retrieval import retrieval_candidates
-from geoloc.cells import CellsOptions, build_cells
-from geoloc.classifier import ClassifierSettings, classifier_candidates, train_classifier
-from geoloc.embeddings import write_embeddings
 from geoloc.evaluate import metrics_from_distances
-from geoloc.fitting import FitSettings
 from geoloc.geo import EARTH_RADIUS_KM, distance_km, to_unit_vectors
-from geoloc.index import GalleryIndex, build_faiss_index, plan_index
-from geoloc.rank.light import LightTrainConfig, Lookups, build_groups, fit_light_ranker, rank_light
 
 SCALES_KM = (5000.0, 500.0, 50.0, 5.0)
 SCALE_WEIGHTS = (1.0, 0.9, 0.8, 0.7)
@@ -87,31 +93,56 @@ def accuracy(distances: np.ndarray) -> dict[str, float]:
     return {key: round(value, 4) for key, value in metrics.items() if key.startswith("acc_")}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--photos", type=int, default=100_000, help="locations used from the geoclip gallery")
-    parser.add_argument("--gallery-share", type=float, default=0.5)
-    parser.add_argument("--test", type=int, default=10_000, help="test queries")
-    parser.add_argument("--dim", type=int, default=64)
-    parser.add_argument("--features", type=int, default=256, help="random Fourier features per scale")
-    parser.add_argument("--classifier-epochs", type=int, default=4)
-    parser.add_argument("--ranker-epochs", type=int, default=12)
-    parser.add_argument("--ranker-hidden", type=int, default=256)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+def geoclip_distances(vectors: np.ndarray, lat: np.ndarray, lon: np.ndarray, splits: dict[str, slice], epochs: int,
+                      seed: int, say) -> np.ndarray:
+    """GeoCLIP trained from scratch on the gallery split; each test query's error at its top-1 gallery location."""
+    from geoloc.geoclip import top1_locations
+    from geoloc.geoclip.release import gallery_features, sample_gallery
+    from geoloc.geoclip.training import TrainSettings, new_state, train_epochs
+
+    train, test = splits["gallery"], splits["test"]
+    coordinates = np.column_stack([lat, lon])
+    settings = TrainSettings(epochs=epochs, seed=seed, image_dim=vectors.shape[1])
     started = time.perf_counter()
-    say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    state = train_epochs(new_state(settings), vectors[train], coordinates[train], settings,
+                         lambda state: say(f"geoclip epoch {state.epochs_done}: loss {state.losses[-1]:.3f}"))
+    gallery = sample_gallery(lat[train], lon[train], len(lat))
+    guess = top1_locations(state.model, gallery_features(state.model.location_encoder, gallery), gallery,
+                           vectors[test])
+    say(f"geoclip: {epochs} epoch(s) in {time.perf_counter() - started:.0f} s, gallery {len(gallery):,}")
+    return distance_km(guess[:, 0], guess[:, 1], lat[test], lon[test])
 
-    coordinates = geoclip_gallery()[np.random.default_rng(args.seed).permutation(100_000)[:args.photos]]
-    lat, lon = coordinates[:, 0].astype(np.float64), coordinates[:, 1].astype(np.float64)
-    vectors = world_embeddings(lat, lon, args.dim, args.features, args.seed)
-    ids = np.array([f"p{i:06d}" for i in range(len(lat))], dtype=object)
-    gallery_end = int(args.gallery_share * len(lat))
-    train_end = len(lat) - args.test
-    splits = {"gallery": slice(0, gallery_end), "train": slice(gallery_end, train_end), "test": slice(train_end, None)}
-    say(f"world: {len(lat):,} photos, {gallery_end:,} gallery, {train_end - gallery_end:,} training queries, "
-        f"{args.test:,} test queries, {args.dim}-d")
 
+def semantic_classifier(root: Path, args: argparse.Namespace, say):
+    """Semantic cells over the gallery and a classifier with PIGEON's smoothing; returns its top-1 predictor."""
+    from geoloc.cells.semantic_build import SemanticOptions, build_semantic_cells
+    from geoloc.classifier import ClassifierSettings, classifier_candidates, train_classifier
+    from geoloc.fitting import FitSettings
+
+    cells = build_semantic_cells(root / "catalog", root / "semantic-cells", SemanticOptions(args.semantic_preset),
+                                 on_step=say)
+    say(f"semantic cells: {cells.cells_per_level[0]} ({cells.seconds:.0f} s)")
+    tau = {"pigeotto": 65.0, "pigeon": 75.0}[args.semantic_preset]
+    train_classifier(root / "semantic-cells", root / "gallery-embeddings", root / "catalog", root / "semantic",
+                     ClassifierSettings(hidden=256, label_smoothing_km=tau,
+                                        fit=FitSettings(epochs=args.classifier_epochs, batch_size=512,
+                                                        learning_rate=2e-3, seed=args.seed)), say)
+    return lambda query_ids, query_vectors: classifier_candidates(query_ids, query_vectors, root / "semantic",
+                                                                  top_k=1)
+
+
+def candidate_methods(args: argparse.Namespace, ids: np.ndarray, lat: np.ndarray, lon: np.ndarray,
+                      vectors: np.ndarray, splits: dict[str, slice], say) -> dict:
+    """Retrieval, the classifier, the light ranker over their candidates, and the oracle, on the test queries."""
+    from geoloc.candidates.retrieval import retrieval_candidates
+    from geoloc.cells import CellsOptions, build_cells
+    from geoloc.classifier import ClassifierSettings, classifier_candidates, train_classifier
+    from geoloc.embeddings import write_embeddings
+    from geoloc.fitting import FitSettings
+    from geoloc.index import GalleryIndex, build_faiss_index, plan_index
+    from geoloc.rank.light import LightTrainConfig, Lookups, build_groups, fit_light_ranker, rank_light
+
+    gallery_end, train_end = splits["gallery"].stop, splits["train"].stop
     with tempfile.TemporaryDirectory(prefix="synthetic-world-") as folder:
         root = Path(folder)
         gallery = pl.DataFrame({"image_id": ids[splits["gallery"]], "uri": ids[splits["gallery"]],
@@ -126,6 +157,9 @@ def main() -> None:
         train_classifier(root / "cells", root / "gallery-embeddings", root / "catalog", root / "classifier",
                          ClassifierSettings(hidden=256, fit=FitSettings(epochs=args.classifier_epochs, batch_size=512,
                                                             learning_rate=2e-3, seed=args.seed)), say)
+        semantic = None
+        if args.semantic_preset != "none":
+            semantic = semantic_classifier(root, args, say)(ids[splits["test"]].tolist(), vectors[splits["test"]])
         plan = plan_index(gallery_end, args.dim, "flat")
         index = GalleryIndex(build_faiss_index(vectors[splits["gallery"]], plan), gallery, {"dim": args.dim})
 
@@ -165,6 +199,8 @@ def main() -> None:
     figures = {
         "retrieval_top1": accuracy(per_query(first("retrieval").select("query_id", "km"))),
         "classifier": accuracy(per_query(first("classifier").select("query_id", "km"))),
+        "classifier_semantic": None if semantic is None else accuracy(distance_km(
+            semantic["lat"], semantic["lon"], test_truth["lat"], test_truth["lon"])),
         "ranker": accuracy(ranker_km),
         "oracle": accuracy(per_query(distance.group_by("query_id").agg(pl.col("km").min()))),
     }
@@ -174,6 +210,80 @@ def main() -> None:
     figures["gap_closed_25km"] = round(closed, 3)
     figures["goal_met"] = bool(ours["acc_25km"] > retrieval["acc_25km"] and ours["acc_200km"] > retrieval["acc_200km"]
                                and closed >= 0.3)
+    return figures
+
+
+def plonk_figures(vectors: np.ndarray, lat: np.ndarray, lon: np.ndarray, splits: dict[str, slice],
+                  args: argparse.Namespace, say) -> dict:
+    """PLONK trained from scratch on the gallery split: accuracy of its best mode, and its 90% regions' coverage."""
+    import torch
+
+    from geoloc.fitting import FitSettings
+    from geoloc.geo import to_unit_vectors
+    from geoloc.plonk.density import DensitySettings, photo_densities
+    from geoloc.plonk.model import PlonkSettings
+    from geoloc.plonk.network import NetworkConfig
+    from geoloc.plonk.sampling import log_likelihood, to_points
+    from geoloc.plonk.training import train_plonk
+
+    train, test = splits["gallery"], splits["test"]
+    started = time.perf_counter()
+    config = NetworkConfig(dim=args.plonk_dim, depth=args.plonk_depth, cond_dim=vectors.shape[1])
+    model, _ = train_plonk(vectors[train], to_unit_vectors(lat[train], lon[train]), config,
+                           PlonkSettings("riemannian_flow", "synthetic"),
+                           FitSettings(epochs=args.plonk_epochs, batch_size=1024, learning_rate=1e-3, seed=args.seed),
+                           say=say)
+    densities = photo_densities(model, vectors[test], DensitySettings(samples=args.plonk_samples,
+                                                                      steps=args.plonk_steps, modes=1))
+    truth = to_points(torch.from_numpy(np.column_stack([lat[test], lon[test]])))
+    truth_density = log_likelihood(model.network, model.settings.schedule,
+                                   torch.as_tensor(vectors[test], dtype=torch.float32), truth).double().numpy()
+    errors = distance_km(densities.modes[:, 0, 0], densities.modes[:, 0, 1], lat[test], lon[test])
+    say(f"plonk: {args.plonk_epochs} epoch(s), sampled in {time.perf_counter() - started:.0f} s in all")
+    return {**accuracy(errors), "region_mass": 0.9,
+            "truth_in_density_region": round(float(np.mean(truth_density >= densities.level)), 4),
+            "truth_in_radius": round(float(np.mean(errors <= densities.radius_km)), 4),
+            "median_region_km2": round(float(np.median(densities.area_km2)), 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--photos", type=int, default=100_000, help="locations used from the geoclip gallery")
+    parser.add_argument("--gallery-share", type=float, default=0.5)
+    parser.add_argument("--test", type=int, default=10_000, help="test queries")
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--features", type=int, default=256, help="random Fourier features per scale")
+    parser.add_argument("--classifier-epochs", type=int, default=4)
+    parser.add_argument("--ranker-epochs", type=int, default=12)
+    parser.add_argument("--ranker-hidden", type=int, default=256)
+    parser.add_argument("--geoclip-epochs", type=int, default=10, help="GeoCLIP's own: 10")
+    parser.add_argument("--only-geoclip", action="store_true", help="GeoCLIP alone, in the same world and split "
+                        "(the other methods need no GPU; GeoCLIP trains faster on one)")
+    parser.add_argument("--plonk-epochs", type=int, default=0, help="PLONK trained from scratch (0: left out)")
+    parser.add_argument("--plonk-dim", type=int, default=256)
+    parser.add_argument("--plonk-depth", type=int, default=6)
+    parser.add_argument("--plonk-samples", type=int, default=64)
+    parser.add_argument("--plonk-steps", type=int, default=100)
+    parser.add_argument("--semantic-preset", choices=["pigeotto", "pigeon", "none"], default="pigeotto")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    started = time.perf_counter()
+    say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+
+    coordinates = geoclip_gallery()[np.random.default_rng(args.seed).permutation(100_000)[:args.photos]]
+    lat, lon = coordinates[:, 0].astype(np.float64), coordinates[:, 1].astype(np.float64)
+    vectors = world_embeddings(lat, lon, args.dim, args.features, args.seed)
+    ids = np.array([f"p{i:06d}" for i in range(len(lat))], dtype=object)
+    gallery_end = int(args.gallery_share * len(lat))
+    train_end = len(lat) - args.test
+    splits = {"gallery": slice(0, gallery_end), "train": slice(gallery_end, train_end), "test": slice(train_end, None)}
+    say(f"world: {len(lat):,} photos, {gallery_end:,} gallery, {train_end - gallery_end:,} training queries, "
+        f"{args.test:,} test queries, {args.dim}-d")
+
+    figures = {} if args.only_geoclip else candidate_methods(args, ids, lat, lon, vectors, splits, say)
+    if args.plonk_epochs:
+        figures["plonk"] = plonk_figures(vectors, lat, lon, splits, args, say)
+    figures["geoclip"] = accuracy(geoclip_distances(vectors, lat, lon, splits, args.geoclip_epochs, args.seed, say))
     figures["seconds"] = round(time.perf_counter() - started, 1)
     print(json.dumps(figures))
 

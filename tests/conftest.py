@@ -5,8 +5,10 @@ from pathlib import Path
 import pytest
 
 
-def build_tiny_clip(folder: Path, projection_dim: int = 768) -> Path:
-    """A CLIP with ViT-L/14's projection size (768, unless told) but a toy vision tower, saved like a hub folder."""
+def build_tiny_clip(folder: Path, projection_dim: int = 768, image_size: int = 64) -> Path:
+    """A CLIP with ViT-L/14's projection size (768, unless told) but a toy vision tower, saved like a hub folder.
+
+    `image_size` 224 is what GeoCLIP's training preprocessing gives (64 keeps other tests cheap)."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
     config = CLIPConfig(
@@ -14,13 +16,14 @@ def build_tiny_clip(folder: Path, projection_dim: int = 768) -> Path:
         text_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
                      "vocab_size": 100, "max_position_embeddings": 16},
         vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                       "num_attention_heads": 2, "image_size": 64, "patch_size": 16},
+                       "num_attention_heads": 2, "image_size": image_size, "patch_size": image_size // 4},
     )
     import torch
 
     torch.manual_seed(0)
     CLIPModel(config).save_pretrained(folder)
-    CLIPImageProcessor(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64}).save_pretrained(folder)
+    CLIPImageProcessor(size={"shortest_edge": image_size},
+                       crop_size={"height": image_size, "width": image_size}).save_pretrained(folder)
     return folder
 
 

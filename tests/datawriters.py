@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import tarfile
+import zipfile
 from collections.abc import Iterable, Sequence
 from fractions import Fraction
 from pathlib import Path
@@ -95,6 +96,43 @@ def write_mp16(root: Path, shards: Sequence[Sequence[tuple[str, bytes]]], metada
         write_shard(root / f"shard_{number:05d}.msg", [{"id": i, "image": b} for i, b in records],
                     truncate_last if number == len(shards) - 1 else 0)
     pl.DataFrame(list(metadata)).write_csv(root / "MP16_Pro_places365.csv")
+
+
+OSV5M_COLUMNS = (
+    "id", "latitude", "longitude", "thumb_original_url", "country", "sequence", "captured_at", "lon_bin", "lat_bin",
+    "cell", "land_cover", "road_index", "drive_side", "climate", "soil", "dist_sea", "region", "sub-region", "city",
+    "unique_region", "unique_sub-region", "unique_city", "unique_country", "creator_username", "creator_id",
+)
+"""OpenStreetView-5M's train.csv / test.csv columns, in its order."""
+
+
+def osv5m_row(photo_id: str, lat: float, lon: float, country: str, region: str = "", city: str = "") -> dict:
+    """A CSV row as OSV-5M writes it: its own place labels, the other columns plausible filler."""
+    row = {column: "" for column in OSV5M_COLUMNS}
+    row.update({
+        "id": photo_id, "latitude": lat, "longitude": lon, "country": country, "region": region, "city": city,
+        "thumb_original_url": f"https://example.org/{photo_id}.jpg", "drive_side": 0, "land_cover": 4,
+        "unique_country": country, "unique_region": f"{region}_{country}" if region else "nan",
+        "unique_sub-region": "nan", "unique_city": f"{city}_{region}_{country}" if city else "nan",
+    })
+    return row
+
+
+def write_osv5m(root: Path, split: str, zips: Sequence[Sequence[tuple[str, bytes]]], rows: Iterable[dict],
+                compression: int = zipfile.ZIP_STORED) -> list[Path]:
+    """OSV-5M layout: `<split>.csv` and `images/<split>/00.zip` ... holding `<id>.jpg` members."""
+    root.mkdir(parents=True, exist_ok=True)
+    table = [{column: str(row[column]) for column in OSV5M_COLUMNS} for row in rows]
+    pl.DataFrame(table, schema=dict.fromkeys(OSV5M_COLUMNS, pl.Utf8)).write_csv(root / f"{split}.csv")
+    paths = []
+    for number, members in enumerate(zips):
+        path = root / "images" / split / f"{number:02d}.zip"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(path, "w", compression=compression) as archive:
+            for name, data in members:
+                archive.writestr(name, data)
+        paths.append(path)
+    return paths
 
 
 def gldv2_path(image_id: str) -> str:

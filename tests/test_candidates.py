@@ -135,8 +135,10 @@ def test_cli_compile_then_report(inputs, tmp_path):
 def test_source_positions_are_stable_for_trained_light_rankers():
     """A light ranker's per-source features sit at these positions; reordering them breaks saved models."""
     from geoloc.candidates import SOURCES
+    from geoloc.rank.light import RANKED_SOURCES, SCALARS
 
-    assert SOURCES == ("retrieval", "reverse", "classifier", "geoclip", "zeroshot")
+    assert SOURCES[:5] == ("retrieval", "reverse", "classifier", "geoclip", "zeroshot")
+    assert RANKED_SOURCES == SOURCES[:5] and SCALARS == 8, "saved light rankers read 8 scalars per candidate"
 
 
 def test_zeroshot_tables_of_several_runs_rank_as_one_source_by_rag_then_sample(inputs, tmp_path):

@@ -5,11 +5,22 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import polars as pl
 import pytest
-from datawriters import gldv2_path, image_bytes, photo, write_files, write_gldv2, write_mp16, write_wwgeotag
+from datawriters import (
+    gldv2_path,
+    image_bytes,
+    osv5m_row,
+    photo,
+    write_files,
+    write_gldv2,
+    write_mp16,
+    write_osv5m,
+    write_wwgeotag,
+)
 from typer.testing import CliRunner
 
 from geoloc.catalog import QUARANTINE_REASONS, BuildOptions, CatalogError, build_catalog, open_store
@@ -291,3 +302,56 @@ def test_every_malformed_row_is_quarantined_with_its_reason_and_the_build_goes_o
         ("gldv2", None, "bad_uri", "empty id cell in train.csv"),
     ], key=str)
     assert summary.total_refused == 7 and set(quarantine["reason"]) <= set(QUARANTINE_REASONS)
+
+
+def test_osv5m_is_read_in_place_from_its_zips_with_its_labels(tmp_path):
+    root = tmp_path / "osv5m"
+    paris, lima = (48.8566, 2.3522), (-12.0464, -77.0428)
+    berlin_photo, lima_photo, deflated_photo = photo(*BERLIN, seed=11), photo(*LIMA, seed=12), photo(*paris, seed=13)
+    zips = write_osv5m(root, "test", [
+        [("1001.jpg", berlin_photo), ("1002.jpg", lima_photo), ("1004.jpg", photo(*TOKYO, seed=14))],
+        [("1003.jpg", deflated_photo), ("9999.jpg", photo(*TOKYO, seed=15))],
+        [],
+    ], [
+        osv5m_row("1001", *BERLIN, "DE", "Berlin", "Berlin"),
+        osv5m_row("1002", *lima, "PE"),
+        osv5m_row("1003", *paris, "FR", "Ile-de-France", "Paris"),
+        osv5m_row("1004", *TOKYO, "JP"),
+        osv5m_row("1005", *TOKYO, "JP"),
+    ])
+    with zipfile.ZipFile(zips[1], "w", compression=zipfile.ZIP_DEFLATED) as archive:  # deflated members read too
+        archive.writestr("1003.jpg", deflated_photo)
+        archive.writestr("9999.jpg", photo(*TOKYO, seed=15))
+    corrupt = bytearray(zips[0].read_bytes())  # one byte of 1004.jpg's data flipped: its CRC no longer holds
+    member = zipfile.ZipFile(zips[0]).getinfo("1004.jpg")
+    corrupt[member.header_offset + 30 + len("1004.jpg") + 100] ^= 0xFF
+    zips[0].write_bytes(bytes(corrupt))
+    zips[2].write_bytes(b"PK\x03\x04 this zip was cut off")
+    out = tmp_path / "out"
+
+    summary = build(out, [("osv5m", root)], osv5m_split="test")
+
+    catalog, quarantine = read_outputs(out)
+    assert catalog.select("image_id", "uri", "lat", "lon", "unique_country", "unique_city").rows() == [
+        ("1001", "images/test/00.zip#1001.jpg", *BERLIN, "DE", "Berlin_Berlin_DE"),
+        ("1002", "images/test/00.zip#1002.jpg", *lima, "PE", "nan"),
+        ("1003", "images/test/01.zip#1003.jpg", *paris, "FR", "Paris_Ile-de-France_FR"),
+    ]
+    assert {"unique_region", "unique_sub-region", "drive_side", "source"} <= set(catalog.columns)
+    assert reasons(quarantine) == {"1004": "corrupt_image", "9999": "missing_metadata", "1005": "missing_image",
+                                   "images/test/02.zip#@zip": "corrupt_image"}
+    assert "CRC" in quarantine.filter(pl.col("image_id") == "1004")["detail"][0]
+    assert summary.kept == {"osv5m": 3}
+    store = open_store(out, "osv5m")
+    assert [store.read_bytes(uri) for uri in catalog["uri"]] == [berlin_photo, lima_photo, deflated_photo]
+    assert not any(path.suffix == ".jpg" for path in root.rglob("*"))  # nothing was unpacked
+
+
+def test_osv5m_needs_its_layout_and_a_known_split(tmp_path):
+    write_osv5m(tmp_path / "osv5m", "train", [[("1.jpg", photo(*BERLIN))]], [osv5m_row("1", *BERLIN, "DE")])
+    with pytest.raises(CatalogError, match="test.csv and images/test/NN.zip"):
+        build(tmp_path / "out", [("osv5m", tmp_path / "osv5m")], osv5m_split="test")
+    with pytest.raises(CatalogError, match="--osv5m-split 'val'"):
+        build(tmp_path / "out", [("osv5m", tmp_path / "osv5m")], osv5m_split="val")
+    summary = build(tmp_path / "out", [("osv5m", tmp_path / "osv5m")])
+    assert summary.kept == {"osv5m": 1}

@@ -90,7 +90,7 @@ def test_files_have_the_data_documents_columns(built):
     description = json.loads((folder / "cells.json").read_text())
     assert description["parameters"]["min_cluster_size"] == 5 and description["photos"] == len(lat)
     assert [level["cells"] for level in description["levels"]][0] == parquet["cluster"].max() + 1
-    assert {"fast_hdbscan", "numpy"} <= set(description["libraries"])
+    assert {"scikit-learn", "numpy"} <= set(description["libraries"])
     assert not list(folder.glob("*.pkl")) and not list(folder.glob(".*.part"))
 
 

@@ -132,3 +132,42 @@ def test_cli_reports_bad_input_cleanly(world, tmp_path):
     result = runner.invoke(app, ["classifier", "predict", "--model", str(tmp_path / "nothing"), "--embeddings",
                                  str(world.folder("test")), "--out", str(tmp_path / "c.parquet")])
     assert result.exit_code == 2 and "not a classifier folder" in result.output
+
+
+def test_pigeon_smoothing_targets_follow_the_distance_beyond_the_nearest_centroid():
+    from geoloc.classifier.model import photo_smoothing_targets
+
+    centroids = np.array([[0.0, 0.0], [0.0, 1.0], [10.0, 10.0]])
+    photos = np.array([[0.0, 0.2], [9.0, 9.5]])
+    targets = photo_smoothing_targets(torch.tensor(photos), torch.tensor(centroids), 75.0).numpy()
+    km = distance_km(photos[:, None, 0], photos[:, None, 1], centroids[None, :, 0], centroids[None, :, 1])
+    assert np.allclose(targets, np.exp(-(km - km.min(axis=1, keepdims=True)) / 75.0), atol=1e-3)
+    assert targets.max(axis=1).tolist() == [1.0, 1.0]  # the nearest centroid gets 1: not normalized, as in PIGEON
+
+
+def test_classifier_on_semantic_cells_with_pigeon_smoothing_names_the_place(world, tmp_path):
+    import shapely
+
+    from geoloc.cells.semantic_build import SemanticOptions, build_semantic_cells
+    from geoloc.places.boundaries import AdminAreas
+
+    boxes = [(west, south) for west in range(-180, 180, 30) for south in range(-90, 90, 30)]
+    names = pl.DataFrame({"country": [f"C{w // 90}" for w, _ in boxes], "admin1": [f"R{w}" for w, _ in boxes],
+                          "name": [f"A{w}_{s}" for w, s in boxes]})
+    grid = AdminAreas(names, np.asarray([shapely.box(w, s, w + 30, s + 30) for w, s in boxes], dtype=object))
+    build_semantic_cells(world.root / "catalog", tmp_path / "cells", SemanticOptions(min_photos=20, max_photos=400),
+                         areas=grid)
+    settings = ClassifierSettings(hidden=128, label_smoothing_km=75.0, fit=FAST.fit)
+    rows = train_classifier(tmp_path / "cells", world.folder("gallery"), world.root / "catalog", tmp_path / "model",
+                            settings)
+    assert rows == 3000
+    model, table, memory = load_classifier(tmp_path / "model")
+    assert model.config.photo_smoothing and model.config.tau_km == [75.0]
+    torch.manual_seed(0)
+    save_classifier(tmp_path / "untrained", HierarchicalClassifier(model.config), table, memory)
+    assert _median_error_km(world, tmp_path / "model") < 0.5 * _median_error_km(world, tmp_path / "untrained")
+    part = world.splits["test"]
+    candidates = classifier_candidates(world.ids[part].tolist(), world.vectors[part], tmp_path / "model", top_k=1)
+    cells = pl.read_parquet(tmp_path / "cells" / "cells.parquet")
+    places = {f"{a}, {r}, {c}" for a, r, c in cells.select("admin2", "admin1", "country").rows()}
+    assert candidates["text"].null_count() == 0 and set(candidates["text"]) <= places

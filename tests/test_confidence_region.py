@@ -2,8 +2,10 @@
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from geoloc.geo import MERCATOR_MAX_LAT, confidence_region, great_circle_km, region_bounds
+from geoloc.geo import MERCATOR_MAX_LAT, MIN_REGION_KM, confidence_region, great_circle_km, region_bounds
 
 CASES = [(48.86, 2.29, 5.0), (10.0, 179.0, 500.0), (80.0, 0.0, 2000.0), (-70.0, 170.0, 3000.0),
          (-33.9, 151.2, 5000.0), (48.86, 2.29, 15000.0), (0.0, 0.0, 15000.0), (60.0, -170.0, 15000.0)]
@@ -65,3 +67,58 @@ def test_bounds_stay_within_mercator():
     assert south == -MERCATOR_MAX_LAT and north == MERCATOR_MAX_LAT and (west, east) == (-180, 180)
     (south, west), (north, east) = region_bounds(confidence_region(48.86, 2.29, 5.0))
     assert north - south == pytest.approx(2 * 5.0 / 111.195, rel=1e-3)
+
+
+def vertices_of(region) -> np.ndarray:
+    return np.array([vertex for polygon in region for ring in polygon for vertex in ring])
+
+
+@settings(max_examples=400, deadline=None)
+@given(lat=st.one_of(st.sampled_from([-90.0, 90.0, 0.0]), st.floats(-90, 90)),
+       lon=st.one_of(st.sampled_from([-180.0, 180.0, 540.0]), st.floats(-720, 720)),
+       radius_km=st.one_of(st.sampled_from([0.0, 1e-9, 20015.0, 40000.0]), st.floats(0, 30000)))
+def test_every_centre_and_radius_has_a_region_and_bounds_holding_the_centre(lat, lon, radius_km):
+    region = confidence_region(lat, lon, radius_km)
+    vertices = vertices_of(region)
+    assert len(vertices) >= 3 and np.isfinite(vertices).all()
+    assert (np.abs(vertices[:, 0]) <= 90).all() and (np.abs(vertices[:, 1]) <= 180).all()
+    (south, west), (north, east) = region_bounds(region)
+    edge = MERCATOR_MAX_LAT
+    assert south <= float(np.clip(lat, -edge, edge)) <= north
+    assert west <= (lon + 180) % 360 - 180 <= east or ((lon + 180) % 360 == 0 and east == 180)
+    if radius_km < 10000:  # within a quarter of the circumference: never both poles, never the world
+        assert not any({-90.0, 90.0} <= set(np.asarray(polygon[0])[:, 0]) for polygon in region)
+
+
+@pytest.mark.parametrize("radius_km", [0.0, float("nan"), 0.2])
+def test_a_radius_below_a_kilometre_is_a_small_region_of_one_kilometre(radius_km):
+    region = confidence_region(48.86, 2.29, radius_km)
+    vertices = vertices_of(region)
+    np.testing.assert_allclose(great_circle_km(48.86, 2.29, vertices[:, 0], vertices[:, 1]), MIN_REGION_KM,
+                               rtol=1e-6)
+    (south, _), (north, _) = region_bounds(region)
+    assert north - south == pytest.approx(2 * MIN_REGION_KM / 111.195, rel=1e-3)
+
+
+@pytest.mark.parametrize("pole", [90.0, -90.0])
+@pytest.mark.parametrize("radius_km", [0.0, 500.0])
+def test_a_centre_on_a_pole_is_the_cap_round_it_not_the_world(pole, radius_km):
+    region = confidence_region(pole, 30.0, radius_km)
+    vertices = vertices_of(region)
+    assert set(np.unique(np.abs(vertices[:, 0]) == 90.0)) == {False, True}  # closed along the pole only
+    assert not (vertices[:, 0] * np.sign(pole) < 0).any(), "the region reaches the other hemisphere"
+    on_circle = np.abs(vertices[:, 0]) < 90
+    distance = great_circle_km(pole, 0.0, vertices[on_circle, 0], vertices[on_circle, 1])
+    np.testing.assert_allclose(distance, max(radius_km, MIN_REGION_KM), atol=2e-4)  # the 11 cm offset
+    assert np.ptp(vertices[:, 1]) == 360
+
+
+@pytest.mark.parametrize("lon", [180.0, -180.0, 540.0])
+def test_a_centre_on_the_antimeridian_is_cut_into_its_two_sides(lon):
+    region = confidence_region(-16.5, lon, 0.0)
+    sides = sorted(np.sign(np.mean(np.asarray(polygon[0])[:, 1])) for polygon in region)
+    assert sides == [-1, 1]
+    vertices = vertices_of(region)
+    inside = np.abs(np.abs(vertices[:, 1]) - 180) > 1e-9
+    np.testing.assert_allclose(great_circle_km(-16.5, 180.0, vertices[inside, 0], vertices[inside, 1]),
+                               MIN_REGION_KM, rtol=1e-6)

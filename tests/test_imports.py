@@ -17,12 +17,13 @@ SOURCE = Path(__file__).resolve().parents[1] / "src"
 ARCHITECTURE_PAGE = Path(__file__).resolve().parents[1] / "docs" / "architecture.md"
 
 LAYERS = (
-    ("geo", "tables", "progress", "user_cache", "hub", "cluster", "fitting", "bundled"),
+    ("geo", "tables", "progress", "user_cache", "hub", "cluster", "fitting", "bundled", "network"),
     ("resumable", "images", "places"),
     ("embeddings", "catalog"),
-    ("cells", "encode", "index", "evaluate"),
+    ("cells", "encode", "index", "evaluate", "geoclip", "plonk"),
     ("candidates",),
     ("classifier", "rank", "predict"),
+    ("recipe",),
     ("maps", "serve"),
     ("cli",),
 )

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from geoloc.cli import app
 from geoloc.encode.backbone import BackboneUnavailable
 from geoloc.encode.loading import load_backbone
 from geoloc.evaluate import evaluate_files
+from geoloc.places.land import sea_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 GALLERY_SUBSET = 2000
@@ -84,7 +86,9 @@ def test_predict_end_to_end(tiny_clip, small_gallery, tmp_path):
     lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert [Path(line["image"]).name for line in lines] == ["plain.jpg", "tagged.jpg"]
     plain, tagged = lines
-    assert set(plain) == {"image", "lat", "lon", "place", "radius_km", "candidates", "exif"}
+    assert set(plain) == {"image", "lat", "lon", "place", "radius_km", "candidates", "exif", "at_sea"}
+    expected_sea = sea_flags([plain["lat"]], [plain["lon"]])
+    assert plain["at_sea"] == (None if expected_sea is None else bool(expected_sea[0]))
     assert len(plain["candidates"]) == 3
     assert set(plain["candidates"][0]) == {"lat", "lon", "prob", "place"}
     assert plain["candidates"][0]["prob"] >= plain["candidates"][1]["prob"] >= plain["candidates"][2]["prob"]
@@ -95,7 +99,7 @@ def test_predict_end_to_end(tiny_clip, small_gallery, tmp_path):
     assert tagged["candidates"] == plain["candidates"]
     assert "broken.jpg" in result.stderr
     table = pl.read_parquet(out)
-    assert table.columns == ["image_id", "lat", "lon", "score"] and table.height == 2
+    assert table.columns == ["image_id", "lat", "lon", "score", "at_sea"] and table.height == 2
     assert evaluate_files(out, truth).metrics["missing"] == 1
     # The map is one self-contained file: Leaflet, the outline and the data inlined, no tiles.
     html = page.read_text()
@@ -187,3 +191,74 @@ def test_predict_out_resumes_after_an_interruption_and_refuses_other_settings(ti
             pytest.approx([c["prob"] for c in theirs["properties"]["candidates"]], rel=1e-5)
     assert [line for line in resumed.stdout.splitlines() if line.startswith("{")][:4] == \
         [line for line in whole.stdout.splitlines() if line.startswith("{")][:4]
+
+
+@pytest.fixture
+def confident_geoclip(monkeypatch):
+    """GeoCLIP's real heads with a logit scale so large that the best gallery point holds all the belief."""
+    real_heads = geoclip_module.GeoClipHeads.from_package
+
+    def sure_of_itself():
+        heads = real_heads()
+        heads.logit_scale = torch.tensor(40.0)
+        return heads
+
+    monkeypatch.setattr(geoclip_module.GeoClipHeads, "from_package", staticmethod(sure_of_itself))
+
+
+def test_a_confident_model_gets_a_small_region_on_the_map_and_from_serve(tiny_clip, small_gallery,
+                                                                         confident_geoclip, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from geoloc.predict import guess_images
+    from geoloc.serve import ServeSettings, create_app
+
+    photo = noisy_photo(tmp_path / "a.jpg", seed=5)
+    out, page = tmp_path / "predictions.csv", tmp_path / "map.html"
+    result = CliRunner().invoke(app, ["predict", str(photo), "--backbone", str(tiny_clip), "--json", "--out",
+                                      str(out), "--map", str(page), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    (answer,) = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert answer["radius_km"] == 0 and answer["candidates"][0]["prob"] > 0.99
+    assert '"region":[[[' in page.read_text() and out.is_file()
+
+    geoclip = GeoClip(load_backbone(str(tiny_clip), device="cpu"))
+    with TestClient(create_app(lambda: lambda photos: guess_images(photos, geoclip, 3), ServeSettings(tiles=None)),
+                    base_url="http://127.0.0.1:8000") as client:
+        deadline = time.monotonic() + 30
+        while client.get("/api/health").status_code != 200:
+            assert time.monotonic() < deadline, "the model never became ready"
+            time.sleep(0.05)
+        served = client.post("/api/predict", files={"photo": ("a.jpg", photo.read_bytes())})
+    assert served.status_code == 200, served.text
+    (south, _), (north, _) = served.json()["region_bounds"]
+    assert served.json()["radius_km"] == 0 and 0 < north - south < 0.1
+
+
+def test_two_photos_with_one_id_are_refused_and_answers_follow_positions(tiny_clip, small_gallery, tmp_path):
+    from geoloc.images import Photo, find_photos
+    from geoloc.predict import PhotoGuess, Unreadable, guess_photos
+
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+    (tmp_path / "a" / "x.jpg").write_bytes(b"\xff\xd8 not a photo")
+    noisy_photo(tmp_path / "b" / "x.jpg", seed=1)
+    noisy_photo(tmp_path / "b" / "y.jpg", seed=2)
+    result = CliRunner().invoke(app, ["predict", str(tmp_path / "a"), str(tmp_path / "b"), "--backbone",
+                                      str(tiny_clip), "--device", "cpu"])
+    assert result.exit_code == 2
+    message = " ".join(result.stderr.split())
+    assert str(tmp_path / "a" / "x.jpg") in message and str(tmp_path / "b" / "x.jpg") in message
+    assert "'x.jpg'" in message and "common parent folder" in message
+    # Their common parent gives distinct ids; a file named twice is one photo.
+    assert [p.query_id for p in find_photos([tmp_path, tmp_path / "b" / "y.jpg", tmp_path / "b" / "y.jpg"])] \
+        == ["a/x.jpg", "b/x.jpg", "b/y.jpg", "y.jpg"]
+
+    # Photos that do share an id (built by hand) still get their own answers, in their order.
+    geoclip = GeoClip(load_backbone(str(tiny_clip), device="cpu"))
+    photos = [Photo("x.jpg", tmp_path / "a" / "x.jpg"), Photo("x.jpg", tmp_path / "b" / "x.jpg"),
+              Photo("y.jpg", tmp_path / "b" / "y.jpg")]
+    unreadable, readable, other = guess_photos(photos, geoclip, top_k=2)
+    assert isinstance(unreadable, Unreadable) and unreadable.image == str(tmp_path / "a" / "x.jpg")
+    assert isinstance(readable, PhotoGuess) and readable.image == str(tmp_path / "b" / "x.jpg")
+    assert isinstance(other, PhotoGuess) and other.image == str(tmp_path / "b" / "y.jpg")

@@ -1,5 +1,7 @@
-"""The project's promises to a new user: the README's commands are the ones CI runs."""
+"""The project's promises to a new user (the README's commands are the ones CI runs) and to whoever carries
+the code on (no function grows long without a reason written beside it)."""
 
+import ast
 import re
 from pathlib import Path
 
@@ -84,8 +86,8 @@ def help_of(*words: str) -> str:
 def test_top_level_help_lists_the_commands_in_pipeline_order():
     output = help_of()
     positions = [re.search(rf"│ {name} ", output).start() for name in
-                 ("catalog", "landmarks", "cells", "embed", "index", "retrieve", "classifier", "candidates", "ranker",
-                  "evaluate", "predict", "serve")]
+                 ("catalog", "landmarks", "cells", "embed", "index", "retrieve", "classifier", "geoclip", "candidates",
+                  "ranker", "evaluate", "predict", "serve")]
     assert positions == sorted(positions)
     assert output.index("1. Data") < output.index("2. Gallery") < output.index("5. Results")
 
@@ -108,3 +110,35 @@ def test_ranker_score_marks_which_flags_belong_to_which_ranker():
     assert "--images " in flags["GeoRanker (--adapter is a LoRA adapter folder)"]
     assert "--plain " in flags["GeoRanker (--adapter is a LoRA adapter folder)"]
     assert "--query-embeddings " in flags["Light ranker (--adapter holds light_ranker.json)"]
+
+
+LONGEST_FUNCTION = 80
+LONG_BECAUSE = "# long because"
+NEWLINE = "\n"
+
+
+def long_functions(source: str, name: str) -> list[str]:
+    """Functions (and methods) of more than LONGEST_FUNCTION lines, signature included, with no
+    `# long because ...` comment inside them saying why."""
+    lines = source.splitlines()
+    found = []
+    for node in ast.walk(ast.parse(source, name)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            length = node.end_lineno - node.lineno + 1
+            if length > LONGEST_FUNCTION and not any(LONG_BECAUSE in line for line in
+                                                     lines[node.lineno - 1:node.end_lineno]):
+                found.append(f"{name}:{node.lineno} {node.name} ({length} lines)")
+    return found
+
+
+def test_no_function_is_long_without_a_reason_beside_it():
+    found = [entry for path in sorted((ROOT / "src").rglob("*.py"))
+             for entry in long_functions(path.read_text(), str(path.relative_to(ROOT)))]
+    assert found == []
+
+
+def test_the_length_check_flags_a_long_function_and_accepts_a_reason():
+    body = "".join(f"    x{i} = {i}\n" for i in range(LONGEST_FUNCTION))
+    assert long_functions(f"def short():\n{body.partition(NEWLINE)[2]}", "a.py") == []
+    assert long_functions(f"def long():\n{body}", "a.py") == [f"a.py:1 long ({LONGEST_FUNCTION + 1} lines)"]
+    assert long_functions(f"def long():\n    {LONG_BECAUSE} one table of cases\n{body}", "a.py") == []

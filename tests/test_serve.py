@@ -39,8 +39,13 @@ def guesser(tiny_clip, tmp_path_factory):
     return lambda photos: guess_images(photos, geoclip, 3)
 
 
+def local_client(app) -> TestClient:
+    """A test client that names the server as a browser on this machine does (Host: 127.0.0.1:8000)."""
+    return TestClient(app, base_url="http://127.0.0.1:8000")
+
+
 def ready_client(app) -> TestClient:
-    client = TestClient(app)
+    client = local_client(app)
     client.__enter__()
     deadline = time.monotonic() + 30
     while client.get("/api/health").status_code != 200:
@@ -73,7 +78,7 @@ def test_health_waits_for_the_model_and_a_photo_gets_the_predict_json(guesser, c
         loaded.wait(10)
         return guesser
 
-    with TestClient(create_app(slow_load, ServeSettings(tiles=None))) as client:
+    with local_client(create_app(slow_load, ServeSettings(tiles=None))) as client:
         waiting = client.get("/api/health")
         assert waiting.status_code == 503 and waiting.headers["Retry-After"]
         assert client.post("/api/predict", files={"photo": ("a.jpg", jpeg())}).status_code == 503
@@ -86,7 +91,8 @@ def test_health_waits_for_the_model_and_a_photo_gets_the_predict_json(guesser, c
             response = client.post("/api/predict", files={"photo": ("a.jpg", jpeg(gps=gps_block(-33.5, 151.25)))})
     assert response.status_code == 200, response.text
     answer = response.json()
-    assert set(answer) == {"image", "lat", "lon", "place", "radius_km", "candidates", "exif", "region", "region_bounds"}
+    assert set(answer) == {"image", "lat", "lon", "place", "radius_km", "candidates", "exif", "at_sea", "region",
+                           "region_bounds"}
     assert len(answer["candidates"]) == 3 and answer["exif"] == pytest.approx({"lat": -33.5, "lon": 151.25})
     # No log line carries the coordinates.
     assert f"{answer['lat']:.2f}" not in caplog.text and "151.25" not in caplog.text
@@ -165,7 +171,7 @@ def test_a_full_queue_answers_503_with_retry_after(guesser):
 
 
 def test_a_token_guards_every_api_call(guesser):
-    client = TestClient(create_app(lambda: guesser, ServeSettings(tiles=None, token="s3cret")))
+    client = local_client(create_app(lambda: guesser, ServeSettings(tiles=None, token="s3cret")))
     with client:
         assert client.get("/api/health").status_code == 401
         assert client.post("/api/predict", files={"photo": ("a.jpg", jpeg())}).status_code == 401
@@ -189,8 +195,9 @@ def test_refuses_to_bind_beyond_loopback_without_a_token():
 # --- in a real browser -------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def browser():
+@contextmanager
+def launched_browser():
+    """Headless Chromium under Playwright, whose event loop runs in this thread until the block ends."""
     if CHROMIUM is None:
         if os.environ.get("CI"):
             pytest.fail("Chromium is missing; scripts/setup.sh --dev installs it (apt package chromium)")
@@ -205,6 +212,12 @@ def browser():
         )
         yield browser
         browser.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with launched_browser() as browser:
+        yield browser
 
 
 def free_port() -> int:
@@ -240,15 +253,21 @@ def live_server(guesser):
         yield f"http://127.0.0.1:{port}"
 
 
-def test_drop_a_photo_in_the_browser_and_see_it_on_the_map(browser, live_server, tmp_path):
-    photo = tmp_path / "photo.jpg"
-    photo.write_bytes(image_bytes(gps_block(48.8584, 2.2945), size=(160, 120)))
+def ready_page(browser, url: str) -> tuple[object, list[str]]:
+    """The app's page once it says Ready, and the console errors and page errors it logs meanwhile and after."""
     page = browser.new_page()
     problems = []
     page.on("console", lambda message: message.type == "error" and problems.append(message.text))
     page.on("pageerror", lambda error: problems.append(str(error)))
-    page.goto(live_server, wait_until="networkidle")
+    page.goto(url, wait_until="networkidle")
     page.wait_for_selector("#status:has-text('Ready')", timeout=20_000)
+    return page, problems
+
+
+def test_drop_a_photo_in_the_browser_and_see_it_on_the_map(browser, live_server, tmp_path):
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(image_bytes(gps_block(48.8584, 2.2945), size=(160, 120)))
+    page, problems = ready_page(browser, live_server)
     page.set_input_files("#photo", str(photo))
     page.wait_for_selector(".guess-marker", timeout=20_000)
     page.wait_for_selector(".exif-marker", timeout=5_000)
@@ -482,3 +501,110 @@ def test_the_bearer_scheme_is_matched_in_any_case():
             assert call(port, "GET", "/api/health", headers={"authorization": value})[0] == 401, value
         status, _ = call(port, "POST", "/api/predict", multipart(jpeg()), {"authorization": "bearer s3cret"})
         assert status == 200
+
+
+def test_an_upload_a_chunk_past_the_limit_is_refused_before_any_byte_reaches_the_disk(monkeypatch):
+    rollovers = []
+    monkeypatch.setattr(starlette.formparsers.SpooledTemporaryFile, "rollover", lambda self: rollovers.append(1))
+    limit = 200_000
+    with serving(stub_app(max_upload_bytes=limit)) as port:
+        wait_ready(port)
+        # A 64 KiB chunk beyond the limit: more than the spool once held, less than the body allowance.
+        status, answer = call(port, "POST", "/api/predict", multipart(b"\xff" * (limit + 60_000)))
+        assert status == 413 and "larger than" in answer["error"]
+        at_the_limit = jpeg() + b"\x00" * (limit - len(jpeg()))  # bytes after the image's end: still a JPEG
+        assert call(port, "POST", "/api/predict", multipart(at_the_limit))[0] == 200
+    assert rollovers == [], "an upload was spooled to disk"
+
+
+@pytest.mark.parametrize(("headers", "refusal"), [
+    ({"Host": "evil.example:{port}"}, "does not answer to the name 'evil.example'"),  # DNS rebinding
+    ({"Host": "127.0.0.1.evil.example"}, "does not answer to the name"),
+    ({"Origin": "http://evil.example"}, "cross-origin request from 'http://evil.example' refused"),
+    ({"Origin": "null"}, "cross-origin request"),
+    ({"Origin": "http://photos.lan:8000"}, None),
+    ({"Host": "photos.lan:{port}"}, None),
+    ({"Host": "[::1]:{port}", "Origin": "http://localhost:{port}"}, None),
+])
+def test_only_requests_naming_this_server_are_answered(headers, refusal):
+    with serving(stub_app(allowed_hosts=("Photos.LAN",))) as port:
+        wait_ready(port)
+        sent = {name: value.format(port=port) for name, value in headers.items()}
+        for method, path, body in [("GET", "/api/health", None), ("POST", "/api/predict", multipart(jpeg()))]:
+            status, answer = call(port, method, path, body, sent)
+            if refusal is None:
+                assert status == 200, answer
+            else:
+                assert status == 403 and refusal in answer["error"], answer
+        page = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+        page.request("GET", "/", headers=sent)
+        assert (page.getresponse().status == 403) == (refusal is not None)
+        page.close()
+
+
+def test_allowed_hosts_come_from_the_command_line(monkeypatch):
+    import uvicorn
+
+    created = {}
+    monkeypatch.setattr(serve_module, "create_app", lambda load, settings: created.update(settings=settings))
+    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: None)
+    for host, expected in [("127.0.0.1", ("photos.lan", "127.0.0.1")), ("0.0.0.0", ("photos.lan",))]:
+        result = CliRunner().invoke(cli, ["serve", "--host", host, "--allowed-host", "photos.lan"],
+                                    env={"GEOLOC_TOKEN": "s3cret"})
+        assert result.exit_code == 0, result.output
+        assert created["settings"].allowed_hosts == expected
+
+
+HOSTILE_NAME = '<!--<script>x.jpg</script><img id="injected" src="x" onerror="window.pwned=1">'
+
+
+def hostile_guess():
+    from geoloc.predict import Alternative, PhotoGuess
+
+    return PhotoGuess(HOSTILE_NAME, HOSTILE_NAME, 48.86, 2.29, HOSTILE_NAME, 50.0,
+                      [Alternative(48.86, 2.29, 0.5, HOSTILE_NAME), Alternative(45.76, 4.84, 0.2, HOSTILE_NAME)],
+                      {"lat": 48.0, "lon": 2.0})
+
+
+def test_a_hostile_file_name_is_data_in_the_generated_map_page():
+    from geoloc.maps import map_html
+
+    page = map_html([hostile_guess()], {HOSTILE_NAME: (48.0, 2.5)}, title=HOSTILE_NAME)
+    # The page's own two scripts (Leaflet, the map) and nothing the name could open or close.
+    assert page.count("<script") == 2 and page.count("</script>") == 2 and "<!--" not in page
+    assert "<img" not in page and "<title>&lt;!--&lt;script&gt;" in page
+    data = page.split("const photos = ", 1)[1].split(";\n", 1)[0]
+    (photo,) = json.loads(data)
+    assert photo["image"] == HOSTILE_NAME and photo["alternatives"][0]["place"] == HOSTILE_NAME
+
+
+def test_names_are_text_in_map_popups_and_serve_tooltips(browser, tmp_path):
+    from geoloc.maps import map_html
+
+    path = tmp_path / "map.html"
+    path.write_text(map_html([hostile_guess()], {HOSTILE_NAME: (48.0, 2.5)}))
+    page = browser.new_page()
+    problems = []
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    page.goto(path.as_uri(), wait_until="domcontentloaded", timeout=60_000)
+    page.wait_for_selector("path.confidence-region", timeout=60_000)
+    page.evaluate("() => { map.eachLayer((layer) => layer.getPopup && layer.getPopup() && layer.openPopup()); }")
+    assert HOSTILE_NAME in page.inner_text(".leaflet-popup-content")
+    assert page.evaluate("document.getElementById('injected') === null && window.pwned === undefined")
+    assert problems == []
+    page.close()
+
+    guess = hostile_guess()
+    with serving(create_app(lambda: (lambda photos: [guess]), ServeSettings(tiles=None))) as port:
+        photo = tmp_path / "photo.jpg"
+        photo.write_bytes(jpeg())
+        page = browser.new_page()
+        page.goto(f"http://127.0.0.1:{port}", wait_until="networkidle")
+        page.wait_for_selector("#status:has-text('Ready')", timeout=20_000)
+        page.set_input_files("#photo", str(photo))
+        page.wait_for_selector(".guess-marker", timeout=20_000)
+        page.evaluate("() => { answerLayer.eachLayer((layer) => layer.getTooltip() && layer.openTooltip()); }")
+        tooltips = page.locator(".leaflet-tooltip").all_inner_texts()
+        assert f"best guess: {HOSTILE_NAME}" in tooltips and f"{HOSTILE_NAME}: p = 0.200" in tooltips
+        assert page.evaluate("document.getElementById('injected') === null && window.pwned === undefined")
+        page.close()

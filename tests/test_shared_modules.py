@@ -7,7 +7,15 @@ from PIL import Image
 
 from geoloc.candidates.zeroshot import default_cache_path
 from geoloc.images.decoding import UNREADABLE, decode_photo, open_photo, unreadable_reason
-from geoloc.images.jpeg import START_OF_FRAME, START_OF_SCAN, JpegStructureError, frame_pixels, header_segments
+from geoloc.images.jpeg import (
+    END_OF_IMAGE,
+    START_OF_FRAME,
+    START_OF_SCAN,
+    JpegStructureError,
+    frame_pixels,
+    header_segments,
+    image_segments,
+)
 from geoloc.progress import progress_bar, progress_callback
 from geoloc.tables import replace_durably, replace_folder_durably
 from geoloc.user_cache import user_cache_folder
@@ -106,6 +114,19 @@ def test_the_jpeg_walker_skips_fill_bytes_and_steps_over_standalone_markers():
     padded = data[:2] + b"\xff\xff\xd0" + data[2:]
     assert [m for m, _, _ in header_segments(padded)][0] == 0xD0
     assert [m for m, _, _ in header_segments(padded)][1:] == [m for m, _, _ in header_segments(data)]
+
+
+def test_the_whole_image_walk_goes_through_every_scan_and_stops_at_the_end_of_image():
+    buffer = io.BytesIO()
+    Image.effect_noise((64, 48), 60).convert("RGB").save(buffer, format="JPEG", progressive=True)
+    data = buffer.getvalue()
+    segments = list(image_segments(data + b"\xff\xd8 a second image after the first one's end"))
+    markers = [marker for marker, _, _ in segments]
+    assert markers.count(START_OF_SCAN) > 1 and markers[-1] == END_OF_IMAGE
+    assert [start for _, start, _ in segments[1:]] == [end for _, _, end in segments[:-1]]
+    assert segments[-1][2] == len(data)
+    with pytest.raises(JpegStructureError, match="no end-of-image marker"):
+        list(image_segments(data[:-2]))
 
 
 @pytest.mark.parametrize(("cut", "message"), [

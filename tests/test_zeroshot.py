@@ -42,6 +42,8 @@ class StandIn:
     """Scripted replies per photo (by the SHA-256 of the bytes sent), and a log of what came in."""
 
     script: dict[str, list[Reply]]
+    key: str | None = SECRET
+    """The bearer token required, or None for an endpoint that needs none (it then logs what came)."""
     requests: list[dict] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -80,7 +82,7 @@ def make_handler(stand_in: StandIn):
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             if self.path != "/v1/chat/completions":
                 return self._send(404, {"error": {"message": "no such route"}})
-            if self.headers.get("Authorization") != f"Bearer {SECRET}":
+            if stand_in.key is not None and self.headers.get("Authorization") != f"Bearer {stand_in.key}":
                 return self._send(401, {"error": {"message": "bad key"}})
             parts = body["messages"][0]["content"]
             url = next(p["image_url"]["url"] for p in parts if p["type"] == "image_url")
@@ -92,7 +94,10 @@ def make_handler(stand_in: StandIn):
             prompt = next(p["text"] for p in parts if p["type"] == "text")
             reply = stand_in.arrive(photo, mime=header[5:-7], temperature=body.get("temperature"), data=sent,
                                     n=body.get("n"), max_tokens=body.get("max_tokens"), detail=image.get("detail"),
-                                    parts=[p["type"] for p in parts], prompt=prompt)
+                                    parts=[p["type"] for p in parts], prompt=prompt,
+                                    credentials={name.lower(): self.headers[name] for name in self.headers
+                                                 if name.lower() in ("authorization", "openai-organization",
+                                                                     "openai-project")})
             time.sleep(reply.delay_s)
             if reply.status != 200:
                 return self._send(reply.status, {"error": {"message": "scripted failure"}}, reply.headers)
@@ -112,8 +117,8 @@ def make_handler(stand_in: StandIn):
 def serve():
     servers = []
 
-    def start(script: dict[str, list[Reply]]) -> tuple[StandIn, str]:
-        stand_in = StandIn(script)
+    def start(script: dict[str, list[Reply]], key: str | None = SECRET) -> tuple[StandIn, str]:
+        stand_in = StandIn(script, key)
         server = QuietServer(("127.0.0.1", 0), make_handler(stand_in))
         threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         servers.append(server)
@@ -225,23 +230,70 @@ def test_misbehaving_endpoint_every_sample_parsed_key_kept_secret(serve, photos,
     assert pl.read_parquet(out_again).equals(table)
 
 
-def test_missing_key_is_an_error_before_any_request(serve, photos, tmp_path):
-    folder, shas = photos
-    stand_in, base_url = serve(FencedFallback(script_for(shas)))
-    result, out, _ = run_zeroshot(folder, base_url, tmp_path, {"GEOLOC_API_KEY": "", "OPENAI_API_KEY": ""})
-    assert result.exit_code == 2
-    assert "GEOLOC_API_KEY or OPENAI_API_KEY" in result.stderr
-    assert stand_in.requests == [] and not out.exists()
+def test_a_local_endpoint_gets_no_key_unless_geoloc_api_key_is_set(serve, tmp_path):
+    folder = tmp_path / "one"
+    folder.mkdir()
+    write_photo(folder / "a.jpg", (120, 30, 60))
+    stand_in, base_url = serve(AnswerEverything([Reply(content='{"latitude": 10, "longitude": 20}')]), key=None)
+    openai_only = {"GEOLOC_API_KEY": "", "OPENAI_API_KEY": SECRET, "OPENAI_ORG_ID": "org-secret",
+                   "OPENAI_PROJECT_ID": "proj-secret"}
+    result, out, _ = run_zeroshot(folder, base_url, tmp_path, openai_only, 1)
+    assert result.exit_code == 0, result.output
+    assert pl.read_parquet(out)["lat"].to_list() == [10.0]
+    assert [r["credentials"] for r in stand_in.requests] == [{}], "OpenAI's key or account went elsewhere"
+
+    result, _, _ = run_zeroshot(folder, base_url, tmp_path, {**openai_only, "GEOLOC_API_KEY": "sk-local"}, 1,
+                                "--temperature", "0.1")
+    assert result.exit_code == 0, result.output
+    assert stand_in.requests[-1]["credentials"] == {"authorization": "Bearer sk-local"}
 
 
-def test_wrong_key_stops_the_run_with_a_clear_message(serve, photos, tmp_path):
+def test_an_endpoint_needing_a_key_it_was_not_given_stops_the_run_with_a_clear_message(serve, photos, tmp_path):
     folder, shas = photos
     stand_in, base_url = serve(FencedFallback(script_for(shas)))
-    result, out, _ = run_zeroshot(folder, base_url, tmp_path, {"GEOLOC_API_KEY": "", "OPENAI_API_KEY": "sk-wrong"})
-    assert result.exit_code == 2
-    assert "refused the request (401)" in result.stderr
-    assert "sk-wrong" not in result.output
-    assert not out.exists()
+    for env in ({"GEOLOC_API_KEY": "", "OPENAI_API_KEY": SECRET}, {"GEOLOC_API_KEY": "sk-wrong"}):
+        result, out, _ = run_zeroshot(folder, base_url, tmp_path, env)
+        assert result.exit_code == 2
+        message = " ".join(result.stderr.split())
+        assert "refused the request (401)" in message and "GEOLOC_API_KEY" in message
+        assert "sk-wrong" not in result.output and SECRET not in result.output
+        assert not out.exists()
+    assert all(r["credentials"].get("authorization") != f"Bearer {SECRET}" for r in stand_in.requests)
+
+
+@pytest.mark.parametrize(("base_url", "env", "allow_http", "expected"), [
+    ("https://api.openai.com/v1", {"OPENAI_API_KEY": "sk-o"}, False, "sk-o"),
+    ("https://api.openai.com/v1", {"OPENAI_API_KEY": "sk-o", "GEOLOC_API_KEY": "sk-g"}, False, "sk-g"),
+    ("https://API.OpenAI.com/v1/", {"OPENAI_API_KEY": "sk-o"}, False, "sk-o"),
+    ("https://api.openai.com.example.net/v1", {"OPENAI_API_KEY": "sk-o"}, False, None),
+    ("https://llm.example.net/v1", {"OPENAI_API_KEY": "sk-o"}, False, None),
+    ("https://llm.example.net/v1", {"OPENAI_API_KEY": "sk-o", "GEOLOC_API_KEY": "sk-g"}, False, "sk-g"),
+    ("http://127.0.0.1:8000/v1", {"OPENAI_API_KEY": "sk-o"}, False, None),
+    ("http://localhost:8000/v1", {"GEOLOC_API_KEY": "sk-g"}, False, "sk-g"),
+    ("http://[::1]:8000/v1", {}, False, None),
+    ("http://192.168.1.20:8000/v1", {"GEOLOC_API_KEY": "sk-g"}, True, "sk-g"),
+    ("https://api.openai.com/v1", {}, False, "no API key for api.openai.com"),
+    ("http://192.168.1.20:8000/v1", {"GEOLOC_API_KEY": "sk-g"}, False, "--allow-http"),
+    ("http://api.openai.com/v1", {"OPENAI_API_KEY": "sk-o"}, False, "--allow-http"),
+    ("ftp://127.0.0.1/v1", {}, False, "not an http(s) URL"),
+])
+def test_a_key_goes_only_where_it_was_set_for_and_photos_not_in_clear(base_url, env, allow_http, expected):
+    from geoloc.candidates.zeroshot import ZeroShotError, endpoint_key
+
+    if expected is None or expected.startswith("sk-"):
+        assert endpoint_key(base_url, allow_http, env) == expected
+    else:
+        with pytest.raises(ZeroShotError, match=re.escape(expected)):
+            endpoint_key(base_url, allow_http, env)
+
+
+def test_plain_http_beyond_this_machine_is_refused_before_any_photo_is_read(tmp_path):
+    folder = tmp_path / "one"
+    folder.mkdir()
+    write_photo(folder / "a.jpg", (120, 30, 60))
+    result, out, cache = run_zeroshot(folder, "http://192.0.2.1:8000/v1", tmp_path, {"GEOLOC_API_KEY": SECRET})
+    assert result.exit_code == 2 and "--allow-http" in result.stderr
+    assert not out.exists() and not cache.exists()
 
 
 XMP_GPS = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'

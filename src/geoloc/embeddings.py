@@ -1,10 +1,11 @@
 """The embeddings folder `geoloc embed` writes, read part by part or row by row (no torch needed).
 
-The folder holds `meta.json` (backbone, dimension, rows, chunk size and a fingerprint of
-the ids being embedded, `geoloc.tables.ids_digest`) and one Parquet part per chunk of rows (`part-00000.parquet`:
-image_id, embedding as a fixed-size float32 array, error; a failed photo's embedding is
-null). Readers that need a few rows of millions filter them in the Parquet scan, and the
-index build streams one part at a time, so no reader holds more than it returns plus one part.
+The folder holds `meta.json` (backbone, dimension, rows, chunk size, a fingerprint of
+the ids being embedded (`geoloc.tables.ids_digest`), the kind of features: see FEATURE_KINDS) and one
+Parquet part per chunk of rows (`part-00000.parquet`: image_id, embedding as a fixed-size float32 array,
+error; a failed photo's embedding is null). Readers that need a few rows of millions
+filter them in the Parquet scan, and the index build streams one part at a time, so no
+reader holds more than it returns plus one part.
 """
 
 from __future__ import annotations
@@ -20,14 +21,44 @@ import polars as pl
 from geoloc.errors import InputError
 from geoloc.tables import describe_ids, ids_digest, rows_of, write_table, write_text
 
+FEATURE_KINDS = {
+    "normalized": "L2-normalized features through the backbone's own processor (retrieval, index, classifier)",
+    "raw": "the backbone's raw features through its own processor (what GeoCLIP's predict feeds its MLP)",
+    "raw-geoclip-train": "raw features through GeoCLIP's training preprocessing (resize 256, centre crop 224, "
+                         "ImageNet mean and std), what GeoCLIP's MLP is trained on",
+}
+"""What the `embedding` column holds; meta.json's `feature_kind` (folders without one are `normalized`)."""
+
 
 class EmbeddingsError(InputError):
     """An embeddings folder does not match the run, or is not one."""
 
 
-def embeddings_meta(backbone: str, dim: int, ids: pl.Series, chunk_rows: int) -> dict:
-    """What a folder's embeddings were made of: a resumed run must match it."""
-    return {"backbone": backbone, "dim": dim, "rows": len(ids), "chunk_rows": chunk_rows, "ids": ids_digest(ids)}
+def embeddings_meta(backbone: str, dim: int, ids: pl.Series, chunk_rows: int,
+                    feature_kind: str = "normalized", views: int = 1) -> dict:
+    """What a folder's embeddings were made of: a resumed run must match it.
+
+    `dim` is a row's width: with several augmented `views` per photo, views x the backbone's size.
+    """
+    return {"backbone": backbone, "dim": dim, "rows": len(ids), "chunk_rows": chunk_rows, "ids": ids_digest(ids),
+            "feature_kind": feature_kind, "views": views}
+
+
+def feature_kind(meta: dict) -> str:
+    return meta.get("feature_kind", "normalized")
+
+
+def require_features(meta: dict, folder: Path, kinds: tuple[str, ...], consumer: str, dim: int | None = None) -> None:
+    """Refuse embeddings a consumer cannot use: another kind of features, or another backbone's size."""
+    kind = feature_kind(meta)
+    if kind not in kinds:
+        raise EmbeddingsError(f"{folder} holds {kind} features ({FEATURE_KINDS.get(kind, 'unknown kind')}); "
+                              f"{consumer} needs {' or '.join(kinds)}: make them with "
+                              f"`geoloc embed --features {kinds[0]}`")
+    views = int(meta.get("views", 1))
+    if dim is not None and int(meta["dim"]) != dim * views:
+        raise EmbeddingsError(f"{folder} holds {int(meta['dim']) // views}-dimensional features of "
+                              f"{meta.get('backbone')}; {consumer} needs {dim} (CLIP ViT-L/14's projection)")
 
 
 def check_meta(out: Path, meta: dict) -> None:
@@ -69,7 +100,11 @@ class EmbeddingParts:
     def iter_parts(self) -> Iterator[tuple[pl.Series, np.ndarray]]:
         """(ids, vectors) of each part's successfully embedded photos, one part in memory at a time."""
         for part in self.parts:
-            yield self._vectors(_successful(pl.scan_parquet(part)).select("image_id", "embedding").collect())
+            yield self.read_part(part)
+
+    def read_part(self, part: Path) -> tuple[pl.Series, np.ndarray]:
+        """(ids, vectors) of one part's successfully embedded photos."""
+        return self._vectors(_successful(pl.scan_parquet(part)).select("image_id", "embedding").collect())
 
     def rows_of_ids(self, ids: pl.Series) -> tuple[pl.Series, np.ndarray]:
         """(ids found, their vectors) among `ids`, in the folder's order: only those rows are read."""
@@ -124,7 +159,7 @@ def read_embeddings(folder: Path) -> tuple[dict, pl.Series, np.ndarray]:
 
 
 def write_embeddings(folder: Path, ids: pl.Series | list[str], vectors: np.ndarray, backbone: str,
-                     chunk_rows: int = 50_000) -> None:
+                     chunk_rows: int = 50_000, feature_kind: str = "normalized") -> None:
     """Write vectors made elsewhere (a synthetic world, another tool) in the layout `read_embeddings` reads.
 
     Parts first, meta.json last, each atomically, so a folder with meta.json is complete.
@@ -136,7 +171,8 @@ def write_embeddings(folder: Path, ids: pl.Series | list[str], vectors: np.ndarr
     for number, start in enumerate(range(0, len(ids), chunk_rows)):
         chunk = ids.slice(start, chunk_rows)
         write_part(folder, number, chunk, vectors[start:start + chunk_rows], [None] * len(chunk))
-    write_text(folder / "meta.json", json.dumps(embeddings_meta(backbone, vectors.shape[1], ids, chunk_rows), indent=2))
+    meta = embeddings_meta(backbone, vectors.shape[1], ids, chunk_rows, feature_kind)
+    write_text(folder / "meta.json", json.dumps(meta, indent=2))
 
 
 def embeddings_of(folder: Path, keys: pl.Series) -> tuple[dict, np.ndarray, np.ndarray]:

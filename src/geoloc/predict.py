@@ -1,8 +1,9 @@
 """Where was this photo taken? The main job, shared by `geoloc predict` and the web app.
 
 Photos are decoded in batches (Pillow's decompression-bomb guard stays on), scored by
-GeoCLIP, and each answer carries place names, ranked alternatives with probabilities,
-and a confidence radius. A photo's own EXIF GPS is reported beside the guess and never
+GeoCLIP or PLONK, and each answer carries place names, ranked alternatives with
+probabilities, and a confidence radius; PLONK's also its likelihood, localizability and the
+area of its confidence region. A photo's own EXIF GPS is reported beside the guess and never
 used to make it. Unreadable files are reported and skipped; the rest go on. With an
 output file, answers are kept part by part beside it, so a killed run over a large folder
 resumes where it stopped (`guess_photos_resumable`).
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,12 +21,17 @@ import polars as pl
 from PIL import Image
 
 from geoloc.candidates.geoclip import GeoClip
+from geoloc.encode.backbone import Backbone
 from geoloc.images import Photo
 from geoloc.images.decoding import UNREADABLE, decode_photo, unreadable_reason
 from geoloc.places import place_names
+from geoloc.places.land import sea_flags
 
 PART_PHOTOS = 1000
 """Photos per part of a resumable run: what a kill can lose."""
+
+
+PLONK_FIGURES = ("log_likelihood", "localizability", "region_mass", "region_km2")
 
 
 @dataclass(frozen=True)
@@ -48,10 +54,20 @@ class PhotoGuess:
     radius_km: float
     candidates: list[Alternative]
     exif: dict | None
+    at_sea: bool | None = None
+    """The best guess lies in the open sea (GLOBE's land mask, geoloc.places.land); None: mask not installed."""
+    log_likelihood: float | None = None
+    """PLONK's: the best guess's log density, nats per steradian."""
+    localizability: float | None = None
+    region_mass: float | None = None
+    """PLONK's: the share of the probability its confidence region holds (radius_km, region_km2)."""
+    region_km2: float | None = None
 
     def as_json(self) -> dict:
-        keys = ("image", "lat", "lon", "place", "radius_km", "candidates", "exif")
-        return {key: value for key, value in asdict(self).items() if key in keys}
+        """Every field but the id; PLONK's figures only where the guess has them."""
+        keys = ("image", "lat", "lon", "place", "radius_km", "candidates", "exif", "at_sea")
+        return {key: value for key, value in asdict(self).items()
+                if key in keys or (key in PLONK_FIGURES and value is not None)}
 
 
 @dataclass(frozen=True)
@@ -68,6 +84,8 @@ class LoadedPhoto:
     label: str
     image: Image.Image
     exif: dict | None
+    data: bytes | None = field(default=None, repr=False)
+    """The photo's bytes, for models that read them (a recipe's sources); None when not kept."""
 
 
 def exif_position(source: bytes | Path) -> dict | None:
@@ -80,25 +98,25 @@ def exif_position(source: bytes | Path) -> dict | None:
 
 def guess_photos(
     photos: list[Photo],
-    geoclip: GeoClip,
+    geoclip: GeoClip | PlonkLocator,
     top_k: int = 5,
     batch_size: int = 16,
     on_progress: Callable[[int], None] = lambda done: None,
 ) -> Iterator[PhotoGuess | Unreadable]:
-    """Answers in the photos' order, batch by batch, as they are ready."""
+    """Answers in the photos' order, batch by batch, as they are ready; matched by position, not by id."""
     for start in range(0, len(photos), batch_size):
         batch = photos[start : start + batch_size]
         loaded: list[LoadedPhoto] = []
-        failures: dict[str, Unreadable] = {}
-        for photo in batch:
+        failures: dict[int, Unreadable] = {}
+        for position, photo in enumerate(batch):
             try:
-                data = photo.path.read_bytes()
+                data = photo.read_bytes()
                 loaded.append(LoadedPhoto(photo.query_id, str(photo.path), decode_photo(data), exif_position(data)))
             except UNREADABLE as error:
-                failures[photo.query_id] = Unreadable(str(photo.path), unreadable_reason(error))
+                failures[position] = Unreadable(str(photo.path), unreadable_reason(error))
         guesses = iter(guess_images(loaded, geoclip, top_k) if loaded else [])
-        for photo in batch:
-            yield failures.get(photo.query_id) or next(guesses)
+        for position in range(len(batch)):
+            yield failures.get(position) or next(guesses)
         on_progress(len(batch))
 
 
@@ -132,7 +150,7 @@ def photos_fingerprint(photos: list[Photo]) -> str:
 
 def guess_photos_resumable(
     photos: list[Photo],
-    load_geoclip: Callable[[], GeoClip],
+    load_geoclip: Callable[[], GeoClip | PlonkLocator],
     work: Path,
     settings: dict,
     top_k: int = 5,
@@ -147,28 +165,91 @@ def guess_photos_resumable(
     `on_start(done)` says how many photos were answered already; GeoCLIP is loaded only if
     any are left. The caller removes `work` once it has written its output.
     """
-    from geoloc.resumable import Task, Workers, cache_paths, claim_work_folder, run_cached
+    loaded: list[GeoClip | PlonkLocator] = []
 
-    claim_work_folder(work, {**settings, "photos": photos_fingerprint(photos), "top_k": top_k,
-                             "batch_size": batch_size, "part_photos": part_photos}, restart)
-    parts = [photos[start:start + part_photos] for start in range(0, len(photos), part_photos)]
-    loaded: list[GeoClip] = []
-
-    def guess_part(number: int) -> pl.DataFrame:
+    def guess_part(part: list[Photo]) -> pl.DataFrame:
         if not loaded:
             loaded.append(load_geoclip())
-        return answers_table(list(guess_photos(parts[number], loaded[0], top_k, batch_size, on_progress)))
+        return answers_table(list(guess_photos(part, loaded[0], top_k, batch_size, on_progress)))
 
-    tasks = [Task(f"part-{number:05d}", guess_part, (number,)) for number in range(len(parts))]
+    frames = answer_in_parts(photos, guess_part, work, {**settings, "top_k": top_k, "batch_size": batch_size},
+                             part_photos, restart, on_start)
+    return [answer for frame in frames for answer in answers_of(frame)]
+
+
+def answer_in_parts(photos: list[Photo], answer_part: Callable[[list[Photo]], pl.DataFrame], work: Path,
+                    settings: dict, part_photos: int = PART_PHOTOS, restart: bool = False,
+                    on_start: Callable[[int], None] = lambda done: None) -> list[pl.DataFrame]:
+    """Each part's table of answers, every `part_photos` photos kept in `work` as they finish; the parts a
+    previous run with the same settings and photos left are reused, and `on_start(done)` says how many."""
+    from geoloc.resumable import Task, Workers, cache_paths, claim_work_folder, run_cached
+
+    claim_work_folder(work, {**settings, "photos": photos_fingerprint(photos), "part_photos": part_photos}, restart)
+    parts = [photos[start:start + part_photos] for start in range(0, len(photos), part_photos)]
+    tasks = [Task(f"part-{number:05d}", answer_part, (parts[number],)) for number in range(len(parts))]
     on_start(sum(len(part) for part, path in zip(parts, cache_paths(tasks, work)) if path.is_file()))
-    return [answer for frame in run_cached(tasks, work, Workers(1), None) for answer in answers_of(frame)]
+    return run_cached(tasks, work, Workers(1), None)
 
 
-def guess_images(loaded: list[LoadedPhoto], geoclip: GeoClip, top_k: int) -> list[PhotoGuess]:
-    """One batch through GeoCLIP, with place names for every alternative."""
+@dataclass
+class PlonkLocator:
+    """PLONK as a predictor: the backbone its checkpoint reads, the checkpoint, and how to sample it."""
+
+    backbone: Backbone
+    model: object
+    settings: object
+
+    def guess(self, loaded: list[LoadedPhoto], top_k: int) -> list[PhotoGuess]:
+        """The photos' density modes: the most likely first, each with the share of samples nearest to it."""
+        from geoloc.plonk.density import photo_densities
+
+        vectors = self.backbone.embed([photo.image for photo in loaded])
+        densities = photo_densities(self.model, vectors, replace(self.settings, modes=top_k))
+        places = place_names(densities.modes[..., 0].ravel(), densities.modes[..., 1].ravel())
+        places = places.reshape(densities.modes.shape[:2])
+        at_sea = sea_flags(densities.modes[:, 0, 0], densities.modes[:, 0, 1])
+        guesses = []
+        for row, photo in enumerate(loaded):
+            found = np.isfinite(densities.log_density[row])
+            alternatives = [Alternative(float(lat), float(lon), float(share), str(place)) for (lat, lon), share, place
+                            in zip(densities.modes[row][found], densities.share[row][found], places[row][found])]
+            guesses.append(PhotoGuess(
+                image=photo.label, image_id=photo.image_id, lat=alternatives[0].lat, lon=alternatives[0].lon,
+                place=alternatives[0].place, radius_km=float(densities.radius_km[row]), candidates=alternatives,
+                exif=photo.exif, at_sea=None if at_sea is None else bool(at_sea[row]),
+                log_likelihood=float(densities.log_density[row, 0]),
+                localizability=float(densities.localizability[row]), region_mass=self.settings.mass,
+                region_km2=float(densities.area_km2[row])))
+        return guesses
+
+
+def load_plonk_locator(model: str, backbone: str | None, device: str, settings: object) -> PlonkLocator:
+    """The checkpoint and the backbone it reads (its own by default); a backbone of another kind is refused."""
+    from geoloc.encode.backbone import pick_device
+    from geoloc.encode.loading import load_backbone
+    from geoloc.plonk.model import PlonkUnavailable, embedding_identity, load_plonk
+
+    plonk = load_plonk(model, pick_device(device))
+    wanted = plonk.settings.embedding
+    if backbone is not None and embedding_identity(backbone) != wanted:
+        raise PlonkUnavailable(f"the PLONK model {model} conditions on {wanted!r} embeddings; --backbone "
+                               f"{backbone} makes another kind (give {wanted}[:LOCAL_FOLDER])")
+    encoder = load_backbone(backbone or wanted, device=device)
+    encoder = encoder.with_features(plonk.settings.feature_kind or encoder.feature_kind)
+    if encoder.dim != plonk.cond_dim:
+        raise PlonkUnavailable(f"{encoder.name} makes {encoder.dim}-dimensional embeddings; the PLONK model "
+                               f"{model} reads {plonk.cond_dim}")
+    return PlonkLocator(encoder, plonk, settings)
+
+
+def guess_images(loaded: list[LoadedPhoto], geoclip: GeoClip | PlonkLocator, top_k: int) -> list[PhotoGuess]:
+    """One batch through GeoCLIP (or PLONK), with place names for every alternative."""
+    if isinstance(geoclip, PlonkLocator):
+        return geoclip.guess(loaded, top_k)
     result = geoclip.top_k(geoclip.backbone.pixel_values([photo.image for photo in loaded]), top_k)
     coordinates = result.coordinates.astype(np.float64)
     places = place_names(coordinates[..., 0].ravel(), coordinates[..., 1].ravel()).reshape(coordinates.shape[:2])
+    at_sea = sea_flags(coordinates[:, 0, 0], coordinates[:, 0, 1])
     guesses = []
     for row, photo in enumerate(loaded):
         alternatives = [
@@ -184,20 +265,32 @@ def guess_images(loaded: list[LoadedPhoto], geoclip: GeoClip, top_k: int) -> lis
             radius_km=float(result.radius_km[row]),
             candidates=alternatives,
             exif=photo.exif,
+            at_sea=None if at_sea is None else bool(at_sea[row]),
         ))
     return guesses
 
 
+def guess_summary(guess: PhotoGuess) -> str:
+    """The best guess's probability, and PLONK's likelihood, localizability and region where it has them."""
+    summary = f"p = {guess.candidates[0].prob:.3f}"
+    if guess.log_likelihood is None:
+        return summary
+    return (f"{summary}, log-likelihood {guess.log_likelihood:.2f}, localizability {guess.localizability:.3f}, "
+            f"{guess.region_mass:.0%} region {guess.region_km2:,.0f} km²")
+
+
 def predictions_table(guesses: list[PhotoGuess]) -> pl.DataFrame:
-    """The predictions schema (image_id, lat, lon, score = the best guess's probability)."""
+    """The predictions schema (image_id, lat, lon, score = the best guess's probability), and at_sea."""
     return pl.DataFrame(
         {
             "image_id": [g.image_id for g in guesses],
             "lat": [g.lat for g in guesses],
             "lon": [g.lon for g in guesses],
             "score": [g.candidates[0].prob for g in guesses],
+            "at_sea": [g.at_sea for g in guesses],
         },
-        schema={"image_id": pl.Utf8, "lat": pl.Float64, "lon": pl.Float64, "score": pl.Float64},
+        schema={"image_id": pl.Utf8, "lat": pl.Float64, "lon": pl.Float64, "score": pl.Float64,
+                "at_sea": pl.Boolean},
     )
 
 
@@ -214,8 +307,10 @@ def geoclip_candidates(guesses: list[PhotoGuess]) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=CANDIDATE_SCHEMA)
 
 
-def predictions_geojson(guesses: list[PhotoGuess]) -> dict:
-    """A GeoJSON FeatureCollection: one Point per photo at its best guess, the rest as properties."""
+def predictions_geojson(guesses: list) -> dict:
+    """A GeoJSON FeatureCollection: one Point per photo at its best guess, the rest as properties.
+
+    Any answers with `image_id`, `lat`, `lon` and `as_json()`: GeoCLIP's, or a recipe's."""
     return {
         "type": "FeatureCollection",
         "features": [

@@ -1,7 +1,7 @@
 """Candidate locations for query photos, from every generator, in one table schema.
 
 Schema (docs/architecture.md): query_id, source (retrieval / reverse / classifier /
-geoclip / zeroshot), rank (0 = the generator's best), lat, lon, score (the generator's own, not
+geoclip / zeroshot / plonk), rank (0 = the generator's best), lat, lon, score (the generator's own, not
 comparable across sources; null when it has none), text (place names), ref_uri (the
 gallery photo behind a retrieval candidate, else null).
 """
@@ -14,11 +14,11 @@ import polars as pl
 
 from geoloc.tables import TableError, describe_ids
 
-SOURCES = ("retrieval", "reverse", "classifier", "geoclip", "zeroshot")
+SOURCES = ("retrieval", "reverse", "classifier", "geoclip", "zeroshot", "plonk")
 """Every known source, in the order a report lists them and the union's first pick follows.
 
-The order is fixed: the light ranker's per-source features sit at these positions in
-trained models. `reverse` is G3's dissimilar-image neighbours (`geoloc retrieve --reverse`)."""
+The order is fixed, new sources go last: the light ranker's per-source features sit at
+these positions in trained models. `reverse` is G3's dissimilar-image neighbours (`geoloc retrieve --reverse`)."""
 
 CANDIDATE_SCHEMA = {
     "query_id": pl.Utf8,

@@ -139,6 +139,13 @@ def compile_candidates(
     if not parts:
         raise TableError("nothing to compile: give candidate tables, zero-shot answers, G3 retrieval results "
                          "or GeoRanker's candidate files")
+    merged = merge_candidates(parts)
+    summary.candidates_per_source = dict(merged.group_by("source").len().iter_rows())
+    return merged, summary
+
+
+def merge_candidates(parts: list[pl.DataFrame]) -> pl.DataFrame:
+    """Sources in the candidate schema as one table with place texts, sorted by query, source order, rank."""
     merged = pl.concat(parts, how="vertical")
     duplicated = merged.select("query_id", "source", "rank").is_duplicated()
     if duplicated.any():
@@ -147,6 +154,4 @@ def compile_candidates(
         raise TableError(f"{len(twice)} candidates share a (query, source, rank), e.g. query {first['query_id']!r} "
                          f"source {first['source']!r} rank {first['rank']}: the same source was given twice?")
     source_order = pl.col("source").replace_strict({s: i for i, s in enumerate(SOURCES)}, return_dtype=pl.Int8)
-    merged = fill_place_texts(merged, where=pl.col("source") != "zeroshot").sort("query_id", source_order, "rank")
-    summary.candidates_per_source = dict(merged.group_by("source").len().iter_rows())
-    return merged, summary
+    return fill_place_texts(merged, where=pl.col("source") != "zeroshot").sort("query_id", source_order, "rank")

@@ -1,8 +1,9 @@
 """GeoCLIP as a predictor and a candidate generator (source=geoclip).
 
 The trained heads (image MLP, location encoder, logit scale) and the 100K-point GPS
-gallery ship inside the `geoclip` package; the CLIP ViT-L/14 backbone is ours to load
-(hub id or local folder, see geoloc.encode). The math is the package's: softmax over
+gallery ship inside the `geoclip` package, or come from a release (`geoloc geoclip
+train`); the CLIP ViT-L/14 backbone is ours to load (hub id or local folder, see
+geoloc.encode). The math is the package's: softmax over
 the whole gallery of exp(logit_scale) times the cosine between the image's MLP
 features and each location's features. What differs is the work: the package encodes
 all 100K gallery locations again for every photo; here they are encoded once, in
@@ -19,16 +20,18 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import torch
-from safetensors.torch import load_file, save_file
 
 from geoloc.encode.backbone import Backbone
 from geoloc.errors import InputError
 from geoloc.geo import great_circle_km
-from geoloc.tables import replace_durably
+from geoloc.geoclip.model import GEOCLIP_SIGMAS, GeoClipModel, published_state
+from geoloc.geoclip.release import LOCATION_FEATURES, cached_gallery_features, read_release, weights_key
 from geoloc.user_cache import user_cache_folder
 
 GEOCLIP_IMAGE_DIM = 768
 """GeoCLIP's MLP reads CLIP ViT-L/14 projections: a backbone must produce 768 features."""
+PUBLISHED_BACKBONE = "openai/clip-vit-large-patch14"
+"""The CLIP GeoCLIP's published heads were trained on."""
 CONFIDENCE_MASS = 0.68
 """The share of the model's belief that the confidence circle holds (one sigma's worth)."""
 
@@ -40,6 +43,13 @@ class GeoClipGuesses:
     coordinates: np.ndarray
     probabilities: np.ndarray
     radius_km: np.ndarray
+
+
+def geoclip_backbone(backbone: str | None, release: Path | None) -> str:
+    """The backbone to load: the one named, else the release's, else the published one."""
+    if backbone is not None:
+        return backbone
+    return read_release(release).backbone if release is not None else PUBLISHED_BACKBONE
 
 
 def _package_file(*parts: str) -> Path:
@@ -54,49 +64,49 @@ def geoclip_gallery() -> np.ndarray:
 
 @dataclass
 class GeoClipHeads:
-    """GeoCLIP's trained heads, read from the package's weight files (tensors only)."""
+    """GeoCLIP's trained heads (image MLP, location encoder, logit scale): the package's, or a release's."""
 
     image_mlp: torch.nn.Sequential
     location_encoder: torch.nn.Module
     logit_scale: torch.Tensor
 
     @classmethod
-    def from_package(cls) -> GeoClipHeads:
-        from geoclip.model.location_encoder import LocationEncoder
+    def from_state(cls, state: dict[str, torch.Tensor], sigmas: tuple[float, ...] = GEOCLIP_SIGMAS) -> GeoClipHeads:
+        model = GeoClipModel(sigmas, queue_size=1)
+        model.load_package_state(state)
+        return cls(model.image_mlp.eval(), model.location_encoder.eval(), model.logit_scale.detach().float())
 
-        mlp = torch.nn.Sequential(torch.nn.Linear(768, 768), torch.nn.ReLU(), torch.nn.Linear(768, 512))
-        mlp.load_state_dict(torch.load(_package_file("weights", "image_encoder_mlp_weights.pth"),
-                                       map_location="cpu", weights_only=True))
-        scale = torch.load(_package_file("weights", "logit_scale_weights.pth"), map_location="cpu",
-                           weights_only=True)
-        return cls(mlp.eval(), LocationEncoder(from_pretrained=True).eval(), scale.detach().float())
+    @classmethod
+    def from_package(cls) -> GeoClipHeads:
+        return cls.from_state(published_state())
 
 
 class GeoClip:
-    """Top-k gallery locations and their probabilities for batches of photos."""
+    """Top-k gallery locations and their probabilities for batches of photos.
 
-    def __init__(self, backbone: Backbone, gallery: np.ndarray | None = None, batch_size: int = 4096) -> None:
+    With a `release` (a folder of `geoloc geoclip train`, or any in the package's format), its
+    heads and gallery replace the package's; its gallery's location features are cached in it.
+    """
+
+    def __init__(self, backbone: Backbone, gallery: np.ndarray | None = None, batch_size: int = 4096,
+                 release: Path | None = None) -> None:
         if backbone.dim != GEOCLIP_IMAGE_DIM:
             raise InputError(f"GeoCLIP needs a backbone with {GEOCLIP_IMAGE_DIM} features (CLIP ViT-L/14); "
                              f"{backbone.name} has {backbone.dim}")
         self.backbone = backbone
-        self.heads = GeoClipHeads.from_package()
-        self.gallery = geoclip_gallery() if gallery is None else np.asarray(gallery, dtype=np.float32)
-        self.location_features = self._location_features(batch_size)
-
-    @torch.inference_mode()
-    def _location_features(self, batch_size: int) -> torch.Tensor:
-        """Normalized features of every gallery location, from a disk cache when available."""
-        weights = _package_file("weights", "location_encoder_weights.pth").read_bytes()
-        key = hashlib.sha256(weights + self.gallery.tobytes()).hexdigest()[:24]
-        cached = user_cache_folder() / "geoclip" / f"locations-{key}.safetensors"
-        if cached.is_file():
-            return load_file(cached)["features"]
-        gallery = torch.from_numpy(self.gallery)
-        parts = [self.heads.location_encoder(gallery[i : i + batch_size]) for i in range(0, len(gallery), batch_size)]
-        features = torch.nn.functional.normalize(torch.cat(parts), dim=1).contiguous()
-        replace_durably(cached, lambda temporary: save_file({"features": features}, str(temporary)))
-        return features
+        if release is None:
+            self.heads = GeoClipHeads.from_package()
+            self.gallery = geoclip_gallery() if gallery is None else np.asarray(gallery, dtype=np.float32)
+            weights = _package_file("weights", "location_encoder_weights.pth").read_bytes()
+            key = hashlib.sha256(weights + self.gallery.tobytes()).hexdigest()[:24]
+            cache = user_cache_folder() / "geoclip" / f"locations-{key}.safetensors"
+        else:
+            published = read_release(release)
+            self.heads = GeoClipHeads.from_state(published.weights, published.sigmas)
+            self.gallery = published.gallery if gallery is None else np.asarray(gallery, dtype=np.float32)
+            weights, cache = weights_key(release), release / LOCATION_FEATURES
+        self.location_features = cached_gallery_features(cache, weights, self.heads.location_encoder, self.gallery,
+                                                         batch_size)
 
     @torch.inference_mode()
     def probabilities(self, pixel_values: torch.Tensor) -> torch.Tensor:

@@ -8,10 +8,15 @@ more dissimilar.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import numpy as np
 import polars as pl
 
 from geoloc.candidates import CANDIDATE_SCHEMA
+from geoloc.encode.backbone import Backbone
+from geoloc.images import Photo
 from geoloc.index import GalleryIndex
 
 
@@ -38,3 +43,28 @@ def retrieval_candidates(index: GalleryIndex, query_ids: list[str], vectors: np.
         "text": gallery["text"],
         "ref_uri": gallery["uri"],
     }, schema=CANDIDATE_SCHEMA)
+
+
+@dataclass(frozen=True)
+class Retrieved:
+    """`geoloc retrieve`'s result: the candidates, every photo's vector (NaN rows where unreadable) and problem."""
+
+    candidates: pl.DataFrame
+    vectors: np.ndarray
+    problems: list[str | None]
+
+
+def retrieve_photos(photos: list[Photo], index: GalleryIndex, backbone: Backbone, k: int, reverse: int = 0,
+                    batch_size: int = 64, on_progress: Callable[[int], None] = lambda done: None) -> Retrieved:
+    """Embed the photos, then their k nearest gallery photos (and `reverse` reverse ones) as candidates."""
+    from geoloc.encode import embed_batches
+    from geoloc.images.discovery import photos_reader
+
+    vectors, problems = embed_batches(*photos_reader(photos), backbone, batch_size, on_progress=on_progress)
+    readable = [row for row, problem in enumerate(problems) if problem is None]
+    query_ids = [photos[row].query_id for row in readable]
+    table = retrieval_candidates(index, query_ids, vectors[readable], k)
+    if reverse:
+        table = pl.concat([table, retrieval_candidates(index, query_ids, vectors[readable], reverse,
+                                                       source="reverse")])
+    return Retrieved(table, vectors, problems)

@@ -3,7 +3,8 @@
 Any OpenAI-compatible chat-completions endpoint works (vLLM, SGLang, a hosted API),
 through the official `openai` client, whose retry logic already backs off on 429 (with
 Retry-After), 5xx, 408 and time-outs. What is added here: the key only ever comes from
-the environment; requests run with bounded concurrency; every answer is cached on disk
+the environment and only goes where it was set for (`endpoint_key`); photos never travel
+unencrypted beyond this machine unless asked; requests run with bounded concurrency; every answer is cached on disk
 by photo content, endpoint, model, prompt, sampling settings and sample, so a rerun or a crash never
 pays for a request twice; answers are parsed without inventing coordinates. With `rag`, G3's
 geo-diversified prompt names the coordinates of the photo's retrieval and reverse neighbours.
@@ -17,7 +18,7 @@ import hashlib
 import io
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -30,10 +31,17 @@ from geoloc.candidates.coordinates import parse_coordinates
 from geoloc.errors import InputError
 from geoloc.images import MetadataError, Photo, strip_metadata
 from geoloc.images.decoding import UNREADABLE, unreadable_reason
+from geoloc.network import is_loopback
 from geoloc.tables import describe_ids, open_answer_cache
 from geoloc.user_cache import user_cache_folder
 
-API_KEY_VARIABLES = ("GEOLOC_API_KEY", "OPENAI_API_KEY")
+API_KEY_VARIABLE = "GEOLOC_API_KEY"
+"""The key for the endpoint `--base-url` names, whichever it is."""
+OPENAI_KEY_VARIABLE = "OPENAI_API_KEY"
+OPENAI_API_HOST = "api.openai.com"
+"""OPENAI_API_KEY (and the client's other OPENAI_* settings) go to OpenAI's own API only, over https:
+another server that speaks its protocol never sees them."""
+OPENAI_ACCOUNT_HEADERS = ("OpenAI-Organization", "OpenAI-Project")
 SENT_AS_IS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "GIF": "image/gif"}
 FATAL_STATUS = {400, 401, 403, 404}
 """Answers that no retry will change: a wrong key, model name or request. The run stops."""
@@ -114,6 +122,8 @@ class ZeroShotSettings:
     """The image detail level sent (`low`, `high`, `auto`); None leaves it to the endpoint."""
     rag_prompt: str = G3_RAG_PROMPT
     """The request for K > 0: a template with `{similar}` and `{dissimilar}`."""
+    allow_http: bool = False
+    """Send photos (and the key) over plain http to a host beyond this machine."""
 
 
 G3_REQUEST = {"prompt": GEORANKER_PROMPT, "temperature": 1.2, "samples": 10, "answers_per_request": 10,
@@ -121,6 +131,15 @@ G3_REQUEST = {"prompt": GEORANKER_PROMPT, "temperature": 1.2, "samples": 10, "an
 PRESETS: dict[str, dict] = {"georanker": G3_REQUEST, "g3": G3_REQUEST}
 """Published request settings by name. GeoRanker's lvlm_zs_predict.py asks as G3's llm_predict.py
 does (both its requests, plain and geo-diversified, take these defaults), so the two are one."""
+
+
+def zeroshot_settings(model: str, base_url: str, preset: str | None, rag: Sequence[int], given: dict,
+                      **fixed) -> ZeroShotSettings:
+    """The request settings: the preset's (G3's by default when a RAG K is asked), then the values `given`
+    (None: not given); `fixed` are the run's own (concurrency, retries, time-out)."""
+    base = PRESETS[preset] if preset else PRESETS["g3"] if max(rag, default=0) > 0 else {}
+    chosen = {**base, **{key: value for key, value in given.items() if value is not None}}
+    return ZeroShotSettings(model=model, base_url=base_url, **fixed, **chosen)
 
 
 def coordinate_list(lats: Sequence[float], lons: Sequence[float]) -> str:
@@ -165,16 +184,43 @@ class Neighbours:
         return lats[:k], lons[:k]
 
 
-def api_key_from_environment() -> str:
-    """The API key from GEOLOC_API_KEY, else OPENAI_API_KEY; never from a flag or a file."""
-    for variable in API_KEY_VARIABLES:
-        key = os.environ.get(variable, "").strip()
-        if key:
-            return key
-    raise ZeroShotError(
-        f"no API key: set {' or '.join(API_KEY_VARIABLES)} in the environment "
-        "(keys are not accepted as flags: other users of the machine can read command lines)"
-    )
+def endpoint_key(base_url: str, allow_http: bool = False, environ: Mapping[str, str] = os.environ) -> str | None:
+    """The key to send to `base_url` (None: send none), once the URL is one photos may go to.
+
+    GEOLOC_API_KEY is set for whatever endpoint geoloc is pointed at; OPENAI_API_KEY was set for
+    OpenAI and goes to https://api.openai.com only. Another endpoint without GEOLOC_API_KEY gets
+    no key (a local server needs none; one that does answers 401 and the run stops). Plain http
+    is refused beyond loopback unless `allow_http`: photos and key would cross the network in clear.
+    """
+    parts = urlsplit(base_url.strip())
+    host = parts.hostname
+    if parts.scheme not in ("http", "https") or not host:
+        raise ZeroShotError(f"--base-url {base_url!r}: not an http(s) URL")
+    if parts.scheme == "http" and not is_loopback(host) and not allow_http:
+        raise ZeroShotError(f"--base-url {base_url}: plain http to {host} would send every photo (and any key) "
+                            "unencrypted across the network; use https, or pass --allow-http if you mean it")
+    key = environ.get(API_KEY_VARIABLE, "").strip()
+    if key or not _is_openai(base_url):
+        return key or None
+    key = environ.get(OPENAI_KEY_VARIABLE, "").strip()
+    if not key:
+        raise ZeroShotError(
+            f"no API key for {OPENAI_API_HOST}: set {API_KEY_VARIABLE} or {OPENAI_KEY_VARIABLE} in the environment "
+            "(keys are not accepted as flags: other users of the machine can read command lines)")
+    return key
+
+
+def _is_openai(base_url: str) -> bool:
+    parts = urlsplit(base_url.strip())
+    return parts.scheme == "https" and parts.hostname == OPENAI_API_HOST
+
+
+def _withheld_headers(base_url: str, key: str | None) -> dict:
+    """Headers the openai client would add from OPENAI_* variables, removed where they were not set for."""
+    import openai
+
+    withheld = {} if _is_openai(base_url) else dict.fromkeys(OPENAI_ACCOUNT_HEADERS, openai.Omit())
+    return withheld | ({} if key else {"Authorization": openai.Omit()})
 
 
 def image_data_url(data: bytes) -> str:
@@ -191,6 +237,10 @@ def image_data_url(data: bytes) -> str:
         else:
             data = strip_metadata(data)
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+MEMORY_ONLY = Path(":memory:")
+"""An answer cache that lives only as long as one run (SQLite in memory): the web app writes nothing."""
 
 
 class AnswerCache:
@@ -262,7 +312,8 @@ class _Question:
     """Retrieval and reverse neighbours the prompt names; None for the plain prompt."""
 
 
-async def _ask(client, settings: ZeroShotSettings, prompt: str, data_url: str, count: int) -> list[str]:
+async def _ask(client, settings: ZeroShotSettings, prompt: str, data_url: str, count: int,
+               headers: dict) -> list[str]:
     """`count` answers from one request; fewer when the endpoint returns fewer choices."""
     import openai
 
@@ -276,11 +327,15 @@ async def _ask(client, settings: ZeroShotSettings, prompt: str, data_url: str, c
             }],
             temperature=settings.temperature,
             max_tokens=settings.max_tokens,
+            extra_headers=headers,
             **({"n": count} if count > 1 else {}),
         )
     except openai.APIStatusError as error:
         if error.status_code in FATAL_STATUS:
-            raise ZeroShotError(f"the endpoint refused the request ({error.status_code}): {error.message}") from error
+            hint = (f" (the key comes from {API_KEY_VARIABLE}; {OPENAI_KEY_VARIABLE} only for {OPENAI_API_HOST})"
+                    if error.status_code == 401 else "")
+            raise ZeroShotError(f"the endpoint refused the request ({error.status_code}): {error.message}{hint}"
+                                ) from error
         raise
     choices = sorted(response.choices or [], key=lambda choice: choice.index)[:count]
     return [choice.message.content or "" for choice in choices]
@@ -303,24 +358,20 @@ def _questions(photo: Photo, settings: ZeroShotSettings, rag: Sequence[int],
     return questions
 
 
-async def _run(
-    photos: list[Photo],
-    settings: ZeroShotSettings,
-    rag: Sequence[int],
-    neighbours: Neighbours | None,
-    cache: AnswerCache,
-    api_key: str,
-    on_progress: Callable[[int], None],
-) -> tuple[list[dict], int]:
-    import openai
+_Request = tuple[_Question, list[int], list[str]]
+"""A request to send: a question with the samples (and their cache keys) one request answers."""
 
+
+def _plan(photos: list[Photo], settings: ZeroShotSettings, rag: Sequence[int], neighbours: Neighbours | None,
+          cache: AnswerCache, on_progress: Callable[[int], None]) -> tuple[list[dict], list[_Request]]:
+    """The rows known without asking (cached answers, unreadable photos, questions that cannot be asked)
+    and the requests still to send."""
     rows: list[dict] = []
-    pending: list[tuple[_Question, list[int], list[str]]] = []
-    """Requests to send: a question with the samples (and their cache keys) one request answers."""
+    pending: list[_Request] = []
     for photo in photos:
         questions = _questions(photo, settings, rag, neighbours)
         try:
-            data = photo.path.read_bytes()
+            data = photo.read_bytes()
             with Image.open(io.BytesIO(data)) as image:
                 image.verify()
         except UNREADABLE as error:
@@ -348,18 +399,26 @@ async def _run(
             for start in range(0, len(missing), settings.answers_per_request):
                 samples, keys = zip(*missing[start:start + settings.answers_per_request], strict=True)
                 pending.append((question, list(samples), list(keys)))
+    return rows, pending
+
+
+async def _send(pending: list[_Request], settings: ZeroShotSettings, cache: AnswerCache, api_key: str | None,
+                on_progress: Callable[[int], None]) -> list[dict]:
+    """The rows of every request, sent with bounded concurrency; answers are cached as they come."""
+    import openai
 
     limit = asyncio.Semaphore(settings.concurrency)
-    client = openai.AsyncOpenAI(
-        api_key=api_key, base_url=settings.base_url, timeout=settings.timeout_s, max_retries=settings.max_retries
-    )
+    # The client wants a key even when none is sent: the placeholder never leaves (Authorization is withheld).
+    client = openai.AsyncOpenAI(api_key=api_key or "none", base_url=settings.base_url, timeout=settings.timeout_s,
+                                max_retries=settings.max_retries)
+    headers = _withheld_headers(settings.base_url, api_key)
 
     async def ask(question: _Question, samples: list[int], keys: list[str]) -> list[dict]:
         async with limit:
             try:
                 # Encoded only while in flight: a whole benchmark's data URLs would fill memory.
-                data_url = image_data_url(question.photo.path.read_bytes())
-                answers = await _ask(client, settings, question.prompt, data_url, len(samples))
+                data_url = image_data_url(question.photo.read_bytes())
+                answers = await _ask(client, settings, question.prompt, data_url, len(samples), headers)
             except (openai.APIStatusError, openai.APIConnectionError) as error:
                 failure = f"request failed after retries: {error.__class__.__name__}"
                 return [_row(question, sample, None, failure) for sample in samples]
@@ -374,6 +433,7 @@ async def _run(
             _row(question, sample, None, short) for sample in samples[len(answers):]
         ]
 
+    rows: list[dict] = []
     async with client:
         tasks = [asyncio.ensure_future(ask(*item)) for item in pending]
         try:
@@ -384,7 +444,21 @@ async def _run(
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
-    return rows, len(pending)
+    return rows
+
+
+async def _run(
+    photos: list[Photo],
+    settings: ZeroShotSettings,
+    rag: Sequence[int],
+    neighbours: Neighbours | None,
+    cache: AnswerCache,
+    api_key: str | None,
+    on_progress: Callable[[int], None],
+) -> tuple[list[dict], int]:
+    """Every row, and how many requests were sent."""
+    rows, pending = _plan(photos, settings, rag, neighbours, cache, on_progress)
+    return rows + await _send(pending, settings, cache, api_key, on_progress), len(pending)
 
 
 def _row(question: _Question, sample: int, answer: str | None, failure: str | None) -> dict:
@@ -438,7 +512,7 @@ def ask_zeroshot(
             f"{describe_ids(neighbours.query_ids)}; the photos': "
             f"{describe_ids(pl.Series([photo.query_id for photo in photos]))}): give `geoloc retrieve` and "
             "this command the same photos or folder, whose relative paths are the query ids")
-    api_key = api_key_from_environment()
+    api_key = endpoint_key(settings.base_url, settings.allow_http)
     cache = AnswerCache(cache_path)
     try:
         rows, requests = asyncio.run(_run(photos, settings, rag, neighbours, cache, api_key, on_progress))

@@ -2,12 +2,13 @@
 
 A candidate row has `image_id`, `uri`, `lat`, `lon`, `content_hash`, and a `reason`
 (null while the row looks good so far) with a `detail`; sources add their own columns
-(`landmark_id`, the MP-16 metadata). Checks common to all sources (coordinates,
+(`landmark_id`, the MP-16 and OSV-5M metadata). Checks common to all sources (coordinates,
 duplicates) happen once, in `geoloc.catalog.build`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,7 +16,15 @@ import polars as pl
 
 from geoloc.catalog.scan import BAD_URI, CHUNK_FILES, MISSING_IMAGE, malformed_uri, scan_files
 from geoloc.errors import InputError
-from geoloc.images import CORRUPT_IMAGE, GPS_PROBLEMS, IMAGE_SUFFIXES, MEMBER_SEPARATOR, index_shard, list_files
+from geoloc.images import (
+    CORRUPT_IMAGE,
+    GPS_PROBLEMS,
+    IMAGE_SUFFIXES,
+    MEMBER_SEPARATOR,
+    index_shard,
+    index_zip,
+    list_files,
+)
 from geoloc.resumable import Executor, Task, cache_key, run_cached
 from geoloc.tables import read_table, select_layout
 
@@ -28,6 +37,8 @@ COORDINATES_DETAIL = "coordinates_detail"
 CANDIDATE_COLUMNS = ("image_id", "uri", "lat", "lon", "content_hash", "reason", "detail")
 
 MP16_METADATA_LAYOUTS = [{"IMG_ID": "image_id", "LAT": "lat", "LON": "lon"}]
+OSV5M_LAYOUTS = [{"id": "image_id", "latitude": "lat", "longitude": "lon"}]
+OSV5M_SPLITS = ("train", "test")
 GLDV2_TRAIN_LAYOUTS = [{"id": "image_id", "landmark_id": "landmark_id"}]
 LANDMARK_COORDS_LAYOUTS = [{"landmark_id": "landmark_id", "lat": "lat", "lon": "lon"}]
 
@@ -53,11 +64,13 @@ class BuildOptions:
     csv_lat_column: str = "lat"
     csv_lon_column: str = "lon"
     csv_image_root: Path | None = None
+    osv5m_split: str = "train"
+    """Which OSV-5M split the `osv5m` source reads: `train` or `test`."""
 
 
 @dataclass
 class SourceRows:
-    """A reader's candidates, and the member index needed to open them later (MessagePack shards)."""
+    """A reader's candidates, and the member index needed to open them later (MessagePack shards, zips)."""
 
     candidates: pl.DataFrame
     member_index: pl.DataFrame | None = field(default=None)
@@ -98,38 +111,80 @@ def _single_csv(folder: Path) -> Path:
     return tables[0]
 
 
+def _index_containers(paths: list[Path], root: Path, indexer: Callable[[str, str], pl.DataFrame],
+                      options: BuildOptions, workers: Executor, cache: str, what: str) -> pl.DataFrame:
+    """The member index of every container (named relative to `root`), each indexed once and cached."""
+    tasks = [
+        Task(cache_key(path.resolve(), path.stat().st_size, path.stat().st_mtime_ns), indexer,
+             (str(path), path.relative_to(root).as_posix()))
+        for path in paths
+    ]
+    return pl.concat(run_cached(tasks, options.work_dir / cache, workers, f"indexing {what}"))
+
+
+def _members_with_metadata(index: pl.DataFrame, metadata: pl.DataFrame, member_id: pl.Expr,
+                           metadata_name: str, id_header: str) -> pl.DataFrame:
+    """Each indexed member joined by `member_id` to its metadata row (coordinates and the rest).
+
+    A metadata id naming no file (its `id_header` cell empty or holding a NUL byte) is a bad uri, an
+    unreadable member a corrupt image, a listed photo in no container a missing image, and a member
+    the metadata does not list has missing metadata.
+    """
+    images = index.select(
+        member_id.alias("image_id"),
+        (pl.col("container") + MEMBER_SEPARATOR + pl.col("member")).alias("uri"),
+        "content_hash", pl.col("problem").alias("_problem"), pl.col("detail").alias("_detail"),
+    )
+    listed = metadata.with_columns(pl.lit(True).alias("_listed"))
+    joined = images.join(listed, on="image_id", how="full", coalesce=True, maintain_order="left_right")
+    bad_id = malformed_uri(pl.col("image_id"), id_header)
+    reason, detail = _first_reason(
+        (bad_id.is_not_null(), BAD_URI, pl.concat_str(bad_id, pl.lit(f" in {metadata_name}"))),
+        (pl.col("_problem").is_not_null(), CORRUPT_IMAGE, pl.col("_detail")),
+        (pl.col("uri").is_null(), MISSING_IMAGE, f"listed in {metadata_name}, in no container"),
+        (pl.col("_listed").is_null(), MISSING_METADATA, f"not in {metadata_name}"),
+    )
+    return joined.with_columns(reason, detail).drop("_problem", "_detail", "_listed")
+
+
+def _metadata(path: Path, layouts: list[dict[str, str]]) -> pl.DataFrame:
+    """A metadata table in one of `layouts` (renamed to image_id, lat, lon), its other columns kept."""
+    raw = read_table(path)
+    extras = [c for c in raw.columns if all(c not in layout for layout in layouts)]
+    return _coordinates(pl.concat([select_layout(raw, path, layouts), raw.select(extras)], how="horizontal"))
+
+
 def read_mp16(root: Path, options: BuildOptions, workers: Executor) -> SourceRows:
     """`shard_*.msg` MessagePack shards of {id, image} records plus one metadata CSV (IMG_ID, LAT, LON, ...)."""
     shards = sorted(root.glob("shard_*.msg"))
     if not shards:
         raise CatalogError(f"{root}: no shard_*.msg files (MP-16 layout: shard_*.msg and a metadata CSV)")
     metadata_path = _single_csv(root)
-    tasks = [
-        Task(cache_key(shard.resolve(), shard.stat().st_size, shard.stat().st_mtime_ns), index_shard,
-             (str(shard), shard.name))
-        for shard in shards
-    ]
-    index = pl.concat(run_cached(tasks, options.work_dir / "mp16-shards", workers, "indexing MP-16 shards"))
-    raw = read_table(metadata_path)
-    extras = [c for c in raw.columns if c not in MP16_METADATA_LAYOUTS[0]]
-    metadata = _coordinates(
-        pl.concat([select_layout(raw, metadata_path, MP16_METADATA_LAYOUTS), raw.select(extras)], how="horizontal"),
-    ).with_columns(pl.lit(True).alias("_listed"))
-    images = index.select(
-        pl.col("member").alias("image_id"),
-        (pl.col("container") + MEMBER_SEPARATOR + pl.col("member")).alias("uri"),
-        "content_hash", pl.col("problem").alias("_problem"), pl.col("detail").alias("_detail"),
+    index = _index_containers(shards, root, index_shard, options, workers, "mp16-shards", "MP-16 shards")
+    metadata = _metadata(metadata_path, MP16_METADATA_LAYOUTS)
+    return SourceRows(_members_with_metadata(index, metadata, pl.col("member"), metadata_path.name,
+                                              "IMG_ID"), index)
+
+
+def read_osv5m(root: Path, options: BuildOptions, workers: Executor) -> SourceRows:
+    """OpenStreetView-5M: `<split>.csv` (id, latitude, longitude, unique_country, ...) and the photos as
+    `<id>.jpg` members of `images/<split>/NN.zip`, read in place; the CSV's other columns are kept."""
+    split = options.osv5m_split
+    if split not in OSV5M_SPLITS:
+        raise CatalogError(f"--osv5m-split {split!r}: expected one of {', '.join(OSV5M_SPLITS)}")
+    table_path = root / f"{split}.csv"
+    zips = sorted((root / "images" / split).glob("*.zip"))
+    if not table_path.is_file() or not zips:
+        raise CatalogError(f"{root}: expected {split}.csv and images/{split}/NN.zip (OSV-5M layout)")
+    index = _index_containers(zips, root, index_zip, options, workers, f"osv5m-{split}-zips",
+                              f"OSV-5M {split} zips")
+    photo_id = (  # `<id>.jpg`, in whatever folder; an unreadable zip's row is named by the zip
+        pl.when(pl.col("member").str.starts_with("@"))
+        .then(pl.col("container") + MEMBER_SEPARATOR + pl.col("member"))
+        .otherwise(pl.col("member").str.extract(r"([^/]+)\.[^./]+$").fill_null(pl.col("member")))
     )
-    joined = images.join(metadata, on="image_id", how="full", coalesce=True, maintain_order="left_right")
-    bad_id = malformed_uri(pl.col("image_id"), "IMG_ID")
-    reason, detail = _first_reason(
-        (bad_id.is_not_null(), BAD_URI, pl.concat_str(bad_id, pl.lit(f" in {metadata_path.name}"))),
-        (pl.col("_problem").is_not_null(), CORRUPT_IMAGE, pl.col("_detail")),
-        (pl.col("uri").is_null(), MISSING_IMAGE, "listed in the metadata, in no shard"),
-        (pl.col("_listed").is_null(), MISSING_METADATA, f"not in {metadata_path.name}"),
-    )
-    candidates = joined.with_columns(reason, detail).drop("_problem", "_detail", "_listed")
-    return SourceRows(candidates, index)
+    metadata = _metadata(table_path, OSV5M_LAYOUTS)
+    return SourceRows(_members_with_metadata(index, metadata, photo_id, table_path.name, "id"), index)
 
 
 def _landmark_coordinates(options: BuildOptions) -> pl.DataFrame:
@@ -213,5 +268,6 @@ READERS = {
     "wwgeotag": read_wwgeotag,
     "photos": read_photos,
     "csv": read_csv_source,
+    "osv5m": read_osv5m,
 }
 """Source kinds accepted by `--source KIND=PATH`."""

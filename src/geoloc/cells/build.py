@@ -202,7 +202,7 @@ def structure_table(photos: NDArray[np.int64], levels: list[NDArray[np.int64]]) 
 
 def _library_versions() -> dict[str, str]:
     versions = {}
-    for name in ("geoloc", "fast_hdbscan", "numba", "numpy", "scipy", "polars"):
+    for name in ("geoloc", "scikit-learn", "numba", "numpy", "scipy", "polars"):
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -215,7 +215,7 @@ def _description(options: CellsOptions, summary: CellsSummary, levels: list[NDAr
     return {
         "parameters": asdict(options),
         "algorithm": {
-            "clustering": "HDBSCAN on 3-D unit vectors (Boruvka MST on fast_hdbscan's KD-tree), excess of mass",
+            "clustering": "HDBSCAN on 3-D unit vectors (Boruvka MST on a KD-tree), excess of mass",
             "collapse": "identical coordinates collapsed into one point weighted by its photos; labels as one "
                         "point per photo (geoloc.cells.hdbscan_weighted)",
             "hierarchy": "size-weighted spherical k-means of the finer level's centroids, ~n^0.75, n^0.5, ... cells",

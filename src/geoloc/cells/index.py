@@ -23,6 +23,7 @@ from geoloc.geo import chord_to_km, coordinate_status, to_unit_vectors
 
 from .build import CELLS_JSON, COORDINATES_FILE, CellsError, cluster_columns
 from .clustering import NOISE
+from .semantic_build import SEMANTIC, ShapeCellIndex
 
 
 @dataclass
@@ -42,14 +43,17 @@ class CellIndex:
         return self.cells.shape[1]
 
     @classmethod
-    def load(cls, folder: str | Path) -> CellIndex:
-        """Read coordinates.parquet and cells.json of a `geoloc cells build` output folder."""
+    def load(cls, folder: str | Path) -> CellIndex | ShapeCellIndex:
+        """Read coordinates.parquet and cells.json of a `geoloc cells build` output folder (semantic cells:
+        their polygons, `ShapeCellIndex`)."""
         folder = Path(folder)
         description_path, coordinates_path = folder / CELLS_JSON, folder / COORDINATES_FILE
         for path in (description_path, coordinates_path):
             if not path.is_file():
                 raise CellsError(f"{path}: no such file (is {folder} the output of `geoloc cells build`?)")
         description = json.loads(description_path.read_text(encoding="utf-8"))
+        if description.get("method") == SEMANTIC:
+            return ShapeCellIndex.load(folder, description)
         columns = cluster_columns(len(description["levels"]))
         coordinates = pl.read_parquet(coordinates_path).filter(pl.col("cluster_0") != NOISE)
         vectors = to_unit_vectors(coordinates["lat"].to_numpy(), coordinates["lon"].to_numpy()).reshape(-1, 3)

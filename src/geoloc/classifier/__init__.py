@@ -28,6 +28,7 @@ from geoloc.classifier.model import (
     default_tau_km,
     haversine_smoothing,
     load_classifier,
+    photo_smoothed_loss,
     save_classifier,
     smoothed_loss,
     top_down_scores,
@@ -48,6 +49,9 @@ class ClassifierSettings:
     tau_km: tuple[float, ...] | None = None
     """Smoothing distance per level, finest first; None: half the median nearest-centroid distance of each level."""
     smoothing_neighbours: int = 32
+    label_smoothing_km: float | None = None
+    """PIGEON's per-photo haversine smoothing with this tau (75 km for PIGEON, 65 for PIGEOTTO) instead of the
+    per-cell one; None: the per-cell smoothing with `tau_km`."""
     fit: FitSettings = field(default_factory=lambda: FitSettings(epochs=8, batch_size=512, learning_rate=2e-3))
 
 
@@ -74,7 +78,20 @@ def read_cell_table(cells_dir: Path) -> CellTable:
         if level[column].to_list() != list(range(level.height)):
             raise ClassifierError(f"{paths[0]}: the {column} cells are not 0..N-1 without gaps")
         centroids.append(level.select("lat", "lon").to_numpy().astype(np.float64))
-    return CellTable(centroids, links.to_numpy().astype(np.int64))
+    return CellTable(centroids, links.to_numpy().astype(np.int64), _cell_names(cells_dir, len(centroids[0])))
+
+
+def _cell_names(cells_dir: Path, cells: int) -> list[str] | None:
+    """Per finest cell, its place as `admin2, admin1, country` (repeats dropped), from a semantic build's
+    cells.parquet; None for cells without names."""
+    path = cells_dir / "cells.parquet"
+    if not path.is_file():
+        return None
+    table = pl.read_parquet(path, columns=["cell", "country", "admin1", "admin2"]).sort("cell")
+    if table["cell"].to_list() != list(range(cells)):
+        raise ClassifierError(f"{path}: its cells are not the {cells} cells of the cluster tables")
+    rows = table.select("admin2", "admin1", "country").rows()  # one row per cell: thousands, not millions
+    return [", ".join(dict.fromkeys(part for part in row if part)) for row in rows]
 
 
 def fit_classifier(
@@ -85,25 +102,45 @@ def fit_classifier(
     backbone: str | None = None,
     say: Callable[[str], None] = lambda line: None,
     progress: Callable[[int, int], None] = lambda done, total: None,
+    coordinates: NDArray[np.float64] | None = None,
 ) -> HierarchicalClassifier:
-    """Train on embeddings (rows, dim) and their cells at every level (rows, levels)."""
+    """Train on embeddings (rows, dim) and their cells at every level (rows, levels); PIGEON's smoothing
+    (`settings.label_smoothing_km`) also needs each row's (lat, lon) `coordinates`."""
     levels = len(table.centroids)
     if labels.shape != (len(vectors), levels):
         raise ClassifierError(f"expected labels of shape ({len(vectors)}, {levels}), got {labels.shape}")
-    taus = list(settings.tau_km) if settings.tau_km else [default_tau_km(c) for c in table.centroids]
+    photo_smoothing = settings.label_smoothing_km is not None
+    if photo_smoothing and (coordinates is None or coordinates.shape != (len(vectors), 2)):
+        raise ClassifierError("--label-smoothing-km needs the (lat, lon) of every training photo")
+    if photo_smoothing:
+        taus = [float(settings.label_smoothing_km)] * levels
+    else:
+        taus = list(settings.tau_km) if settings.tau_km else [default_tau_km(c) for c in table.centroids]
     if len(taus) != levels:
         raise ClassifierError(f"{len(taus)} smoothing distance(s) given for {levels} levels")
-    say("label smoothing tau per level (km): " + ", ".join(f"{tau:.0f}" for tau in taus))
-    smoothing = [haversine_smoothing(c, tau, settings.smoothing_neighbours) for c, tau in zip(table.centroids, taus)]
+    say(("PIGEON's per-photo " if photo_smoothing else "") + "label smoothing tau per level (km): "
+        + ", ".join(f"{tau:.0f}" for tau in taus))
     config = ClassifierConfig(dim=vectors.shape[1], cells_per_level=[len(c) for c in table.centroids], tau_km=taus,
-                              hidden=settings.hidden, dropout=settings.dropout, backbone=backbone)
+                              hidden=settings.hidden, dropout=settings.dropout, backbone=backbone,
+                              photo_smoothing=photo_smoothing)
     torch.manual_seed(settings.fit.seed)
     model = HierarchicalClassifier(config)
     inputs, targets = torch.from_numpy(np.ascontiguousarray(vectors, np.float32)), torch.from_numpy(labels)
+    if photo_smoothing:
+        places = torch.from_numpy(np.ascontiguousarray(coordinates, np.float32))
+        centroids = [torch.from_numpy(np.ascontiguousarray(c, np.float32)) for c in table.centroids]
 
-    def loss_of(network: torch.nn.Module, rows: torch.Tensor) -> torch.Tensor:
-        device, rows = _device(network), rows.cpu()
-        return smoothed_loss(network(inputs[rows].to(device)), targets[rows].to(device), smoothing)
+        def loss_of(network: torch.nn.Module, rows: torch.Tensor) -> torch.Tensor:
+            device, rows = _device(network), rows.cpu()
+            return photo_smoothed_loss(network(inputs[rows].to(device)), places[rows].to(device),
+                                       [c.to(device) for c in centroids], taus[0])
+    else:
+        smoothing = [haversine_smoothing(c, tau, settings.smoothing_neighbours)
+                     for c, tau in zip(table.centroids, taus)]
+
+        def loss_of(network: torch.nn.Module, rows: torch.Tensor) -> torch.Tensor:
+            device, rows = _device(network), rows.cpu()
+            return smoothed_loss(network(inputs[rows].to(device)), targets[rows].to(device), smoothing)
 
     model, _ = fit(model, len(vectors), loss_of, settings.fit, say, progress)
     return model
@@ -148,7 +185,8 @@ def train_classifier(
         raise ClassifierError(f"{cells_dir}: no training photo falls in a cell")
     if not usable.all():
         say(f"{int((~usable).sum()):,} photo(s) in no cell, left out")
-    model = fit_classifier(vectors[usable], labels[usable], table, settings, meta.get("backbone"), say, progress)
+    model = fit_classifier(vectors[usable], labels[usable], table, settings, meta.get("backbone"), say, progress,
+                           coordinates[usable])
     save_classifier(out, model, table, Memory(vectors[usable], coordinates[usable], labels[usable, 0]))
     return int(usable.sum())
 
@@ -208,15 +246,20 @@ def classifier_candidates(
     model_dir: Path,
     top_k: int = 5,
     nearest: int = 5,
+    loaded: tuple[HierarchicalClassifier, CellTable, Memory] | None = None,
 ) -> pl.DataFrame:
-    """Candidates (source=classifier) for each query: its top-k cells, best first, score = top-down probability."""
-    model, table, memory = load_classifier(model_dir)
+    """Candidates (source=classifier) for each query: its top-k cells, best first, score = top-down probability.
+
+    `loaded`: the model as `load_classifier(model_dir)` gives it, so a process answering many
+    batches reads it once."""
+    model, table, memory = loaded or load_classifier(model_dir)
     if vectors.ndim != 2 or vectors.shape[1] != model.config.dim:
         raise ClassifierError(f"{model_dir}: the model takes {model.config.dim}-d embeddings, got shape "
                               f"{vectors.shape}; were the queries embedded with another backbone "
                               f"({model.config.backbone})?")
-    _, scores, lat, lon = predict_cells(model, table, memory, vectors, top_k, nearest)
+    cells, scores, lat, lon = predict_cells(model, table, memory, vectors, top_k, nearest)
     queries, k = scores.shape
+    names = np.asarray(table.names, dtype=object)[cells.ravel()] if table.names else [None] * (queries * k)
     return pl.DataFrame({
         "query_id": pl.Series(np.repeat(np.asarray(list(query_ids), dtype=object), k), dtype=pl.Utf8),
         "source": "classifier",
@@ -224,6 +267,6 @@ def classifier_candidates(
         "lat": lat.ravel(),
         "lon": lon.ravel(),
         "score": scores.ravel(),
-        "text": pl.Series([None] * (queries * k), dtype=pl.Utf8),
+        "text": pl.Series(names, dtype=pl.Utf8),  # the place a semantic cell names
         "ref_uri": pl.Series([None] * (queries * k), dtype=pl.Utf8),
     }, schema=CANDIDATE_SCHEMA)

@@ -5,7 +5,9 @@ at prediction time a fine cell's log-probability is added to its ancestors' (top
 so a confident coarse head vetoes fine cells on the wrong continent.
 Why haversine label smoothing: being off by one cell next door should cost less than
 being off by an ocean; each photo's target spreads over its true cell's nearest cells
-in proportion to exp(-distance / tau), tau per level.
+in proportion to exp(-distance / tau), tau per level. PIGEON's own form is an option
+(`photo_smoothing_targets`): the distances run from the photo's own location to every
+cell centroid, target exp(-(d_i - min_j d_j) / tau), unnormalized as in its code.
 """
 
 from __future__ import annotations
@@ -20,13 +22,15 @@ from numpy.typing import NDArray
 from scipy.spatial import cKDTree
 
 from geoloc.errors import InputError
-from geoloc.geo import chord_to_km, to_unit_vectors
+from geoloc.geo import EARTH_RADIUS_KM, chord_to_km, to_unit_vectors
 from geoloc.tables import replace_durably, write_text
 
 CONFIG_FILE = "classifier.json"
 WEIGHTS_FILE = "model.safetensors"
 CELLS_FILE = "cells.safetensors"
 MEMORY_FILE = "memory.safetensors"
+NAMES_FILE = "cell_names.json"
+"""The place each finest cell names (semantic cells), when the cells have names."""
 FORMAT = "geoloc-classifier/1"
 
 
@@ -80,6 +84,8 @@ class ClassifierConfig:
     dropout: float = 0.1
     backbone: str | None = None
     """The backbone of the embeddings it was trained on: queries must come from the same one."""
+    photo_smoothing: bool = False
+    """True: trained with PIGEON's per-photo haversine smoothing (tau_km[0] for every level)."""
     format: str = FORMAT
 
 
@@ -112,6 +118,31 @@ def smoothed_loss(logits: list[torch.Tensor], labels: torch.Tensor, smoothing: l
     return total
 
 
+def photo_smoothing_targets(coordinates: torch.Tensor, centroids: torch.Tensor, tau_km: float) -> torch.Tensor:
+    """PIGEON's haversine-smoothed labels (batch, cells): exp(-(d_i - min_j d_j) / tau), d_i the great-circle km
+    from each photo's (lat, lon) to cell i's centroid."""
+    photos, cells = (to_unit_tensor(points) for points in (coordinates, centroids))
+    chord = torch.cdist(photos, cells).clamp(max=2.0)
+    km = 2.0 * EARTH_RADIUS_KM * torch.asin(chord / 2.0)
+    return torch.exp(-(km - km.min(dim=1, keepdim=True).values) / tau_km)
+
+
+def to_unit_tensor(lat_lon: torch.Tensor) -> torch.Tensor:
+    """(n, 2) degrees -> (n, 3) unit vectors, in the tensor's dtype and device."""
+    lat, lon = torch.deg2rad(lat_lon[:, 0]), torch.deg2rad(lat_lon[:, 1])
+    return torch.stack([torch.cos(lat) * torch.cos(lon), torch.cos(lat) * torch.sin(lon), torch.sin(lat)], dim=1)
+
+
+def photo_smoothed_loss(logits: list[torch.Tensor], coordinates: torch.Tensor, centroids: list[torch.Tensor],
+                        tau_km: float) -> torch.Tensor:
+    """Cross-entropy against PIGEON's per-photo smoothed labels, summed over levels."""
+    total = logits[0].new_zeros(())
+    for level_logits, level_centroids in zip(logits, centroids):
+        targets = photo_smoothing_targets(coordinates, level_centroids, tau_km).to(level_logits.dtype)
+        total = total - (targets * torch.log_softmax(level_logits, dim=-1)).sum(dim=-1).mean()
+    return total
+
+
 def top_down_scores(logits: list[torch.Tensor], ancestors: torch.Tensor) -> torch.Tensor:
     """Log-score of every finest cell: its own log-probability plus each ancestor's (ancestors: (cells_0, levels))."""
     scores = torch.log_softmax(logits[0], dim=-1)
@@ -128,6 +159,8 @@ class CellTable:
     """Per level, (cells, 2) lat/lon of each cell's centroid."""
     ancestors: NDArray[np.int64]
     """(finest cells, levels): column l the level-l cell containing each finest cell (column 0 itself)."""
+    names: list[str] | None = None
+    """The place each finest cell names ("admin2, admin1, country"), for semantic cells."""
 
 
 @dataclass
@@ -157,6 +190,8 @@ def save_classifier(folder: Path, model: HierarchicalClassifier, cells: CellTabl
                                    "cells": np.ascontiguousarray(memory.cells, dtype=np.int64)}),
     ):
         replace_durably(folder / name, lambda temporary: save(tensors, str(temporary)))  # noqa: B023 - called at once
+    if cells.names is not None:
+        write_text(folder / NAMES_FILE, json.dumps(cells.names, ensure_ascii=False) + "\n")
     write_text(folder / CONFIG_FILE, json.dumps(asdict(model.config), indent=2) + "\n")
 
 
@@ -177,6 +212,7 @@ def load_classifier(folder: Path) -> tuple[HierarchicalClassifier, CellTable, Me
     model.eval()
     cells = load_numpy(str(folder / CELLS_FILE))
     levels = len(model.config.cells_per_level)
-    table = CellTable([cells[f"centroids_{level}"] for level in range(levels)], cells["ancestors"])
+    names = json.loads((folder / NAMES_FILE).read_text()) if (folder / NAMES_FILE).is_file() else None
+    table = CellTable([cells[f"centroids_{level}"] for level in range(levels)], cells["ancestors"], names)
     memory = load_numpy(str(folder / MEMORY_FILE))
     return model, table, Memory(memory["vectors"].astype(np.float32), memory["coordinates"], memory["cells"])

@@ -7,7 +7,21 @@ import typer
 import typer.core
 
 from geoloc import __version__
-from geoloc.cli import candidates, catalog, cells, classifier, evaluate, gallery, landmarks, predict, ranker, serve
+from geoloc.cli import (
+    candidates,
+    catalog,
+    cells,
+    classifier,
+    evaluate,
+    gallery,
+    geoclip,
+    landmarks,
+    plonk,
+    predict,
+    ranker,
+    recipe,
+    serve,
+)
 
 _PLAIN_TYPES = {"str": "TEXT", "int": "INTEGER", "float": "FLOAT"}
 
@@ -27,8 +41,8 @@ def _plain_metavar(option: typer.core.TyperOption, ctx: click.Context) -> str | 
 typer.core.TyperOption.display_type_rich = _plain_metavar
 typer.core.TyperArgument.display_type_rich = lambda argument, ctx: None  # its name is shown already
 
-PIPELINE_ORDER = ("catalog", "landmarks", "cells", "embed", "index", "retrieve", "classifier", "candidates", "ranker",
-                  "evaluate", "predict", "serve")
+PIPELINE_ORDER = ("catalog", "landmarks", "cells", "embed", "index", "retrieve", "classifier", "geoclip", "candidates",
+                  "ranker", "evaluate", "predict", "run", "serve")
 
 
 class _PipelineOrder(typer.core.TyperGroup):
@@ -52,10 +66,13 @@ landmarks.register(app, "1. Data: catalog and cells")
 cells.register(app, "1. Data: catalog and cells")
 gallery.register(app, "2. Gallery: embeddings, index, retrieval")
 classifier.register(app, "3. Candidates")
+geoclip.register(app, "3. Candidates")
 candidates.register(app, "3. Candidates")
+plonk.register(app, candidates.app, "3. Candidates")
 ranker.register(app, "4. Ranking")
 evaluate.register(app, "5. Results")
 predict.register(app, candidates.app, "5. Results")
+recipe.register(app, "5. Results")
 serve.register(app, "5. Results")
 
 

@@ -58,15 +58,20 @@ def zeroshot_command(
     timeout: float = typer.Option(60.0, "--timeout", help="Seconds before a request times out."),
     cache: Path | None = typer.Option(None, "--cache", help="Answer cache (SQLite). Default: "
                                       "$XDG_CACHE_HOME/geoloc/zeroshot.sqlite."),
+    allow_http: bool = typer.Option(False, "--allow-http", help="Allow a plain http --base-url beyond this "
+                                    "machine (photos and key then cross the network unencrypted)."),
 ) -> None:
-    """Ask the model for each photo's coordinates. The key comes from GEOLOC_API_KEY or OPENAI_API_KEY."""
+    """Ask the model for each photo's coordinates.
+
+    The key comes from GEOLOC_API_KEY, or from OPENAI_API_KEY for OpenAI's own API only; an endpoint
+    without GEOLOC_API_KEY set gets no key.
+    """
     from geoloc.candidates.zeroshot import (
-        PRESETS,
         Neighbours,
         ZeroShotError,
-        ZeroShotSettings,
         ask_zeroshot,
         default_cache_path,
+        zeroshot_settings,
     )
     from geoloc.images import find_photos
     from geoloc.tables import read_table
@@ -80,10 +85,9 @@ def zeroshot_command(
                                  param_hint="--neighbours")
     given = {"samples": samples, "answers_per_request": answers_per_request, "temperature": temperature,
              "max_tokens": max_tokens, "detail": detail.value if detail else None}
-    base = PRESETS[preset.value] if preset else PRESETS["g3"] if ks[-1] > 0 else {}
-    chosen = {**base, **{k: v for k, v in given.items() if v is not None}}
-    settings = ZeroShotSettings(model=model, base_url=base_url, concurrency=concurrency, max_retries=max_retries,
-                                timeout_s=timeout, **chosen)
+    settings = zeroshot_settings(model, base_url, preset.value if preset else None, ks, given,
+                                 concurrency=concurrency, max_retries=max_retries, timeout_s=timeout,
+                                 allow_http=allow_http)
     with clean_errors(ZeroShotError):
         near = Neighbours(read_table(neighbours), neighbours, ks[-1]) if neighbours is not None else None
         photos = find_photos(images)

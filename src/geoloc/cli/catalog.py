@@ -35,7 +35,7 @@ def print_summary(summary: BuildSummary) -> None:
 @catalog_app.command("build")
 def build_command(
     sources: list[str] = typer.Option(..., "--source", help="KIND=PATH, KIND one of mp16, gldv2, wwgeotag, photos, "
-                                      "csv; repeatable."),
+                                      "csv, osv5m; repeatable."),
     out: Path = typer.Option(..., "--out", help="Output folder: catalog.parquet, quarantine.parquet, "
                              "path_to_coords.csv."),
     landmark_coords: Path | None = typer.Option(None, "--landmark-coords", help="landmark_id,lat,lon (for gldv2)."),
@@ -50,6 +50,8 @@ def build_command(
     csv_lon_column: str = typer.Option("lon", "--csv-lon-column", help="csv source: longitude column."),
     csv_image_root: Path | None = typer.Option(None, "--csv-image-root", help="csv source: folder the paths are "
                                                "relative to (default: the table's folder)."),
+    osv5m_split: str = typer.Option("train", "--osv5m-split", help="osv5m source: the split to read, train or "
+                                    "test (its <split>.csv and images/<split>/NN.zip)."),
 ) -> None:
     """Read every source, refuse bad rows with a reason, dedupe, and write the catalog (resumable)."""
     with clean_errors(ClusterError):
@@ -57,7 +59,7 @@ def build_command(
             work_dir=out / ".work", workers=workers, engine=check_engine(engine), ray_address=ray_address,
             landmark_coords=landmark_coords,
             csv_id_column=csv_path_column, csv_lat_column=csv_lat_column, csv_lon_column=csv_lon_column,
-            csv_image_root=csv_image_root,
+            csv_image_root=csv_image_root, osv5m_split=osv5m_split,
         )
         summary = build_catalog([parse_source(text) for text in sources], out, options)
     print_summary(summary)

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from geoloc.cells import CellIndex, CellsOptions, CellsSummary, build_cells
 from geoloc.cells.hierarchy import MAX_LEVELS
+from geoloc.cells.semantic_build import SemanticOptions
 from geoloc.cli.common import clean_errors, console, errors
 from geoloc.progress import progress_bar
 from geoloc.tables import TableError, as_float_column, read_table, write_table
@@ -41,8 +42,21 @@ def build_command(
                                     "within a photo's core distance."),
     levels: int = typer.Option(3, "--levels", min=1, max=MAX_LEVELS, help="Levels, cluster_0 (finest) included."),
     assign_noise: bool = typer.Option(False, "--assign-noise", help="Give each noise photo its nearest cell."),
+    method: str = typer.Option("hdbscan", "--method", help="hdbscan (clusters of photo locations, a hierarchy) or "
+                               "semantic (PIGEON's cells along admin borders, one level)."),
+    preset: str = typer.Option("pigeotto", "--preset", help="semantic: pigeon (30-60 photos a cell) or pigeotto "
+                               "(1000-2000)."),
+    min_photos: int | None = typer.Option(None, "--min-photos", min=1, help="semantic: overrides the preset's "
+                                          "minimum photos per cell."),
+    max_photos: int | None = typer.Option(None, "--max-photos", min=2, help="semantic: overrides its maximum."),
 ) -> None:
     """Cluster the catalog's photos into cells and coarser levels; write the data-preparation guide's files."""
+    if method == "semantic":
+        _build_semantic(catalog, out, SemanticOptions(preset, min_photos, max_photos))
+        return
+    if method != "hdbscan":
+        errors.print(f"error: --method {method!r}: expected hdbscan or semantic", highlight=False)
+        raise typer.Exit(2)
     options = CellsOptions(min_cluster_size, min_samples, levels, assign_noise)
     with clean_errors(), progress_bar() as progress:
         task = progress.add_task("cells", total=5 + assign_noise)
@@ -51,6 +65,16 @@ def build_command(
             progress.update(task, description=name, advance=1)
 
         summary = build_cells(catalog, out, options, on_step=on_step)
+    print_summary(summary, out)
+
+
+def _build_semantic(catalog: Path, out: Path, options: SemanticOptions) -> None:
+    from geoloc.cells.semantic_build import build_semantic_cells
+
+    with clean_errors(), progress_bar() as progress:
+        task = progress.add_task("semantic cells", total=None)
+        summary = build_semantic_cells(catalog, out, options,
+                                       on_step=lambda name: progress.update(task, description=name))
     print_summary(summary, out)
 
 

@@ -27,6 +27,9 @@ def train_command(
     tau_km: list[float] | None = typer.Option(None, "--tau-km", help="Label smoothing distance per level, finest "
                                               "first (repeat once per level; default: half the median distance "
                                               "between neighbouring cell centroids of each level)."),
+    label_smoothing_km: float | None = typer.Option(None, "--label-smoothing-km", min=0.001, help="PIGEON's "
+                                                    "per-photo haversine smoothing with this tau, km (75 PIGEON, "
+                                                    "65 PIGEOTTO) instead of the per-cell one (--tau-km)."),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """Train one head per cell level with haversine label smoothing; saves safetensors + JSON."""
@@ -34,6 +37,7 @@ def train_command(
     from geoloc.fitting import FitSettings
 
     settings = ClassifierSettings(hidden=hidden, tau_km=tuple(tau_km) if tau_km else None,
+                                  label_smoothing_km=label_smoothing_km,
                                   fit=FitSettings(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                                                   seed=seed))
     with clean_errors(), \

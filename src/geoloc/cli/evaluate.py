@@ -88,6 +88,7 @@ FIGURE_ROWS: tuple[tuple[str, str], ...] = (
     ("median_km", "median km"),
     ("mean_km", "mean km"),
     ("geoscore", "GeoScore"),
+    ("at_sea", "at sea"),
 )
 """The figures of a table, a row each (metrics as rows, so that any number of them fits)."""
 

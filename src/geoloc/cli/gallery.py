@@ -50,9 +50,15 @@ def embed_command(
     actors: int = typer.Option(1, "--actors", min=1, help="ray engine: embedding actors, each holding the model."),
     gpus_per_actor: float | None = typer.Option(None, "--gpus-per-actor", min=0, help="ray engine: GPUs per actor "
                                                 "(default: 1 if the cluster has GPUs, else 0)."),
+    features: str = typer.Option("normalized", "--features", help="normalized (retrieval, index, classifier), raw "
+                                 "(the backbone's raw features), raw-geoclip-train (raw CLIP features through "
+                                 "GeoCLIP's training preprocessing: what `geoloc geoclip train` reads)."),
+    views: int = typer.Option(1, "--views", min=1, help="With --features raw-geoclip-train: K randomly augmented "
+                              "views per photo (GeoCLIP's train transform); training uses one per epoch."),
 ) -> None:
     """Embed every photo of the catalog with a frozen backbone."""
     from geoloc.cluster import ClusterError, check_engine
+    from geoloc.embeddings import EmbeddingsError
     from geoloc.encode import CatalogImages, embed_table
     from geoloc.encode.backbone import BackboneUnavailable
     from geoloc.encode.loading import load_backbone
@@ -60,14 +66,16 @@ def embed_command(
     backbone = _backbone_name(backbone, clip)
     with clean_errors(BackboneUnavailable, ClusterError):
         items = read_table(catalog / "catalog.parquet", columns=["image_id", "uri", "source"])
-        if check_engine(engine) == "ray":
+        if check_engine(engine) == "ray" and (features != "normalized" or views != 1):
+            raise EmbeddingsError(f"--features {features} runs on the local engine only")
+        if engine == "ray":
             from geoloc.encode.ray_engine import embed_table_ray
 
             run = functools.partial(embed_table_ray, items, CatalogImages(catalog.resolve()), backbone, out,
                                     actors=actors, gpus_per_actor=gpus_per_actor, device=device, dtype=dtype,
                                     address=ray_address)
         else:
-            model = load_backbone(backbone, device=device, dtype=dtype)
+            model = load_backbone(backbone, device=device, dtype=dtype).with_features(features, views)
             run = functools.partial(embed_table, items, CatalogImages(catalog), model, out, workers=workers)
         with progress_bar() as progress:
             task = progress.add_task("embedding", total=len(items))
@@ -91,7 +99,7 @@ def build_command(
                                           "default: what this process may take now (its container's limit included)."),
 ) -> None:
     """Build the gallery index from embeddings and the catalog's coordinates, one embeddings part at a time."""
-    from geoloc.embeddings import EmbeddingsError, open_embeddings
+    from geoloc.embeddings import EmbeddingsError, open_embeddings, require_features
     from geoloc.index import (
         GALLERY_CATALOG_COLUMNS,
         build_streamed,
@@ -107,6 +115,7 @@ def build_command(
     with clean_errors():
         limit = parse_bytes(max_memory) if max_memory is not None else available_memory()
         parts = open_embeddings(embeddings)
+        require_features(parts.meta, embeddings, ("normalized",), "a retrieval index")
         ids = parts.ids()
         if not len(ids):
             raise EmbeddingsError(f"{embeddings}: no photo was embedded successfully; nothing to index")
@@ -148,10 +157,7 @@ def retrieve_command(
     device: str = typer.Option("auto", "--device"),
 ) -> None:
     """The k gallery photos nearest to each query photo (and the --reverse K farthest), as candidates."""
-    import polars as pl
-
-    from geoloc.candidates.retrieval import retrieval_candidates
-    from geoloc.encode import embed_batches, read_file
+    from geoloc.candidates.retrieval import retrieve_photos
     from geoloc.encode.backbone import BackboneUnavailable
     from geoloc.encode.loading import load_backbone
     from geoloc.images import find_photos
@@ -163,19 +169,14 @@ def retrieve_command(
         model = load_backbone(_backbone_name(backbone or gallery.info["backbone"], clip), device=device)
         with progress_bar() as progress:
             task = progress.add_task("embedding", total=len(photos))
-            vectors, problems = embed_batches([("", str(p.path)) for p in photos], read_file, model, batch_size,
-                                              on_progress=lambda n: progress.advance(task, n))
-        readable = [row for row, problem in enumerate(problems) if problem is None]
-        for photo, problem in zip(photos, problems):
+            retrieved = retrieve_photos(photos, gallery, model, k, reverse, batch_size,
+                                        on_progress=lambda n: progress.advance(task, n))
+        for photo, problem in zip(photos, retrieved.problems):
             if problem is not None:
                 errors.print(f"[yellow]skipped[/] {photo.path}: {problem}", highlight=False)
-        query_ids = [photos[row].query_id for row in readable]
-        table = retrieval_candidates(gallery, query_ids, vectors[readable], k)
-        if reverse:
-            table = pl.concat([table, retrieval_candidates(gallery, query_ids, vectors[readable], reverse,
-                                                           source="reverse")])
-        write_table(table, out)
-    console.print(f"{len(readable)} photo(s), {len(table)} candidates -> {out}")
+        write_table(retrieved.candidates, out)
+    readable = retrieved.problems.count(None)
+    console.print(f"{readable} photo(s), {len(retrieved.candidates)} candidates -> {out}")
 
 
 @index_app.command("convert-g3")

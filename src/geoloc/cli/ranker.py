@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from geoloc.cli.common import clean_errors, console, errors
 from geoloc.progress import progress_callback
+
+if TYPE_CHECKING:
+    from geoloc.rank.ranking import RankingReport
 
 ranker_app = typer.Typer(
     help="GeoRanker: a vision-language reward model that ranks candidate locations.", no_args_is_help=True
@@ -83,7 +87,6 @@ def score_command(
     from geoloc.rank.light import is_light_ranker
     from geoloc.rank.model import ModelLoadError
     from geoloc.rank.ranking import score_file
-    from geoloc.resumable import work_folder
 
     if is_light_ranker(adapter):
         _score_light(candidates, adapter, out, _parse_top(top), query_embeddings, gallery_embeddings, gallery_table,
@@ -100,6 +103,13 @@ def score_command(
             raw_photos=raw_photos, part_queries=part_queries, restart=restart, progress=progress,
             say=lambda line: errors.print(line, highlight=False),
         )
+    _print_ranking_report(report, out)
+
+
+def _print_ranking_report(report: RankingReport, out: Path) -> None:
+    """What `geoloc ranker score` did: predictions written, or parts left to other processes; what was skipped."""
+    from geoloc.resumable import work_folder
+
     if not report.written:
         left = (f"{report.pending_parts} part(s) still with other processes; the last to finish writes {out}"
                 if report.pending_parts else f"another process writes {out}")

@@ -65,7 +65,7 @@ def prepare_photo(read_bytes: ReadBytes, location: tuple[str, str],
 
 
 def embed_prepared(backbone: Backbone, pixels: list[torch.Tensor | None]) -> np.ndarray:
-    """Normalized embeddings of one batch of prepared photos (rows, dim); NaN rows where a photo failed."""
+    """One batch of prepared photos (rows, dim), the backbone's kind of features; NaN rows where a photo failed."""
     vectors = np.full((len(pixels), backbone.dim), np.nan, dtype=np.float32)
     good = [row for row, values in enumerate(pixels) if values is not None]
     if good:
@@ -98,7 +98,7 @@ def embed_batches(
     workers: int = 0,
     on_progress: Callable[[int], None] = lambda done: None,
 ) -> tuple[np.ndarray, list[str | None]]:
-    """Normalized embeddings (rows, dim; NaN rows for failures) and one error (or None) per photo.
+    """Embeddings of the backbone's feature kind (rows, dim; NaN rows for failures) and one error (or None) per photo.
 
     Batches are `batch_size` consecutive photos; the Ray engine cuts the same batches,
     so both give the same vectors.
@@ -138,13 +138,15 @@ def embed_parts(
     compute: ComputeParts,
     chunk_rows: int = 50_000,
     on_progress: Callable[[int], None] = lambda done: None,
+    feature_kind: str = "normalized",
+    views: int = 1,
 ) -> EmbedSummary:
     """Every (image_id, uri, source) row into `out`, part by part, the parts a previous run finished skipped.
 
     `compute` embeds the missing parts (here, or on a Ray cluster); each part is
     written atomically by this function as soon as it comes back.
     """
-    check_meta(out, embeddings_meta(backbone, dim, items["image_id"], chunk_rows))
+    check_meta(out, embeddings_meta(backbone, dim, items["image_id"], chunk_rows, feature_kind, views))
     embedded = failed = skipped = 0
     chunks: dict[int, pl.DataFrame] = {}
     for number, start in enumerate(range(0, len(items), chunk_rows)):
@@ -182,4 +184,5 @@ def embed_table(
             locations = list(zip(chunk["source"].to_list(), chunk["uri"].to_list()))
             yield number, *embed_batches(locations, read_bytes, backbone, batch_size, workers, on_progress)
 
-    return embed_parts(items, backbone.name, backbone.dim, out, compute, chunk_rows, on_progress)
+    return embed_parts(items, backbone.name, backbone.dim, out, compute, chunk_rows, on_progress,
+                       backbone.feature_kind, backbone.views)

@@ -10,7 +10,7 @@ loads either kind from its name.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +76,28 @@ class Backbone:
     dtype: torch.dtype
     renormalize: bool = True
     """False where the model returns its final vectors itself (G3's three separately normalized thirds)."""
+    feature_kind: str = "normalized"
+    """What `embed_pixels` returns (geoloc.embeddings.FEATURE_KINDS)."""
+    views: int = 1
+    """Augmented views per photo, side by side in one row of `dim` = views x the model's size."""
+
+    def with_features(self, kind: str, views: int = 1) -> Backbone:
+        """The same model giving another kind of features: raw ones, or raw ones through GeoCLIP's training
+        preprocessing, there optionally `views` randomly augmented views per photo (its train transform)."""
+        from geoloc.embeddings import FEATURE_KINDS
+
+        if kind not in FEATURE_KINDS:
+            raise ValueError(f"unknown kind of features {kind!r}; choose one of {', '.join(FEATURE_KINDS)}")
+        if views != 1 and (kind != "raw-geoclip-train" or views < 1):
+            raise ValueError(f"--views {views}: augmented views are made with --features raw-geoclip-train only, "
+                             "and at least 1")
+        if kind == self.feature_kind and views == self.views:
+            return self
+        if not self.renormalize:
+            raise ValueError(f"{self.name} gives its final vectors itself; only normalized features can be had")
+        processor = GeoClipTrainProcessor(views) if kind == "raw-geoclip-train" else self.processor
+        return replace(self, processor=processor, renormalize=kind == "normalized", feature_kind=kind, views=views,
+                       dim=self.dim // self.views * views)
 
     def pixel_values(self, images: list[Image.Image]) -> torch.Tensor:
         return pixel_values(self.processor, images)
@@ -96,13 +118,35 @@ class Backbone:
         return features.float().cpu()
 
     def embed_pixels(self, pixel_values: torch.Tensor) -> np.ndarray:
-        """L2-normalized float32 embeddings of preprocessed images, one row per image (G3's: as they come)."""
+        """L2-normalized float32 embeddings of preprocessed images, one row per image (G3's: as they come; raw
+        kinds raw, several views of a photo side by side in its row)."""
+        if pixel_values.ndim == 5:  # (images, views, channels, height, width)
+            return self.features(pixel_values.flatten(0, 1)).reshape(len(pixel_values), -1).numpy()
         features = self.features(pixel_values)
         return (torch.nn.functional.normalize(features, dim=-1) if self.renormalize else features).numpy()
 
     def embed(self, images: list[Image.Image]) -> np.ndarray:
         """L2-normalized float32 embeddings, one row per image."""
         return self.embed_pixels(self.pixel_values(images))
+
+
+class GeoClipTrainProcessor:
+    """GeoCLIP's training-side preprocessing, called like a Hugging Face image processor: one view through the
+    package's `img_val_transform` (resize 256, centre crop 224, ImageNet mean and std), or `views` > 1 random views
+    through its `img_train_transform` (random resized crop, flip, colour jitter, grey, the same normalization).
+    Its predict uses CLIP's processor instead."""
+
+    def __init__(self, views: int = 1) -> None:
+        from geoclip.train.dataloader import img_train_transform, img_val_transform
+
+        self.views = views
+        self.transform = img_val_transform() if views == 1 else img_train_transform()
+
+    def __call__(self, images: list[Image.Image], return_tensors: str = "pt") -> dict[str, torch.Tensor]:
+        if self.views == 1:
+            return {"pixel_values": torch.stack([self.transform(image) for image in images])}
+        return {"pixel_values": torch.stack([torch.stack([self.transform(image) for _ in range(self.views)])
+                                             for image in images])}
 
 
 def pixel_values(processor: object, images: list[Image.Image]) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""Loading a backbone by its name: a hub id, a local folder, or `g3:PATH` for G3's encoder.
+"""Loading a backbone by its name: a hub id, a local folder, `g3:PATH` for G3's encoder, or PLONK's
+conditioning backbones (`plonk-dinov2`, `plonk-streetclip`, see `geoloc.encode.plonk_backbones`).
 
 It imports both kinds (`geoloc.encode.backbone` and `geoloc.encode.g3`), so neither imports
 the other's loader: every caller that starts from a name comes here.
@@ -8,6 +9,12 @@ from __future__ import annotations
 
 from geoloc.encode.backbone import Backbone, backbone_unavailable, pick_device, pick_dtype
 from geoloc.encode.g3 import g3_dim, g3_image_processor, is_g3, load_g3_backbone
+from geoloc.encode.plonk_backbones import (
+    is_plonk_backbone,
+    load_plonk_backbone,
+    plonk_backbone_dim,
+    plonk_image_processor,
+)
 from geoloc.hub import load_report_silenced, offline_unless_reachable
 
 
@@ -17,6 +24,8 @@ def load_image_processor(name: str) -> object:
 
     if is_g3(name):
         return g3_image_processor(name)
+    if is_plonk_backbone(name):
+        return plonk_image_processor(name)
     try:
         with offline_unless_reachable(name):
             return AutoImageProcessor.from_pretrained(name)
@@ -36,6 +45,8 @@ def backbone_dim(name: str) -> int:
 
     if is_g3(name):
         return g3_dim(name)
+    if is_plonk_backbone(name):
+        return plonk_backbone_dim(name)
     try:
         with offline_unless_reachable(name):
             return _dim(AutoConfig.from_pretrained(name))
@@ -49,6 +60,8 @@ def load_backbone(name: str, device: str = "auto", dtype: str = "auto") -> Backb
 
     if is_g3(name):
         return load_g3_backbone(name, device, dtype)
+    if is_plonk_backbone(name):
+        return load_plonk_backbone(name, device, dtype)
     target = pick_device(device)
     torch_dtype = pick_dtype(target, dtype)
     try:

@@ -20,6 +20,7 @@ from numpy.typing import NDArray
 from geoloc.evaluate.layouts import OSV5M_INFERENCE, OURS, PredictionLayout, read_prediction_file
 from geoloc.geo import ACCURACY_THRESHOLDS_KM, CoordinateStatus, DistanceMethod, coordinate_status, distance_km
 from geoloc.places.areas import AREAS, OSV5M_LABEL_COLUMNS, accuracies_of_hits, area_hits, area_labels
+from geoloc.places.land import sea_flags
 from geoloc.tables import TRUTH_LAYOUTS, TableError, as_float_column, describe_ids, read_table, select_layout
 
 GEOSCORE_MAX = 5000.0
@@ -43,6 +44,7 @@ METRIC_KEYS: tuple[str, ...] = (
     "median_km",
     "mean_km",
     "geoscore",
+    "at_sea",
 )
 
 
@@ -240,6 +242,7 @@ def evaluate(
     )
     metrics = metrics_from_distances(distances, inclusive=inclusive)
     metrics["unknown"] = len(unknown)
+    metrics["at_sea"] = _predictions_at_sea(joined) if areas else None
     scored = joined.select("image_id", "lat", "lon").with_columns(
         pl.Series("distance_km", distances).fill_nan(None)
     )
@@ -310,6 +313,13 @@ def _area_hits(joined: pl.DataFrame) -> pl.DataFrame:
 def hit_column(area: str) -> str:
     """The column of Evaluation.truth telling, per photo, whether its predicted `area` is right."""
     return f"hit_{area}"
+
+
+def _predictions_at_sea(joined: pl.DataFrame) -> int | None:
+    """How many predictions lie in the open sea (geoloc.places.land); None without the installed mask."""
+    predicted = joined.select("pred_lat", "pred_lon").drop_nulls()
+    flags = sea_flags(predicted["pred_lat"].to_numpy(), predicted["pred_lon"].to_numpy())
+    return None if flags is None else int(flags.sum())
 
 
 def evaluate_files(

@@ -217,6 +217,13 @@ def coordinate_status(lat: ArrayLike, lon: ArrayLike) -> NDArray[np.uint8]:
 MERCATOR_MAX_LAT = 85.0511287798
 """Web Mercator's edge: maps cannot show what lies nearer a pole, so views are fitted within it."""
 
+MIN_REGION_KM = 1.0
+"""The smallest confidence region drawn: a radius of 0 (a model that puts its whole belief on one
+gallery point) is still a place on the map, not nothing."""
+POLE_OFFSET_DEG = 1e-6
+"""How far (about 11 cm) a centre on a pole is moved towards the equator: at the pole itself every
+bearing points south and the circle's longitudes are undefined."""
+
 Ring = list[list[float]]
 """A closed ring of [lat, lon] vertices (the first is not repeated), as Leaflet takes it."""
 
@@ -273,8 +280,12 @@ def confidence_region(lat: float, lon: float, radius_km: float, vertices: int = 
     closed along the pole's latitude when the region holds a pole, and drawn as the world with a
     hole when it holds both (a region larger than a hemisphere). Returns a list of polygons, each
     a list of rings (outer ring first, then holes), in [lat, lon] order like Leaflet's multi-polygons.
+
+    Defined for every centre and radius: radii below MIN_REGION_KM (0 and NaN included) are drawn
+    as MIN_REGION_KM, a centre on a pole as one POLE_OFFSET_DEG from it.
     """
-    angle = radius_km / EARTH_RADIUS_KM
+    angle = (radius_km if radius_km > MIN_REGION_KM else MIN_REGION_KM) / EARTH_RADIUS_KM
+    lat = float(np.clip(lat, POLE_OFFSET_DEG - 90.0, 90.0 - POLE_OFFSET_DEG))
     world = np.concatenate([_along_latitude(-90.0, -180.0, 180.0), _along_latitude(90.0, 180.0, -180.0)])
     if angle >= np.pi:
         return [[world.tolist()]]

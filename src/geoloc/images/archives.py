@@ -1,4 +1,4 @@
-"""Images inside MessagePack shards and tar archives, read in place through an offset index.
+"""Images inside MessagePack shards, tar and zip archives, read in place through an offset index.
 
 One streaming pass over a container yields an index row per member (name, byte offset,
 length, content hash, header check); the index is kept in Parquet, after which any
@@ -11,75 +11,26 @@ import io
 import mmap
 import pickle
 import tarfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 import msgpack
 import polars as pl
-import xxhash
 
-from geoloc.errors import InputError
 from geoloc.images.containment import RootFolder
-from geoloc.images.exif import CORRUPT_IMAGE, read_header
+from geoloc.images.index_rows import INDEX_SCHEMA, ArchiveError, IndexRows, read_span
 from geoloc.images.members import MemberLookup
 from geoloc.images.msgpack_spans import Truncated, map_entries, value_end
+from geoloc.images.zips import read_zip_member
 
 MEMBER_SEPARATOR = "#"
-"""A catalog uri `container#member` names a member of a shard or tar, relative to the dataset root.
+"""A catalog uri `container#member` names a member of a shard, tar or zip, relative to the dataset root.
 
 Only where `container` is an archive the store has an index for: elsewhere `#` is an
 ordinary character of a file name (`a#1.jpg`)."""
 
-INDEX_SCHEMA = {
-    "container": pl.Utf8,
-    "member": pl.Utf8,
-    "offset": pl.Int64,
-    "length": pl.Int64,
-    "content_hash": pl.Utf8,
-    "format": pl.Utf8,
-    "problem": pl.Utf8,
-    "detail": pl.Utf8,
-}
-"""One row per member; `problem` is null for a readable image, CORRUPT_IMAGE otherwise."""
-
 _MAX_KEY_BYTES = 64
 _BIN_HEADS = frozenset({0xC4, 0xC5, 0xC6})
-
-
-class ArchiveError(InputError):
-    """A container or its index cannot be used."""
-
-
-def content_hash(data: bytes) -> str:
-    """The key under which identical photo bytes are recognized across sources (XXH3, 128 bits)."""
-    return xxhash.xxh3_128_hexdigest(data)
-
-
-@dataclass
-class _IndexRows:
-    container: str
-    rows: dict[str, list]
-
-    @classmethod
-    def empty(cls, container: str) -> _IndexRows:
-        return cls(container, {name: [] for name in INDEX_SCHEMA})
-
-    def add(self, member: str, offset: int, length: int, data: bytes | None, detail: str | None = None,
-            check: bool = True) -> None:
-        """A member; `data` None means unreadable (with `detail`); `check` hashes and sniffs the bytes."""
-        if data is None:
-            values = (None, None, CORRUPT_IMAGE, detail)
-        elif not check:
-            values = (None, None, None, None)
-        else:
-            header = read_header(data, want_gps=False)
-            values = (content_hash(data), header.format, header.problem, header.detail)
-        for name, value in zip(INDEX_SCHEMA, (self.container, member, offset, length, *values)):
-            self.rows[name].append(value)
-
-    def frame(self) -> pl.DataFrame:
-        return pl.DataFrame(self.rows, schema=INDEX_SCHEMA)
 
 
 def index_shard(path: Path | str, name: str | None = None, check_images: bool = True) -> pl.DataFrame:
@@ -91,7 +42,7 @@ def index_shard(path: Path | str, name: str | None = None, check_images: bool = 
     only: they appear as one CORRUPT_IMAGE row named `@<offset>`, the records before stay.
     """
     path = Path(path)
-    rows = _IndexRows.empty(name or path.name)
+    rows = IndexRows.empty(name or path.name)
     with path.open("rb") as handle:
         if path.stat().st_size == 0:
             return rows.frame()
@@ -104,7 +55,7 @@ def index_shard(path: Path | str, name: str | None = None, check_images: bool = 
     return rows.frame()
 
 
-def _index_records(buffer: memoryview, rows: _IndexRows, check_images: bool) -> None:
+def _index_records(buffer: memoryview, rows: IndexRows, check_images: bool) -> None:
     offset, size = 0, len(buffer)
     while offset < size:
         try:
@@ -144,8 +95,7 @@ def _record_fields(buffer: memoryview, offset: int, keep_image: bool) -> tuple[o
 
 def read_shard_member(handle: BinaryIO, offset: int, length: int) -> bytes:
     """The image bytes of the record at `offset` (from the index) of an open shard."""
-    handle.seek(offset)
-    return msgpack.unpackb(handle.read(length), raw=False)["image"]
+    return msgpack.unpackb(read_span(handle, offset, length), raw=False)["image"]
 
 
 class _TarInfoOnly(pickle.Unpickler):
@@ -196,7 +146,7 @@ def load_tar_index_pickle(path: Path, container: str) -> pl.DataFrame:
 
 def index_tar(path: Path, name: str | None = None) -> pl.DataFrame:
     """Index the regular files of an uncompressed tar by scanning it once."""
-    rows = _IndexRows.empty(name or path.name)
+    rows = IndexRows.empty(name or path.name)
     try:
         with tarfile.open(path, mode="r:") as archive:
             for info in archive:
@@ -211,11 +161,7 @@ def index_tar(path: Path, name: str | None = None) -> pl.DataFrame:
 
 def read_tar_member(handle: BinaryIO, offset: int, length: int) -> bytes:
     """The bytes of a tar member at `offset` (from the index) of an open tar."""
-    handle.seek(offset)
-    data = handle.read(length)
-    if len(data) != length:
-        raise ArchiveError(f"{handle.name}: member at {offset} is cut short ({len(data)} of {length} bytes)")
-    return data
+    return read_span(handle, offset, length)
 
 
 class ImageStore:
@@ -248,6 +194,8 @@ class ImageStore:
         with self.root.open(container, uri) as handle:
             if container.endswith(".tar"):
                 return read_tar_member(handle, *location)
+            if container.endswith(".zip"):
+                return read_zip_member(handle, *location)
             return read_shard_member(handle, *location)
 
     def open(self, uri: str) -> io.BytesIO:

@@ -36,7 +36,11 @@ from geoloc.tables import TableError, replace_durably, rows_of, write_table, wri
 CONFIG_FILE = "light_ranker.json"
 WEIGHTS_FILE = "light_ranker.safetensors"
 FORMAT = "geoloc-light-ranker/1"
-SCALARS = len(SOURCES) + 3
+RANKED_SOURCES = SOURCES[:5]
+"""The sources with a one-hot feature: the five light rankers were first made with, so saved ones keep loading.
+A later source (plonk) has none; its rank and score still count."""
+RANKED_INDEX = {name: i for i, name in enumerate(RANKED_SOURCES)}
+SCALARS = len(RANKED_SOURCES) + 3
 """Per candidate: source one-hot, log(1 + rank), generator score (0 when none), has-a-score flag."""
 LOOK_TEMPERATURES = (0.02, 0.05, 0.1)
 """Softmax temperatures over the query-gallery cosines for the look-weighted group support."""
@@ -159,11 +163,27 @@ class Groups:
         return {name: value.to(device) for name, value in values.items()}
 
 
+@dataclass(frozen=True)
+class QueryVectors:
+    """Query embeddings held in memory (a recipe embeds its photos once), in place of an embeddings folder."""
+
+    ids: list[str]
+    vectors: NDArray[np.float32]
+    backbone: str | None
+
+    def by_id(self, ids: pl.Series) -> NDArray[np.float32]:
+        rows = rows_of(ids.cast(pl.Utf8), pl.Series(self.ids, dtype=pl.Utf8))
+        if (rows < 0).any():
+            raise TableError(f"no query embedding for {int((rows < 0).sum())} quer(ies), "
+                             f"e.g. {ids[int(np.argmin(rows))]!r}")
+        return self.vectors[rows]
+
+
 @dataclass
 class Lookups:
     """Where a query's and a candidate's embeddings come from (embeddings folders, see `geoloc embed`)."""
 
-    query_embeddings: Path
+    query_embeddings: Path | QueryVectors
     gallery_embeddings: Path | None = None
     """Gallery photo embeddings, ids = the candidates' ref_uri (or mapped through gallery_index)."""
     gallery_index: Path | None = None
@@ -209,11 +229,14 @@ def build_groups(frame: pl.DataFrame, lookups: Lookups, group_size: int | None =
         array[query_row, position] = values
         return array
 
-    try:
-        query_vectors = embeddings_by_id(lookups.query_embeddings, query_ids, "query photo(s)")
-    except ValueError as error:
-        raise TableError(str(error)) from error
-    backbones["query"] = json.loads((lookups.query_embeddings / "meta.json").read_text()).get("backbone")
+    if isinstance(lookups.query_embeddings, QueryVectors):
+        query_vectors, backbones["query"] = lookups.query_embeddings.by_id(query_ids), lookups.query_embeddings.backbone
+    else:
+        try:
+            query_vectors = embeddings_by_id(lookups.query_embeddings, query_ids, "query photo(s)")
+        except ValueError as error:
+            raise TableError(str(error)) from error
+        backbones["query"] = json.loads((lookups.query_embeddings / "meta.json").read_text()).get("backbone")
     dim = query_vectors.shape[1]
     gallery_vectors, gallery_rows = np.zeros((1, dim), np.float32), np.full(frame.height, -1, np.int64)
     if lookups.gallery_embeddings is not None:
@@ -228,14 +251,14 @@ def build_groups(frame: pl.DataFrame, lookups: Lookups, group_size: int | None =
     if lookups.text_embeddings is not None:
         _, text_vectors, text_rows = embeddings_of(lookups.text_embeddings, frame["text"].replace("", None))
         text_vectors = text_vectors if len(text_vectors) else np.zeros((1, text_vectors.shape[1]), np.float32)
-    sources = frame["source"].replace_strict({name: i for i, name in enumerate(SOURCES)}, default=0).to_numpy()
+    sources = frame["source"].replace_strict(RANKED_INDEX, default=len(RANKED_INDEX)).to_numpy()
     score = (frame["score"].cast(pl.Float64, strict=False).to_numpy() if "score" in frame.columns
              else np.full(frame.height, np.nan))
     scalars = np.zeros((frame.height, SCALARS), np.float32)
-    scalars[np.arange(frame.height), sources] = 1.0
-    scalars[:, len(SOURCES)] = np.log1p(frame["rank"].cast(pl.Float64).to_numpy())
-    scalars[:, len(SOURCES) + 1] = np.nan_to_num(score)
-    scalars[:, len(SOURCES) + 2] = np.isfinite(score)
+    scalars[:, :len(RANKED_SOURCES)] = np.eye(len(RANKED_SOURCES) + 1, dtype=np.float32)[sources, :-1]
+    scalars[:, len(RANKED_SOURCES)] = np.log1p(frame["rank"].cast(pl.Float64).to_numpy())
+    scalars[:, len(RANKED_SOURCES) + 1] = np.nan_to_num(score)
+    scalars[:, len(RANKED_SOURCES) + 2] = np.isfinite(score)
     lat, lon = frame["lat"].to_numpy(), frame["lon"].to_numpy()
     groups = Groups(
         query_ids=query_ids.to_numpy().astype(object),

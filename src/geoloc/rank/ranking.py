@@ -255,7 +255,7 @@ def score_file(
     queries = query_candidates(scored)
     negatives_by_query = negatives.partition_by("query_id", as_dict=True, include_key=False)
     parts = [queries[start:start + part_queries] for start in range(0, len(queries), part_queries)]
-    scorer = _scorer_on_first_need(base, adapter, dtype, device, batch_size, shared_prefix)
+    scorer = lazy_reward_scorer(base, adapter, dtype, device, batch_size, shared_prefix)
     query_photos, gallery_photos = ranking_photos(images, images_index, gallery, gallery_index, raw_photos)
     counted = _QueryCounter(progress)
 
@@ -266,7 +266,7 @@ def score_file(
     return _run_parts(tasks, [len(part) for part in parts], work, out, share, counted, say)
 
 
-def _scorer_on_first_need(base: str, adapter: Path, dtype: str, device: str, batch_size: int,
+def lazy_reward_scorer(base: str, adapter: Path, dtype: str, device: str, batch_size: int,
                           shared_prefix: bool) -> Callable[[], RewardScorer]:
     """The reward scorer, loaded at the first call: a run with nothing left to score loads no model."""
     import torch

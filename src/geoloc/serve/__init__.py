@@ -8,20 +8,24 @@ complete within its time limit gets 408 and frees its slot, and a stalled client
 holds a place in the inference queue, so it keeps no good photo waiting; uploads are capped
 in bytes (413) and in pixels (decompression bombs get 413 before any pixel is decoded);
 anything that is not a decodable image gets 422 with a readable message. Photos stay in
-memory (the multipart parser is told never to spool them to disk) and no log line
-carries coordinates. With a token, every API call needs it as a bearer token.
+memory (the whole request body is capped below the multipart parser's in-memory spool, so
+no upload byte ever reaches the disk, not even one refused for its size) and no log line
+carries coordinates. With a token, every API call needs it as a bearer token. Every request
+must name the server by one of its names (loopback ones, plus `allowed_hosts`) in `Host`
+and, when a browser sends one, in `Origin`: another web site cannot post photos to it, nor
+read its answers by pointing its own name at 127.0.0.1 (DNS rebinding).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
-import ipaddress
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from importlib import resources
+from urllib.parse import urlsplit
 
 import anyio
 from fastapi import FastAPI, Request
@@ -32,10 +36,13 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 from geoloc.geo import drawable_region
 from geoloc.images.decoding import UNREADABLE, decode_photo
-from geoloc.predict import LoadedPhoto, PhotoGuess, exif_position
+from geoloc.network import is_loopback
+from geoloc.predict import LoadedPhoto, PhotoGuess, Unreadable, exif_position
+from geoloc.recipe.engine import RecipeAnswer
 
 log = logging.getLogger("geoloc.serve")
-LOOPBACK_NAMES = ("localhost",)
+MULTIPART_ALLOWANCE = 64 * 1024
+"""Bytes a request may carry beyond its photo: the multipart boundaries and part headers."""
 DEFAULT_TILES = "https://tile.openstreetmap.org/{z}/{x}/{y}.png"
 
 
@@ -51,21 +58,41 @@ class ServeSettings:
     upload_timeout_s: float = 30.0
     """Seconds from the request's headers to the last byte of its photo; beyond, 408."""
     token: str | None = None
+    allowed_hosts: tuple[str, ...] = ()
+    """Names (or addresses) this server answers to besides the loopback ones, in `Host` and `Origin`."""
     tiles: str | None = DEFAULT_TILES
     tiles_attribution: str = "© OpenStreetMap contributors"
+    sources: tuple[str, ...] = ()
+    """A recipe's candidate sources, shown on the page (none: GeoCLIP alone)."""
+    photo_leaves_for: tuple[str, ...] = ()
+    """Endpoints a recipe sends each photo to (its zero-shot source): the page says so."""
 
 
-Guesser = Callable[[list[LoadedPhoto]], list[PhotoGuess]]
-"""Decoded photos in, answers out: the model behind the app (GeoCLIP by default)."""
+Guesser = Callable[[list[LoadedPhoto]], list[PhotoGuess | RecipeAnswer | Unreadable]]
+"""Decoded photos in, answers out: the model behind the app (GeoCLIP by default, or a recipe's engine)."""
 
 
-def is_loopback(host: str) -> bool:
-    if host in LOOPBACK_NAMES:
-        return True
+def _host_name(authority: str) -> str | None:
+    """The host of a `Host` header or of an origin's authority, without port or IPv6 brackets."""
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return urlsplit(f"//{authority}").hostname
     except ValueError:
-        return False
+        return None
+
+
+def _refused_origin(request: Request, allowed: frozenset[str]) -> str | None:
+    """Why the request does not come from a page of this server, or None when it does."""
+    host = _host_name(request.headers.get("host", ""))
+    if host is None or not (is_loopback(host) or host in allowed):
+        return (f"this server does not answer to the name {host or '(none)'!r} in Host; start it with "
+                "--allowed-host NAME to add a name")
+    origin = request.headers.get("origin")
+    if origin is not None:
+        parts = urlsplit(origin)
+        name = _host_name(parts.netloc) if parts.scheme in ("http", "https") else None
+        if name is None or not (is_loopback(name) or name in allowed):
+            return f"cross-origin request from {origin!r} refused"
+    return None
 
 
 class _TooLarge(Exception):
@@ -130,21 +157,25 @@ def _decode_upload(photo: bytes, max_pixels: int) -> tuple[Image.Image, dict | N
 
 
 async def _read_photo(request: Request, settings: ServeSettings) -> bytes:
-    """The `photo` field of a multipart upload, refusing more than max_upload_bytes as it streams in."""
+    """The `photo` field of a multipart upload, refusing more than max_upload_bytes as it streams in.
+
+    The body is cut off before it exceeds the parser's spool: a file part can never hold more
+    than the body, so it never rolls over to a temporary file on disk.
+    """
+    most = settings.max_upload_bytes + MULTIPART_ALLOWANCE
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > settings.max_upload_bytes + 64 * 1024:
+    if declared is not None and declared.isdigit() and int(declared) > most:
         raise _TooLarge
 
     async def limited() -> AsyncIterator[bytes]:
         received = 0
         async for chunk in request.stream():
             received += len(chunk)
-            if received > settings.max_upload_bytes + 64 * 1024:
+            if received > most:
                 raise _TooLarge
             yield chunk
 
-    parser = _InMemoryParser(request.headers, limited(), max_files=1, max_fields=4,
-                             spool_bytes=settings.max_upload_bytes + 1)
+    parser = _InMemoryParser(request.headers, limited(), max_files=1, max_fields=4, spool_bytes=most)
     form = await parser.parse()
     upload = form.get("photo")
     if upload is None or isinstance(upload, str):
@@ -153,6 +184,43 @@ async def _read_photo(request: Request, settings: ServeSettings) -> bytes:
     if len(data) > settings.max_upload_bytes:
         raise _TooLarge
     return data
+
+
+async def _receive_upload(request: Request, settings: ServeSettings, uploads: _Slots) -> bytes | Response:
+    """The uploaded photo's bytes, or the response that refuses it (too many uploads, too slow, too large)."""
+    with uploads.admission() as receiving:
+        if not receiving:
+            return _dropped(503, "busy: too many uploads arriving; try again shortly",
+                            {"Retry-After": str(settings.retry_after_s)})
+        try:
+            with anyio.fail_after(settings.upload_timeout_s):
+                return await _read_photo(request, settings)
+        except TimeoutError:
+            return _dropped(408, f"the upload did not arrive within {settings.upload_timeout_s:g} s")
+        except _TooLarge:
+            return _dropped(413, f"the upload is larger than {settings.max_upload_bytes / 2**20:g} MB")
+        except MultiPartException as error:
+            return _problem(400, f"not a photo upload: {error.message}")
+
+
+async def _guess_upload(photo: bytes, guesser: Guesser, settings: ServeSettings, queue: _InferenceQueue) -> Response:
+    """The answer for an uploaded photo, once a place in the inference queue is free; or why there is none."""
+    with queue.admission() as admitted:
+        if not admitted:
+            return _problem(503, "busy: too many photos waiting; try again shortly",
+                            {"Retry-After": str(settings.retry_after_s)})
+        try:
+            image, exif = await anyio.to_thread.run_sync(_decode_upload, photo, settings.max_pixels)
+        except Image.DecompressionBombError as error:
+            return _problem(413, f"the image is too large to decode: {error}")
+        except UNREADABLE as error:
+            return _problem(422, f"not a decodable image ({error.__class__.__name__}); send a JPEG, PNG, "
+                                 "WebP, HEIC or TIFF photo")
+        guesses = await queue.run(guesser, [LoadedPhoto("upload", "upload", image, exif, photo)])
+    guess = guesses[0]
+    if isinstance(guess, Unreadable):
+        return _problem(422, guess.reason)
+    return JSONResponse(guess.as_json() | drawable_region(guess.lat, guess.lon, guess.radius_km))
 
 
 def create_app(load_guesser: Callable[[], Guesser], settings: ServeSettings | None = None) -> FastAPI:
@@ -180,8 +248,13 @@ def create_app(load_guesser: Callable[[], Guesser], settings: ServeSettings | No
     static = resources.files("geoloc.serve").joinpath("static")
     data = resources.files("geoloc").joinpath("data")
 
+    allowed_hosts = frozenset(name.lower().strip("[]") for name in settings.allowed_hosts)
+
     @app.middleware("http")
-    async def require_token(request: Request, call_next):
+    async def require_own_origin_and_token(request: Request, call_next):
+        refusal = _refused_origin(request, allowed_hosts)
+        if refusal is not None:
+            return _problem(403, refusal)
         if settings.token and request.url.path.startswith("/api/"):
             if not _bearer_matches(request.headers.get("authorization", ""), settings.token):
                 return _problem(401, "this server needs its token: Authorization: Bearer <token>",
@@ -199,7 +272,8 @@ def create_app(load_guesser: Callable[[], Guesser], settings: ServeSettings | No
     @app.get("/api/config")
     async def config() -> dict:
         return {"tiles": settings.tiles, "attribution": settings.tiles_attribution,
-                "max_upload_bytes": settings.max_upload_bytes}
+                "max_upload_bytes": settings.max_upload_bytes, "sources": list(settings.sources),
+                "photo_leaves_for": list(settings.photo_leaves_for)}
 
     @app.get("/api/health")
     async def health() -> Response:
@@ -214,33 +288,10 @@ def create_app(load_guesser: Callable[[], Guesser], settings: ServeSettings | No
         guesser = state["guesser"]
         if guesser is None:
             return _problem(503, "the model is not ready yet", {"Retry-After": str(settings.retry_after_s)})
-        with uploads.admission() as receiving:
-            if not receiving:
-                return _dropped(503, "busy: too many uploads arriving; try again shortly",
-                                {"Retry-After": str(settings.retry_after_s)})
-            try:
-                with anyio.fail_after(settings.upload_timeout_s):
-                    photo = await _read_photo(request, settings)
-            except TimeoutError:
-                return _dropped(408, f"the upload did not arrive within {settings.upload_timeout_s:g} s")
-            except _TooLarge:
-                return _dropped(413, f"the upload is larger than {settings.max_upload_bytes / 2**20:g} MB")
-            except MultiPartException as error:
-                return _problem(400, f"not a photo upload: {error.message}")
-        with queue.admission() as admitted:
-            if not admitted:
-                return _problem(503, "busy: too many photos waiting; try again shortly",
-                                {"Retry-After": str(settings.retry_after_s)})
-            try:
-                image, exif = await anyio.to_thread.run_sync(_decode_upload, photo, settings.max_pixels)
-            except Image.DecompressionBombError as error:
-                return _problem(413, f"the image is too large to decode: {error}")
-            except UNREADABLE as error:
-                return _problem(422, f"not a decodable image ({error.__class__.__name__}); send a JPEG, PNG, "
-                                     "WebP, HEIC or TIFF photo")
-            guesses = await queue.run(guesser, [LoadedPhoto("upload", "upload", image, exif)])
-        guess = guesses[0]
-        return JSONResponse(guess.as_json() | drawable_region(guess.lat, guess.lon, guess.radius_km))
+        photo = await _receive_upload(request, settings, uploads)
+        if isinstance(photo, Response):
+            return photo
+        return await _guess_upload(photo, guesser, settings, queue)
 
     # Mounted last: the routes above take precedence over the static folders.
     app.mount("/static/vendor/leaflet", StaticFiles(directory=str(data.joinpath("leaflet"))), name="leaflet")
