@@ -17,6 +17,7 @@ SOURCE = Path(__file__).resolve().parents[1] / "src"
 ARCHITECTURE_PAGE = Path(__file__).resolve().parents[1] / "docs" / "architecture.md"
 
 LAYERS = (
+    ("errors", "machine"),
     ("geo", "tables", "progress", "user_cache", "hub", "cluster", "fitting", "bundled", "network"),
     ("resumable", "images", "places"),
     ("embeddings", "catalog"),
@@ -28,7 +29,7 @@ LAYERS = (
     ("cli",),
 )
 """geoloc's packages and top-level modules, lowest first; a module imports only earlier layers
-(and other modules of its own package). The first two layers are the shared modules."""
+(and other modules of its own package). The first three layers are the shared modules."""
 
 
 def module_name(path: Path, root: Path) -> str:
