@@ -24,13 +24,14 @@ def resuming(out: Path, advance):
 def write_answers(answers: list, out: Path | None, map_file: Path | None, table, page) -> None:
     """`--out` (GeoJSON, else `table(answers)` as CSV/Parquet; its work folder removed) and `--map` (`page()`)."""
     from geoloc.predict import predictions_geojson
-    from geoloc.resumable import remove_work_folder, work_folder
+    from geoloc.resumable import work_folder
+    from geoloc.tables import remove_folder
 
     if out is not None and out.suffix.lower() == ".geojson":
         write_text(out, json.dumps(predictions_geojson(answers)))
     elif out is not None:
         write_table(table(answers), out)
     if out is not None:
-        remove_work_folder(work_folder(out))
+        remove_folder(work_folder(out))
     if map_file is not None:
         write_text(map_file, page())

@@ -63,7 +63,8 @@ def plonk_candidates_command(
     from geoloc.embeddings import EmbeddingsError, open_embeddings
     from geoloc.plonk.density import DensitySettings
     from geoloc.plonk.model import PlonkUnavailable
-    from geoloc.resumable import model_identity, remove_work_folder, work_folder
+    from geoloc.resumable import model_identity, work_folder
+    from geoloc.tables import remove_folder
 
     with clean_errors(PlonkUnavailable, EmbeddingsError, TableError, FileNotFoundError, ValueError):
         loaded = load_model(model, device, sampler, embedding)
@@ -76,7 +77,7 @@ def plonk_candidates_command(
             table = plonk_candidates(loaded, embeddings, settings, work_folder(out), run_settings, batch_photos,
                                      restart, lambda done: progress.advance(task, done))
         write_table(table, out)
-        remove_work_folder(work_folder(out))
+        remove_folder(work_folder(out))
     console.print(f"{table['query_id'].n_unique()} photo(s), {len(table)} candidates -> {out}")
 
 
