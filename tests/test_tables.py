@@ -2,6 +2,7 @@
 
 import os
 import stat
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -91,3 +92,16 @@ def test_the_answer_cache_is_its_owners_alone_whatever_the_umask(tmp_path):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
     finally:
         os.umask(previous)
+
+
+def test_an_answer_cache_in_memory_writes_no_file(tmp_path, monkeypatch):
+    """The web app's cache is SQLite's in-memory database: nothing appears on disk, not even a file named
+    after it in the working folder."""
+    from geoloc.tables import IN_MEMORY, open_answer_cache
+
+    monkeypatch.chdir(tmp_path)
+    connection = open_answer_cache(Path(IN_MEMORY), "CREATE TABLE answers (key TEXT PRIMARY KEY, answer TEXT)")
+    connection.execute("INSERT INTO answers VALUES ('photo', '48.85,2.29')")
+    assert connection.execute("SELECT answer FROM answers").fetchall() == [("48.85,2.29",)]
+    connection.close()
+    assert list(tmp_path.iterdir()) == []

@@ -302,6 +302,10 @@ def rows_of(keys: pl.Series, ids: pl.Series) -> NDArray[np.int64]:
             .fill_null(-1).to_numpy())
 
 
+IN_MEMORY = ":memory:"
+"""SQLite's name for a database that lives in memory only: no file is made for it."""
+
+
 def open_answer_cache(path: Path, *tables: str) -> sqlite3.Connection:
     """An SQLite file of answers already paid for (API calls), created with `tables` (CREATE statements).
 
@@ -309,10 +313,11 @@ def open_answer_cache(path: Path, *tables: str) -> sqlite3.Connection:
     The answers tie photos to places, so the file is its owner's alone (0600, SQLite gives its journal
     files the same mode), whatever the umask, and a folder made for it is 0700.
     """
-    if not path.parent.is_dir():
-        path.parent.mkdir(parents=True, mode=0o700, exist_ok=True)
-    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
-    os.chmod(path, 0o600)  # a cache made world-readable by an earlier version is closed too
+    if str(path) != IN_MEMORY:
+        if not path.parent.is_dir():
+            path.parent.mkdir(parents=True, mode=0o700, exist_ok=True)
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        os.chmod(path, 0o600)  # a cache made world-readable by an earlier version is closed too
     connection = sqlite3.connect(path)
     connection.execute("PRAGMA journal_mode=WAL")
     for statement in tables:

@@ -32,7 +32,7 @@ from geoloc.errors import InputError
 from geoloc.images import MetadataError, Photo, strip_metadata
 from geoloc.images.decoding import UNREADABLE, unreadable_reason
 from geoloc.network import is_loopback
-from geoloc.tables import describe_ids, open_answer_cache
+from geoloc.tables import IN_MEMORY, describe_ids, open_answer_cache
 from geoloc.user_cache import user_cache_folder
 
 API_KEY_VARIABLE = "GEOLOC_API_KEY"
@@ -239,7 +239,7 @@ def image_data_url(data: bytes) -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
-MEMORY_ONLY = Path(":memory:")
+MEMORY_ONLY = Path(IN_MEMORY)
 """An answer cache that lives only as long as one run (SQLite in memory): the web app writes nothing."""
 
 
