@@ -263,8 +263,8 @@ def load_recipe(path: Path, check_paths: bool = True) -> Recipe:
         raise RecipeError("\n".join(problems)) from error
     if recipe.sources.plonk is not None:
         raise RecipeError(f"{path}, line {lines.get(('sources', 'plonk'))}: sources.plonk: PLONK is not a recipe "
-                          "source yet (it answers alone, as `geoloc predict --model plonk:ID_OR_DIR`, but gives no "
-                          "candidates table for a ranker); remove it from the recipe")
+                          "source yet: remove it from the recipe, and run `geoloc candidates plonk` beside it by "
+                          "hand (or `geoloc predict --model plonk:ID_OR_DIR` for PLONK alone)")
     missing = list(_missing_paths(resolved)) if check_paths else []
     if missing:
         raise RecipeError("\n".join(f"{path}, line {lines.get(where)}: {'.'.join(where)}: no such file or folder: "
