@@ -142,3 +142,16 @@ def test_the_length_check_flags_a_long_function_and_accepts_a_reason():
     assert long_functions(f"def short():\n{body.partition(NEWLINE)[2]}", "a.py") == []
     assert long_functions(f"def long():\n{body}", "a.py") == [f"a.py:1 long ({LONGEST_FUNCTION + 1} lines)"]
     assert long_functions(f"def long():\n    {LONG_BECAUSE} one table of cases\n{body}", "a.py") == []
+
+
+CORE_COUNTING = re.compile(r"os\.cpu_count\(|sched_getaffinity|workers=-1|n_jobs=-1")
+"""Ways of sizing a pool that see the machine's cores, not the cores this process may use."""
+
+
+def test_every_pool_is_sized_by_what_the_process_may_use():
+    """geoloc.machine alone counts cores (affinity and cgroup quota included); a pool sized any other way
+    oversubscribes a container."""
+    found = [f"{path.relative_to(ROOT)}:{number}" for path in sorted((ROOT / "src").rglob("*.py"))
+             if path.name != "machine.py"
+             for number, line in enumerate(path.read_text().splitlines(), 1) if CORE_COUNTING.search(line)]
+    assert found == []

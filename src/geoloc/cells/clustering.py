@@ -16,6 +16,7 @@ from numpy.typing import NDArray
 from scipy.spatial import cKDTree
 
 from geoloc.geo import to_unit_vectors
+from geoloc.machine import cpu_count
 
 NOISE = -1
 
@@ -81,7 +82,7 @@ def assign_noise_to_nearest(unit_vectors: NDArray[np.float64], labels: NDArray[n
     if not noise.any() or not clustered.any():
         return labels
     tree = cKDTree(unit_vectors[clustered])
-    _, nearest = tree.query(unit_vectors[noise], k=1, workers=-1)
+    _, nearest = tree.query(unit_vectors[noise], k=1, workers=cpu_count())
     result = labels.copy()
     result[noise] = labels[clustered][nearest]
     return result

@@ -48,6 +48,8 @@ from numpy.typing import NDArray
 from scipy.spatial import cKDTree
 from sklearn.neighbors import KDTree
 
+from geoloc.machine import cpu_count
+
 CERTIFYING_NEIGHBOURS = 16  # nearest distinct points listed per point for the Boruvka edges
 SEARCH_STACK = 128
 """Nodes a tree walk keeps pending: at most the tree's depth + 1 (about 20 for 5 M points)."""
@@ -100,7 +102,7 @@ def mutual_reachability_mst(points: NDArray[np.float64], weights: NDArray[np.int
     points = np.ascontiguousarray(points, dtype=np.float64)
     n = len(points)
     k = min(max(CERTIFYING_NEIGHBOURS, min_samples + 1), n)
-    distances, neighbours = cKDTree(points, leafsize=LEAF_SIZE).query(points, k=k, workers=-1)
+    distances, neighbours = cKDTree(points, leafsize=LEAF_SIZE).query(points, k=k, workers=cpu_count())
     squared = np.square(distances.reshape(n, k))
     neighbours = neighbours.reshape(n, k).astype(np.int32 if n < 2**31 else np.int64)
     core_columns = min(min_samples + 1, n)

@@ -16,6 +16,7 @@ from scipy.spatial import cKDTree
 
 from geoloc.errors import InputError
 from geoloc.geo import EARTH_RADIUS_KM, from_unit_vectors, mean_directions
+from geoloc.machine import cpu_count
 
 from .clustering import NOISE, compact_labels
 
@@ -65,14 +66,14 @@ def spherical_kmeans(vectors: NDArray[np.float64], weights: NDArray[np.float64],
     centres = vectors[rng.choice(n, size=k, replace=False)]
     labels = np.full(n, -1, dtype=np.int64)
     for _ in range(max_iterations):
-        nearest = cKDTree(centres).query(vectors, k=1, workers=-1)[1].astype(np.int64)
+        nearest = cKDTree(centres).query(vectors, k=1, workers=cpu_count())[1].astype(np.int64)
         if np.array_equal(nearest, labels):
             break
         labels = nearest
         centres = mean_directions(vectors, labels, len(centres), weights)
         centres = centres[~np.isnan(centres[:, 0])]
     else:
-        labels = cKDTree(centres).query(vectors, k=1, workers=-1)[1].astype(np.int64)
+        labels = cKDTree(centres).query(vectors, k=1, workers=cpu_count())[1].astype(np.int64)
     return compact_labels(labels)
 
 

@@ -20,6 +20,7 @@ from numpy.typing import ArrayLike, NDArray
 from scipy.spatial import cKDTree
 
 from geoloc.geo import chord_to_km, coordinate_status, to_unit_vectors
+from geoloc.machine import cpu_count
 
 from .build import CELLS_JSON, COORDINATES_FILE, CellsError, cluster_columns
 from .clustering import NOISE
@@ -69,7 +70,7 @@ class CellIndex:
         usable = coordinate_status(lat, lon) != 1
         if self._tree is None or not usable.any():
             return result
-        chord, nearest = self._tree.query(to_unit_vectors(lat[usable], lon[usable]), k=1, workers=-1)
+        chord, nearest = self._tree.query(to_unit_vectors(lat[usable], lon[usable]), k=1, workers=cpu_count())
         found = np.ones(len(nearest), dtype=bool)
         if max_distance_km is not None:
             found = chord_to_km(chord) <= max_distance_km

@@ -23,7 +23,6 @@ shifted by 360 degrees).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from numpy.typing import NDArray
 from scipy.spatial import cKDTree
 
 from geoloc.geo import to_unit_vectors
+from geoloc.machine import cpu_count
 from geoloc.places.boundaries import AdminAreas
 
 ANTIMERIDIAN_DEGREES = 0.01
@@ -77,7 +77,7 @@ def photo_areas(areas: AdminAreas, lat: NDArray[np.float64], lon: NDArray[np.flo
     located = found >= 0
     if located.any() and not located.all():
         vectors = to_unit_vectors(lat, lon)
-        _, nearest = cKDTree(vectors[located]).query(vectors[~located], k=1, workers=-1)
+        _, nearest = cKDTree(vectors[located]).query(vectors[~located], k=1, workers=cpu_count())
         found[~located] = found[located][nearest]
     return found
 
@@ -335,7 +335,7 @@ def _merged_cells(areas: AdminAreas, cell_of_area: NDArray[np.int64], point_cell
     names = areas.names.select("country", "admin1", "name").rows()
     ids = np.unique(point_cell)
     members, rows = (_groups(of_cell, ids) for of_cell in (cell_of_area, point_cell))
-    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+    with ThreadPoolExecutor(cpu_count()) as pool:
         shapes = list(pool.map(lambda group: shapely.make_valid(shapely.union_all(areas.geometry[group])), members))
     busiest = [group[int(np.argmax(area_photos[group]))] for group in members]
     return [_Cell(r, shape, (*names[b], len(group))) for r, shape, b, group in zip(rows, shapes, busiest, members)]

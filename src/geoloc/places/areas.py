@@ -20,6 +20,7 @@ import polars as pl
 from numpy.typing import ArrayLike, NDArray
 from scipy.spatial import cKDTree
 
+from geoloc.machine import cpu_count
 from geoloc.places import geonames_cities
 
 AREAS: tuple[str, ...] = ("country", "region", "subregion", "city")
@@ -59,7 +60,7 @@ class AreaLabeller:
         rows = np.full(len(points), len(self.labels) - 1, dtype=np.int64)
         known = ~np.isnan(points).any(axis=1)
         if known.any():
-            _, rows[known] = self.tree.query(points[known], k=1, workers=-1)
+            _, rows[known] = self.tree.query(points[known], k=1, workers=cpu_count())
         return rows
 
     def area_labels(self, lat: ArrayLike, lon: ArrayLike) -> pl.DataFrame:
