@@ -56,7 +56,7 @@ def train_command(
     settings = TrainSettings(epochs=epochs, batch_size=batch_size, learning_rate=lr, seed=seed, init=init,
                              sigmas=_sigmas(sigmas), queue_size=queue_size)
     validation = (val, val_embeddings or embeddings) if val is not None else None
-    with clean_errors(EmbeddingsError, ReleaseError, TableError, FileNotFoundError, ValueError), \
+    with clean_errors(EmbeddingsError, ReleaseError, TableError), \
             progress_callback("training") as progress:
         summary = train_geoclip(catalog, embeddings, out, settings, validation, gallery, gallery_size,
                                 say=lambda line: errors.print(line, highlight=False), progress=progress)

@@ -66,7 +66,7 @@ def plonk_candidates_command(
     from geoloc.resumable import model_identity, work_folder
     from geoloc.tables import remove_folder
 
-    with clean_errors(PlonkUnavailable, EmbeddingsError, TableError, FileNotFoundError, ValueError):
+    with clean_errors(PlonkUnavailable, EmbeddingsError, TableError):
         loaded = load_model(model, device, sampler, embedding)
         settings = DensitySettings(samples, steps, cfg, seed, modes, separation_km, mass)
         total = open_embeddings(embeddings).meta["rows"]
@@ -110,7 +110,7 @@ def train_command(
     from geoloc.plonk.training import train_plonk_folder
 
     fit_settings = FitSettings(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed)
-    with clean_errors(EmbeddingsError, TableError, FileNotFoundError, ValueError):
+    with clean_errors(EmbeddingsError, TableError):
         with progress_bar() as progress:
             task = progress.add_task("training", total=None)
             losses = train_plonk_folder(catalog, embeddings, out, NetworkConfig(dim=dim, depth=depth), fit_settings,

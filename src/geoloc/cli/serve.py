@@ -62,7 +62,7 @@ def serve_command(
         return
 
     plonk, release = plonk_or_release(model)
-    with clean_errors(ValueError):  # a --model that is not a release
+    with clean_errors():  # a --model that is not a release
         load_geoclip = geoclip_loader(backbone, release, device) if plonk is None else None
 
     def load_guesser():

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from geoloc.errors import InputError
+
 GEOCLIP_SIGMAS = (1.0, 16.0, 256.0)
 """The package's capsules: 2^0, 2^4, 2^8."""
 QUEUE_SIZE = 4096
@@ -105,7 +107,7 @@ class GeoClipModel(nn.Module):
         expected = {"logit_scale"} | {prefix + key for prefix, module in parts.items() for key in module.state_dict()}
         if set(state) != expected:
             missing, unexpected = sorted(expected - state.keys()), sorted(state.keys() - expected)
-            raise ValueError(f"GeoCLIP weights do not match this model (sigmas {self.sigmas}): missing {missing[:3]}, "
+            raise InputError(f"GeoCLIP weights do not match this model (sigmas {self.sigmas}): missing {missing[:3]}, "
                              f"unexpected {unexpected[:3]}")
         for prefix, module in parts.items():
             module.load_state_dict({key[len(prefix):]: value for key, value in state.items()

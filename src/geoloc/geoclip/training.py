@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from geoloc.errors import InputError
 from geoloc.geoclip.model import GEOCLIP_SIGMAS, IMAGE_DIM, QUEUE_SIZE, GeoClipModel
 from geoloc.tables import replace_durably, write_text
 
@@ -171,7 +172,7 @@ def load_checkpoint(folder: Path, settings: TrainSettings) -> TrainState | None:
     record = json.loads(record_path.read_text())
     changed = sorted(key for key, value in settings.resumable_with().items() if record["settings"].get(key) != value)
     if changed:
-        raise ValueError(f"{folder} holds a run with other settings (different {', '.join(changed)}); "
+        raise InputError(f"{folder} holds a run with other settings (different {', '.join(changed)}); "
                          "delete it to start over, or write to another --out")
     tensors = load_file(str(folder / record["tensors"]))
     state = new_state(settings)

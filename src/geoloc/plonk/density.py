@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from geoloc.errors import InputError
 from geoloc.geo import EARTH_RADIUS_KM
 from geoloc.plonk.model import PlonkModel
 from geoloc.plonk.sampling import DEFAULT_STEPS, localizability, log_likelihood, sample_points, to_degrees
@@ -35,7 +36,7 @@ class DensitySettings:
 
     def __post_init__(self) -> None:
         if not 0 < self.mass < 1:
-            raise ValueError(f"the confidence region's mass must be between 0 and 1, got {self.mass}")
+            raise InputError(f"the confidence region's mass must be between 0 and 1, got {self.mass}")
 
 
 @dataclass(frozen=True)

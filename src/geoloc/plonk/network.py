@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from geoloc.errors import InputError
+
 
 @dataclass(frozen=True)
 class NetworkConfig:
@@ -76,7 +78,7 @@ class PlonkNetwork(nn.Module):
     def __init__(self, config: NetworkConfig) -> None:
         super().__init__()
         if config.dim % 4:
-            raise ValueError(f"PLONK's width must be a multiple of 4, got {config.dim}")
+            raise InputError(f"PLONK's width must be a multiple of 4, got {config.dim}")
         self.config = config
         dim = config.dim
         self.time_embedder = NoiseLevelEmbedding(dim // 4)
@@ -112,7 +114,7 @@ class Schedule:
 
     def __post_init__(self) -> None:
         if self.kind not in ("sigmoid", "linear"):
-            raise ValueError(f"unknown noise schedule {self.kind!r}: sigmoid or linear")
+            raise InputError(f"unknown noise schedule {self.kind!r}: sigmoid or linear")
 
     def __call__(self, t: torch.Tensor) -> torch.Tensor:
         if self.kind == "linear":

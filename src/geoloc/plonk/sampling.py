@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 import torch
 
+from geoloc.errors import InputError
 from geoloc.plonk.network import PlonkNetwork, Schedule
 
 SAMPLERS = ("riemannian_flow", "flow", "ddim")
@@ -61,7 +62,7 @@ def sample_points(network: PlonkNetwork, sampler: str, schedule: Schedule, embed
                   noise: torch.Tensor, steps: int = DEFAULT_STEPS, cfg: float = 0.0) -> torch.Tensor:
     """(N, 3) samples, one per row of `embeddings`, from the starting points `noise` (N, 3)."""
     if sampler not in STEPS:
-        raise ValueError(f"unknown sampler {sampler!r}: one of {', '.join(SAMPLERS)}")
+        raise InputError(f"unknown sampler {sampler!r}: one of {', '.join(SAMPLERS)}")
     step = STEPS[sampler]
     x = noise.to(torch.float32)
     gammas = schedule(1 - torch.arange(steps + 1, dtype=torch.float32, device=x.device) / steps)

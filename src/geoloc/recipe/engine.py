@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from geoloc.errors import InputError
 from geoloc.images import Photo
 from geoloc.images.decoding import UNREADABLE, decode_photo, unreadable_reason
 from geoloc.predict import LoadedPhoto, Unreadable, exif_position
@@ -219,7 +220,7 @@ def engine_guesser(engine: RecipeEngine) -> Callable[[list[LoadedPhoto]], list[R
 
 
 def _no_gallery(uri: str):
-    raise ValueError(f"{uri}: the recipe names no ranker.gallery to read gallery photos from")
+    raise InputError(f"{uri}: the recipe names no ranker.gallery to read gallery photos from")
 
 
 class Stages:
